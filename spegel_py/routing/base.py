@@ -1,0 +1,57 @@
+"""The router boundary: advertise what this node holds, find peers that hold a key.
+
+Keys are content digests (``sha256:<hex>``) and tag references (``registry/repository:tag``),
+exactly the strings Spegel advertises. Implementations: :mod:`.memory` (tests) and
+:mod:`.libp2p` (the Spegel-compatible Kademlia DHT). Both pass ``tests/conformance/test_router.py``.
+
+Provider records are hints (DHT records cannot be deleted, only left to expire), so callers treat
+every peer a lookup yields as possibly stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A node that claims to hold a key: its libp2p peer id and the host:port of its registry."""
+
+    peer_id: str
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@runtime_checkable
+class Router(Protocol):
+    """Advertises keys for this node and looks up other nodes' keys."""
+
+    def ready(self) -> bool:
+        """True once the node can route: it has at least one peer, or it is configured to be alone."""
+        ...
+
+    async def advertise(self, keys: Iterable[str]) -> None:
+        """Announce that this node can serve ``keys``; kept announced (reprovided) until withdrawn."""
+        ...
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        """Stop announcing ``keys``. Remote records expire on their own; lookups skip this node."""
+        ...
+
+    def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
+        """Yield up to ``limit`` other peers holding ``key`` as they are found, ending by a deadline.
+
+        Never yields this node itself. An empty iteration means no provider is known.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Stop reproviding, close connections and threads. Idempotent."""
+        ...

@@ -1,0 +1,141 @@
+"""The content-store boundary: what the registry and the advertiser need from a node's content.
+
+Implementations: :mod:`.memory` (tests), :mod:`.ocilayout` (a directory of OCI image layouts) and
+:mod:`.containerd` (the node's containerd). All of them pass ``tests/conformance/test_store.py``.
+
+Rules every implementation keeps (field report 3 in SEEDS.md): presence is checked against the
+backend on every call, nothing "exists" from a cache, and nothing is ever deleted or pinned
+beyond the life of one open :class:`Blob`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from spegel_py.errors import ContentTooLargeError
+from spegel_py.oci.digest import Digest
+from spegel_py.oci.reference import Reference
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """A blob that is present: its digest, size in bytes, and media type when the store knows it.
+
+    containerd does not record media types, so ``media_type`` is often ``None`` and the registry
+    sniffs it from the content.
+    """
+
+    digest: Digest
+    size: int
+    media_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A named image: ``reference`` (``registry/repository:tag`` and/or ``@digest``) -> ``digest``.
+
+    ``name`` is the store's own name for it (containerd's image name), kept for logs and events.
+    """
+
+    name: str
+    reference: Reference
+    digest: Digest
+
+
+class EventKind(enum.Enum):
+    """What changed in the store. ``RESYNC`` means events may have been lost: re-list everything."""
+
+    IMAGE_CREATE = "image-create"
+    IMAGE_UPDATE = "image-update"
+    IMAGE_DELETE = "image-delete"
+    CONTENT_CREATE = "content-create"
+    CONTENT_DELETE = "content-delete"
+    RESYNC = "resync"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change: ``key`` is the image name for image events, the digest string for content events."""
+
+    kind: EventKind
+    key: str = ""
+
+
+class Blob(Protocol):
+    """An open blob, readable for the life of one request even if the store deletes it meanwhile.
+
+    Use as an async context manager. ``fileno()`` gives an OS file descriptor for zero-copy
+    ``sendfile`` when the store has files; otherwise it returns ``None`` and ``chunks`` streams.
+    """
+
+    @property
+    def size(self) -> int:
+        """Size of the blob in bytes."""
+        ...
+
+    def fileno(self) -> int | None:
+        """An open file descriptor positioned anywhere (use offsets), or ``None`` if there is no file."""
+        ...
+
+    def chunks(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Yield the bytes ``[offset, offset+length)`` in pieces of bounded size."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the blob (close the descriptor). Idempotent."""
+        ...
+
+    async def __aenter__(self) -> Blob: ...
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+@runtime_checkable
+class ContentStore(Protocol):
+    """Read-only view of one node's images and content-addressed blobs."""
+
+    async def list_images(self) -> list[Image]:
+        """Every image the store knows (in the configured namespace), in no particular order."""
+        ...
+
+    async def resolve(self, reference: Reference) -> Digest:
+        """The digest a tag reference points to now; raise ``ImageNotFoundError`` if unknown."""
+        ...
+
+    async def stat(self, digest: Digest) -> Descriptor:
+        """Describe a present blob; raise ``ContentNotFoundError`` if absent (checked every call)."""
+        ...
+
+    async def open(self, digest: Digest) -> Blob:
+        """Open a present blob for reading; raise ``ContentNotFoundError`` if absent."""
+        ...
+
+    def subscribe(self) -> AsyncIterator[Event]:
+        """Changes until :meth:`close`; each call is an independent subscription.
+
+        The first event is always ``RESYNC``, yielded once the subscription is live: a consumer
+        lists everything when it sees ``RESYNC`` (first, and again after any reconnect that may
+        have lost events), so no change between listing and subscribing is missed.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections and end every subscription. Idempotent."""
+        ...
+
+
+async def read_blob(store: ContentStore, digest: Digest, *, limit: int) -> bytes:
+    """Read a whole blob into memory, refusing (``ContentTooLargeError``) anything over ``limit`` bytes.
+
+    Only for manifests, indexes and configs; layers are always streamed.
+    """
+    async with await store.open(digest) as blob:
+        if blob.size > limit:
+            raise ContentTooLargeError(f"{digest} is {blob.size} bytes, over the {limit} byte limit")
+        return b"".join([chunk async for chunk in blob.chunks()])
