@@ -1,0 +1,1 @@
+"""Benchmarks for spegel-py (run from the repository root; see bench/README.md)."""

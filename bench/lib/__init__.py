@@ -1,0 +1,1 @@
+"""Building blocks of the benchmarks: blobs, servers, client, cgroup and /proc sampling."""
