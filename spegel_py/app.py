@@ -1,0 +1,172 @@
+"""Composition root: the only module that names concrete components and wires them together.
+
+``run_registry`` builds the content store chosen in the settings (imported lazily, so the
+registry's idle memory holds no client it does not use), the registry server and the metrics
+server, runs them with every background task named and supervised, and shuts down in bounded
+time: the first SIGTERM/SIGINT stops accepting and drains in-flight requests for up to
+``--shutdown-timeout``, a second signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Coroutine
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
+
+from spegel_py.errors import ConfigurationError, SpegelError
+from spegel_py.metrics import Metrics
+from spegel_py.registry.pagecache import PageCacheCoordinator
+from spegel_py.registry.server import RegistryServer
+from spegel_py.settings import RegistrySettings, split_address
+from spegel_py.store.base import ContentStore
+
+log = logging.getLogger(__name__)
+
+# Exit statuses: 0 clean shutdown, 1 runtime failure, 2 bad configuration, 130 forced by a 2nd signal.
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_FORCED = 0, 1, 2, 130
+
+
+class Supervisor:
+    """Named background tasks; the first one to fail unexpectedly stops the daemon."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.failure: BaseException | None = None
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.failure is None:
+            self.failure = exc
+            log.error("task failed, stopping", extra={"task": task.get_name(), "error": repr(exc)})
+            self._stop.set()
+
+    async def close(self, grace: float) -> None:
+        """Cancel what is still running and wait up to ``grace`` seconds for it to finish."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace)
+
+
+async def build_store(settings: RegistrySettings) -> ContentStore:
+    """The content store named by ``--content-store`` (imported here, only when chosen)."""
+    if settings.content_store == "oci-layout":
+        from spegel_py.store.ocilayout import OciLayoutStore
+
+        return OciLayoutStore(settings.oci_layout_path, registry=settings.oci_layout_registry)
+    try:
+        from spegel_py.store.containerd import ContainerdStore  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as exc:  # the store is developed in parallel; say so instead of a traceback
+        raise ConfigurationError("the containerd content store is not available in this build") from exc
+    store: ContentStore = ContainerdStore(
+        settings.containerd_sock, settings.containerd_namespace, settings.containerd_content_path
+    )
+    return store
+
+
+def metrics_application(metrics: Metrics) -> web.Application:
+    """``GET /metrics`` in the Prometheus text format, from the injected registry."""
+
+    async def handle(_: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    return app
+
+
+async def _start(stack: AsyncExitStack, app: web.Application, address: str, shutdown_timeout: float) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    host, port = split_address(address)
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+
+
+async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set, then shut down gracefully (bounded by ``shutdown_timeout``)."""
+    metrics = Metrics()
+    ProcessCollector(registry=metrics.registry)  # process_resident_memory_bytes and friends
+    coordinator = PageCacheCoordinator(
+        enabled=settings.page_cache_eviction,
+        lag=settings.page_cache_eviction_lag,
+        on_evict=metrics.page_cache_evicted.inc,
+    )
+    supervisor = Supervisor(stop)
+    async with AsyncExitStack() as stack:
+        stack.callback(coordinator.close)
+        store = await build_store(settings)
+        stack.push_async_callback(store.close)
+        stack.push_async_callback(supervisor.close, settings.shutdown_timeout)
+        server = RegistryServer(
+            store, metrics=metrics, coordinator=coordinator, store_timeout=settings.store_timeout
+        )
+        # Registered after the store: cleanup runs in reverse, so servers drain before it closes.
+        await _start(stack, server.application(), settings.registry_addr, settings.shutdown_timeout)
+        await _start(stack, metrics_application(metrics), settings.metrics_addr, settings.shutdown_timeout)
+        addresses = {"registry_addr": settings.registry_addr, "metrics_addr": settings.metrics_addr}
+        log.info("serving", extra={**addresses, "content_store": settings.content_store})
+        await stop.wait()
+        log.info("shutting down", extra={"drain_timeout_s": settings.shutdown_timeout})
+    if supervisor.failure is not None:
+        raise supervisor.failure
+
+
+async def _main(settings: RegistrySettings) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main = asyncio.current_task()
+    received = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal received
+        received += 1
+        if received == 1:
+            log.info("signal received, draining", extra={"signal": signal.Signals(signum).name})
+            stop.set()
+        elif main is not None:
+            log.warning("second signal, forcing exit", extra={"signal": signal.Signals(signum).name})
+            main.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await serve(settings, stop)
+    except asyncio.CancelledError:
+        return EXIT_FORCED
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return EXIT_OK
+
+
+def run_registry(settings: RegistrySettings) -> int:
+    """Run ``spegel-py registry`` to completion; returns the process exit status."""
+    try:
+        return asyncio.run(_main(settings))
+    except ConfigurationError as exc:
+        log.error("configuration error", extra={"error": str(exc)})
+        return EXIT_CONFIG
+    except SpegelError as exc:
+        log.error("stopped on error", extra={"error": str(exc)})
+        return EXIT_FAILURE

@@ -1,0 +1,190 @@
+"""Keep the page cache that serving charges to our cgroup bounded (field report 5 in SEEDS.md).
+
+Every page ``sendfile`` reads is charged to this process's memory cgroup, so serving a few large
+layers would grow the pod's "memory" by gigabytes. A stream therefore drops the pages it has
+already sent (``posix_fadvise(DONTNEED)``) once they are ``lag`` bytes behind its send offset:
+pages closer than that may still sit in socket buffers and cannot be dropped yet.
+
+Several streams of the same blob (same device and inode) share pages, so one stream must not
+evict what another still needs: a stream only evicts below the lowest offset of the other
+in-flight streams of that file (minus the lag). The last stream to leave a file evicts every
+range any stream read, and once more a moment later, when the socket buffers have drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Advise = Callable[[int, int, int], None]
+
+DEFAULT_LAG = 8 * 1024 * 1024
+# Eviction is batched: a stream advises only when at least this much became evictable.
+DEFAULT_STEP = 2 * 1024 * 1024
+# Pages still referenced by socket buffers when the last stream ends survive the first advice;
+# they are advised again after this delay, through a duplicated descriptor.
+DEFAULT_SETTLE = 1.0
+# Bound on files waiting for their delayed second pass (each holds one descriptor).
+MAX_SETTLING = 256
+
+
+def _fadvise_dontneed(fd: int, offset: int, length: int) -> None:
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+@dataclass(eq=False)
+class _File:
+    """In-flight streams of one file and the ranges they read."""
+
+    streams: set[Stream] = field(default_factory=set)
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+
+
+class Stream:
+    """One response body being sent from one file: tell it the send offset as it moves."""
+
+    __slots__ = ("_coordinator", "_evicted", "_file", "_key", "end", "fd", "offset", "start")
+
+    def __init__(
+        self, coordinator: PageCacheCoordinator, key: tuple[int, int], fd: int, start: int, end: int
+    ) -> None:
+        self._coordinator = coordinator
+        self._key = key
+        self._file: _File | None = None
+        self.fd = fd
+        self.start = start
+        self.end = end
+        self.offset = start
+        self._evicted = start
+
+    def advance(self, offset: int) -> None:
+        """Record that bytes before ``offset`` were handed to the kernel; evict what is safe."""
+        self.offset = offset
+        file = self._file
+        if file is None:
+            return
+        coordinator = self._coordinator
+        limit = offset - coordinator.lag
+        if limit - self._evicted < coordinator.step:
+            return
+        for other in file.streams:
+            if other is not self and other.end > self._evicted and other.offset < limit + coordinator.lag:
+                limit = min(limit, other.offset - coordinator.lag)
+        if limit - self._evicted >= coordinator.step:
+            coordinator.evict(self.fd, self._evicted, limit - self._evicted)
+            self._evicted = limit
+
+    def close(self) -> None:
+        """The stream ended (completely or not). Idempotent."""
+        file, self._file = self._file, None
+        if file is not None:
+            self._coordinator.leave(self._key, file, self)
+
+
+class PageCacheCoordinator:
+    """Per-process registry of in-flight file streams; decides what each may evict.
+
+    ``enabled=False`` turns eviction off (streams are still handed out, they do nothing).
+    ``advise`` is injectable so tests can watch decisions without a real page cache.
+    """
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        lag: int = DEFAULT_LAG,
+        step: int = DEFAULT_STEP,
+        settle: float = DEFAULT_SETTLE,
+        advise: Advise = _fadvise_dontneed,
+        on_evict: Callable[[int], None] | None = None,
+    ) -> None:
+        if lag < 0 or step <= 0 or settle < 0:
+            raise ValueError("lag must be >= 0, step > 0, settle >= 0")
+        self.enabled = enabled
+        self.lag = lag
+        self.step = step
+        self._settle = settle
+        self._advise = advise
+        self._on_evict = on_evict
+        self._files: dict[tuple[int, int], _File] = {}
+        self._settling: dict[int, tuple[asyncio.TimerHandle, Callable[[], None]]] = {}
+
+    def open(self, fd: int, start: int, end: int) -> Stream:
+        """Register a stream that will send ``[start, end)`` of the file open as ``fd``."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        stream = Stream(self, key, fd, start, end)
+        if self.enabled and end > start:
+            file = self._files.setdefault(key, _File())
+            file.streams.add(stream)
+            file.ranges.append((start, end))
+            stream._file = file
+        return stream
+
+    def in_flight(self, fd: int) -> int:
+        """How many streams of the file open as ``fd`` are registered (for tests and metrics)."""
+        st = os.fstat(fd)
+        file = self._files.get((st.st_dev, st.st_ino))
+        return len(file.streams) if file else 0
+
+    def evict(self, fd: int, offset: int, length: int) -> None:
+        """Advise the kernel to drop ``[offset, offset+length)`` of ``fd``; errors are not fatal."""
+        if length <= 0:
+            return
+        try:
+            self._advise(fd, offset, length)
+        except OSError:  # e.g. a filesystem without fadvise: eviction is best effort by design
+            return
+        if self._on_evict is not None:
+            self._on_evict(length)
+
+    def leave(self, key: tuple[int, int], file: _File, stream: Stream) -> None:
+        """Remove ``stream``; the last one out evicts every range read, now and once more later."""
+        file.streams.discard(stream)
+        if file.streams:
+            return
+        del self._files[key]
+        ranges = _merge(file.ranges)
+        for start, end in ranges:
+            self.evict(stream.fd, start, end - start)
+        self._settle_later(stream.fd, ranges)
+
+    def _settle_later(self, fd: int, ranges: list[tuple[int, int]]) -> None:
+        if self._settle <= 0 or len(self._settling) >= MAX_SETTLING:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+            dup = os.dup(fd)
+        except (RuntimeError, OSError):  # no loop (sync use) or out of descriptors: skip the 2nd pass
+            return
+
+        def again() -> None:
+            self._settling.pop(dup, None)
+            try:
+                for start, end in ranges:  # not counted again: these bytes were counted once
+                    self._advise(dup, start, end - start)
+            except OSError:
+                pass  # best effort, like every eviction
+            finally:
+                os.close(dup)
+
+        self._settling[dup] = (loop.call_later(self._settle, again), again)
+
+    def close(self) -> None:
+        """Run pending second passes now and release their descriptors (at shutdown)."""
+        for handle, again in list(self._settling.values()):
+            handle.cancel()
+            again()
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of half-open ranges, sorted."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out

@@ -1,0 +1,106 @@
+"""Zero-copy sending of a file range into an aiohttp connection with ``os.sendfile``.
+
+Why not ``loop.sendfile``: it re-registers the socket with the selector after every partial
+send and gives no hook at each offset, which the page-cache coordinator needs. This sender keeps
+one writability registration for the whole body, calls ``os.sendfile`` straight from the
+selector callback (no task switch per chunk) and reports each new offset to a
+:class:`~spegel_py.registry.pagecache.Stream`.
+
+The selector refuses a second registration of a descriptor that a transport owns, so the
+socket is duplicated for the duration of the body; both descriptors name one socket. Before the
+first byte, the transport's own buffer (the response headers) is flushed so bytes stay in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Awaitable, Callable
+
+from spegel_py.errors import ContentNotFoundError
+from spegel_py.registry.pagecache import Stream
+
+# Upper bound on one sendfile() call; the kernel sends what fits in the socket buffer anyway.
+_MAX_CALL = 1 << 30
+_DISCONNECTED = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
+
+
+def sendfile_socket(transport: asyncio.BaseTransport | None) -> int | None:
+    """The socket descriptor to ``sendfile`` into, or ``None`` when only streaming can work (TLS)."""
+    if transport is None or transport.is_closing() or transport.get_extra_info("sslcontext") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    return None if sock is None else int(sock.fileno())
+
+
+async def flush(transport: asyncio.WriteTransport, drain: Callable[[], Awaitable[None]]) -> None:
+    """Wait until ``transport`` has written everything it buffered (the headers, usually at once).
+
+    Lowering the high-water mark to zero makes the transport pause its protocol while anything is
+    buffered and resume it when empty; ``drain`` (the aiohttp writer's) waits for that resume.
+    """
+    if not transport.get_write_buffer_size():
+        return
+    high, low = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0, low=0)
+    try:
+        await drain()
+    finally:
+        transport.set_write_buffer_limits(high=high, low=low)
+
+
+async def send_range(sock_fd: int, fd: int, offset: int, count: int, stream: Stream | None = None) -> None:
+    """Send ``count`` bytes of ``fd`` from ``offset`` into the (non-blocking) socket ``sock_fd``.
+
+    Raises ``ConnectionResetError`` when the client goes away and ``ContentNotFoundError`` if the
+    file turns out shorter than promised; the caller must then abort the connection.
+    """
+    if count <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    out = os.dup(sock_fd)
+    end = offset + count
+    position = offset
+    registered = False
+
+    def pump() -> None:
+        nonlocal position, registered
+        if done.done():
+            return
+        try:
+            while position < end:
+                want = min(end - position, _MAX_CALL)
+                sent = os.sendfile(out, fd, position, want)
+                if sent == 0:
+                    raise ContentNotFoundError("blob shrank while it was being sent")
+                position += sent
+                if stream is not None:
+                    stream.advance(position)
+                if sent < want:  # socket buffer full: wait for writability instead of probing
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            if exc.errno in _DISCONNECTED:
+                done.set_exception(ConnectionResetError(exc.errno, "client went away"))
+            else:
+                done.set_exception(exc)
+            return
+        except ContentNotFoundError as exc:
+            done.set_exception(exc)
+            return
+        if position >= end:
+            done.set_result(None)
+        elif not registered:
+            loop.add_writer(out, pump)
+            registered = True
+
+    try:
+        pump()
+        await done
+    finally:
+        if registered:
+            loop.remove_writer(out)
+        os.close(out)

@@ -1,0 +1,210 @@
+"""The registry's HTTP surface: the read-only OCI distribution pull API over the local store.
+
+Every request goes through one catch-all route so that every answer, including "no such
+endpoint" and "method not allowed", is an OCI JSON error and is counted in the HTTP metrics.
+Paths are parsed from the raw request line (:mod:`spegel_py.oci.paths`); store calls are bounded
+by a timeout so a response always starts promptly (containerd waits forever on a silent mirror);
+presence is asked of the store on every request. Content that is missing locally goes to the
+:class:`~spegel_py.registry.base.Mirror`, if any, unless the request came from a peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from aiohttp import web
+
+from spegel_py.errors import (
+    ContentNotFoundError,
+    ImageNotFoundError,
+    InvalidDigestError,
+    InvalidInputError,
+    InvalidNameError,
+    InvalidReferenceError,
+    NotFoundError,
+    StoreUnavailableError,
+)
+from spegel_py.metrics import Metrics
+from spegel_py.oci.digest import Digest
+from spegel_py.oci.errors import ErrorCode, error_body
+from spegel_py.oci.paths import DistributionPath, Kind, UnknownPathError, parse_ns, parse_path
+from spegel_py.oci.reference import Reference
+from spegel_py.registry.base import MIRRORED_HEADER, Mirror
+from spegel_py.registry.content import serve_content
+from spegel_py.registry.pagecache import PageCacheCoordinator
+from spegel_py.routing.base import Router
+from spegel_py.store.base import Blob, ContentStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Asked of the store by /readyz: any answer, even "not found", proves the store is reachable.
+_PROBE = Digest("sha256", "0" * 64)
+_ALLOW = "GET, HEAD"
+
+
+class RegistryServer:
+    """Builds the aiohttp application that serves ``store`` (and, later, peers through ``mirror``).
+
+    ``store_timeout`` (seconds) bounds every store call; on expiry the client gets a 503 at once.
+    ``router`` only feeds ``/readyz`` here. Nothing is started: ``app.py`` runs :meth:`application`.
+    """
+
+    def __init__(
+        self,
+        store: ContentStore,
+        *,
+        metrics: Metrics,
+        coordinator: PageCacheCoordinator,
+        mirror: Mirror | None = None,
+        router: Router | None = None,
+        store_timeout: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._coordinator = coordinator
+        self._mirror = mirror
+        self._router = router
+        self._timeout = store_timeout
+
+    def application(self) -> web.Application:
+        app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """Metrics around :meth:`_route`; the single entry point of every request."""
+        handler = _handler_name(request.raw_path)
+        metrics = self._metrics
+        inflight = metrics.http_requests_inflight.labels(handler)
+        inflight.inc()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, size = 500, 0
+        try:
+            response = await self._route(request)
+            status = response.status
+            if request.method != "HEAD":
+                size = response.content_length or 0
+            return response
+        finally:
+            inflight.dec()
+            labels = (handler, request.method, str(status))
+            metrics.http_request_duration.labels(*labels).observe(loop.time() - started)
+            metrics.http_response_size.labels(*labels).observe(size)
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
+        path = request.raw_path.partition("?")[0]
+        if request.method not in ("GET", "HEAD"):
+            return oci_error(ErrorCode.UNSUPPORTED, "only GET and HEAD are served", headers={"Allow": _ALLOW})
+        if path == "/livez":
+            return web.Response(text="ok")
+        if path == "/readyz":
+            return await self._ready()
+        try:
+            target = parse_path(request.raw_path)
+        except UnknownPathError as exc:
+            return oci_error(ErrorCode.UNSUPPORTED, str(exc), status=404)
+        except InvalidDigestError as exc:
+            return oci_error(ErrorCode.DIGEST_INVALID, str(exc))
+        except InvalidReferenceError as exc:  # a tag outside the grammar: no such manifest can exist
+            return oci_error(ErrorCode.MANIFEST_UNKNOWN, str(exc))
+        except (InvalidNameError, InvalidInputError) as exc:
+            return oci_error(ErrorCode.NAME_INVALID, str(exc))
+        try:
+            ns = parse_ns(request.query.getall("ns", []))
+        except InvalidInputError as exc:
+            return oci_error(ErrorCode.NAME_INVALID, f"invalid ns parameter: {exc}")
+        if target.kind is None:
+            return web.json_response({})
+        try:
+            return await self._serve(request, target, ns)
+        except (StoreUnavailableError, TimeoutError, OSError) as exc:
+            log.warning("content store unavailable", extra={"error": repr(exc), "path": path[:200]})
+            return oci_error(ErrorCode.UNAVAILABLE, "content store unavailable")
+
+    async def _serve(
+        self, request: web.Request, target: DistributionPath, ns: str | None
+    ) -> web.StreamResponse:
+        unknown = ErrorCode.BLOB_UNKNOWN if target.kind is Kind.BLOBS else ErrorCode.MANIFEST_UNKNOWN
+        try:
+            digest = target.digest
+            if digest is None:
+                if ns is None:
+                    # Without ns a tag names nothing: it could belong to any registry (skopeo
+                    # and podman send no ns; they fall back to upstream on this 404).
+                    raise ImageNotFoundError("a tag lookup needs the ns query parameter")
+                assert target.tag is not None
+                digest = await self._bounded(self._store.resolve(Reference(ns, target.name, target.tag)))
+            blob: Blob = await self._bounded(self._store.open(digest))
+        except NotFoundError as exc:
+            if self._mirror is not None and request.headers.get(MIRRORED_HEADER, "").lower() != "true":
+                return await self._mirror.serve(request, target, ns)
+            return oci_error(unknown, str(exc) if isinstance(exc, ContentNotFoundError) else unknown.message)
+        async with blob:
+            return await serve_content(
+                request,
+                blob,
+                digest,
+                ranged=target.kind is Kind.BLOBS,
+                coordinator=self._coordinator,
+                metrics=self._metrics,
+                read_timeout=self._timeout,
+            )
+
+    async def _ready(self) -> web.Response:
+        try:
+            await self._bounded(self._store.stat(_PROBE))
+        except ContentNotFoundError:
+            pass
+        except (StoreUnavailableError, TimeoutError, OSError):
+            return oci_error(ErrorCode.UNAVAILABLE, "content store unavailable")
+        if self._router is not None and not self._router.ready():
+            return oci_error(ErrorCode.UNAVAILABLE, "router not ready")
+        return web.Response(text="ok")
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        async with asyncio.timeout(self._timeout):
+            return await call
+
+
+def oci_error(
+    code: ErrorCode,
+    message: str | None = None,
+    *,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An OCI JSON error response (``status`` overrides the code's usual one)."""
+    return web.Response(
+        status=status or code.status,
+        body=error_body(code, message),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def target_kind(raw_path: str) -> Kind | None:
+    """The resource kind a (possibly invalid) path aims at, to pick the right error code."""
+    parts = raw_path.partition("?")[0].split("/")
+    if len(parts) >= 3 and parts[-2] in ("manifests", "blobs"):
+        return Kind(parts[-2])
+    return None
+
+
+def _handler_name(raw_path: str) -> str:
+    """The ``handler`` metric label: a small fixed set, never derived from client input verbatim."""
+    path = raw_path.partition("?")[0]
+    if path in ("/v2", "/v2/"):
+        return "root"
+    if path in ("/readyz", "/livez"):
+        return path[1:]
+    kind = target_kind(path) if path.startswith("/v2/") else None
+    if kind is Kind.BLOBS:
+        return "blob"
+    if kind is Kind.MANIFESTS:
+        return "manifest"
+    return "other"
