@@ -1,0 +1,202 @@
+"""Finding a peer that answers: providers as the router finds them, and hedged attempts over them.
+
+Why: provider records are hints (dead nodes stay listed for minutes) and the first peer may be
+slow, so the mirror never waits on one peer alone. It starts on the first provider; if no answer
+came within a short hedge delay, it also asks the next one; a peer that fails (refused, 404,
+corrupt) makes room for the next at once. The first good answer wins and the others are
+cancelled. Everything here is bounded by the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Generic, TypeVar
+
+from spegel_py.errors import NotFoundError, RoutingError
+from spegel_py.registry.peerhealth import PeerHealth
+from spegel_py.registry.relay import PeerError
+from spegel_py.routing.base import Peer, Router
+
+T = TypeVar("T")
+
+
+class PeerMissError(PeerError):
+    """The peer answered but does not hold the content (404 or an unusable answer)."""
+
+
+class PeerCorruptError(PeerError):
+    """The peer's bytes do not match their digest."""
+
+
+class NoProviderError(NotFoundError):
+    """No provider (left) could serve the key; the client should fall back to upstream."""
+
+
+class Providers:
+    """The peers a lookup yields, collected in the background so attempts can start on the first.
+
+    ``take()`` hands out each usable peer once (skipping peers :class:`PeerHealth` advises
+    against); ``wait()`` resolves when another peer may be available or the lookup ended.
+    """
+
+    def __init__(self, router: Router, key: str, health: PeerHealth, *, limit: int) -> None:
+        self.key = key
+        self._health = health
+        self._peers: list[Peer] = []
+        self._seen: set[Peer] = set()
+        self._next = 0
+        self._changed = asyncio.Event()
+        self.done = False
+        self.lookup_error: BaseException | None = None
+        self._task = asyncio.create_task(self._collect(router.lookup(key, limit=limit)), name=f"lookup {key}")
+
+    async def _collect(self, peers: AsyncIterator[Peer]) -> None:
+        try:
+            async for peer in peers:
+                if peer not in self._seen:
+                    self._seen.add(peer)
+                    self._peers.append(peer)
+                    self._changed.set()
+        except (RoutingError, OSError) as exc:
+            # A failed lookup is the same as no providers for the client: fall back to upstream.
+            self.lookup_error = exc
+        finally:
+            self.done = True
+            self._changed.set()
+            close = getattr(peers, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+    def take(self) -> Peer | None:
+        """The next untried usable peer found so far, or None."""
+        while self._next < len(self._peers):
+            peer = self._peers[self._next]
+            self._next += 1
+            if self._health.usable(peer, self.key):
+                return peer
+        return None
+
+    def rewind(self, exclude: set[Peer]) -> None:
+        """Offer again every peer found so far except ``exclude`` (used when resuming a stream)."""
+        self._peers = [p for p in self._peers if p not in exclude]
+        self._next = 0
+
+    @property
+    def exhausted(self) -> bool:
+        """True when the lookup ended and every peer found was handed out."""
+        return self.done and self._next >= len(self._peers)
+
+    async def wait(self) -> None:
+        """Return when a new peer arrived or the lookup ended (or at once if already so)."""
+        if self._next < len(self._peers) or self.done:
+            return
+        self._changed.clear()
+        await self._changed.wait()
+
+    async def aclose(self) -> None:
+        """Stop the lookup. Idempotent."""
+        if not self._task.done():
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class Hedger(Generic[T]):
+    """Runs ``attempt(peer)`` over providers with hedging; the first success is returned.
+
+    ``attempt`` raises :class:`PeerError` subclasses for failures; :class:`PeerMissError` and
+    plain peer errors record a (peer, key) miss, :class:`PeerCorruptError` marks the peer avoided.
+    ``discard`` releases a result that lost the race (e.g. a second response head).
+    """
+
+    def __init__(
+        self,
+        attempt: Callable[[Peer], Coroutine[Any, Any, T]],
+        discard: Callable[[T], None],
+        health: PeerHealth,
+        *,
+        hedge_delay: float,
+        first_provider_timeout: float,
+    ) -> None:
+        self._attempt = attempt
+        self._discard = discard
+        self._health = health
+        self._hedge_delay = hedge_delay
+        self._first_provider_timeout = first_provider_timeout
+        self.started = 0
+        self.failed: list[Peer] = []
+        self.corrupt = 0
+
+    async def run(self, providers: Providers) -> tuple[Peer, T]:
+        """Race attempts until one succeeds; :class:`NoProviderError` when none can."""
+        loop = asyncio.get_running_loop()
+        running: dict[asyncio.Task[T], Peer] = {}
+        started_at = loop.time()
+        hedge_at = started_at
+        try:
+            while True:
+                now = loop.time()
+                if not running or now >= hedge_at:
+                    peer = providers.take()
+                    if peer is not None:
+                        task = asyncio.create_task(self._attempt(peer), name=f"peer {peer.host}:{peer.port}")
+                        running[task] = peer
+                        self.started += 1
+                        hedge_at = loop.time() + self._hedge_delay
+                        continue
+                    if not running and providers.exhausted:
+                        raise NoProviderError(f"no peer could serve {providers.key}")
+                    if not running and self.started == 0 and now - started_at >= self._first_provider_timeout:
+                        raise NoProviderError(f"no provider of {providers.key} found in time")
+                waits: set[asyncio.Future[object]] = set(running)  # type: ignore[arg-type]  # Task[T] is a Future
+                provider_wait: asyncio.Task[None] | None = None
+                if not providers.exhausted and (not running or now >= hedge_at):
+                    provider_wait = asyncio.create_task(providers.wait(), name="provider wait")
+                    waits.add(provider_wait)  # type: ignore[arg-type]  # Task[None] is a Future
+                if running:
+                    timeout = max(0.0, hedge_at - now) if now < hedge_at else None
+                elif not self.started:
+                    timeout = max(0.0, started_at + self._first_provider_timeout - now)
+                else:
+                    timeout = None
+                try:
+                    done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if provider_wait is not None and not provider_wait.done():
+                        provider_wait.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await provider_wait
+                for task in [t for t in running if t in done]:
+                    peer = running.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        self._health.record_success(peer, providers.key)
+                        return peer, task.result()
+                    self._record_failure(peer, providers.key, exc)
+                    hedge_at = loop.time()  # a failure makes room for the next peer at once
+        finally:
+            await self._cancel(running)
+
+    def _record_failure(self, peer: Peer, key: str, exc: BaseException) -> None:
+        self.failed.append(peer)
+        if isinstance(exc, PeerCorruptError):
+            self._health.record_corruption(peer)
+            self.corrupt += 1
+        elif isinstance(exc, PeerError):
+            self._health.record_miss(peer, key)
+        else:
+            raise exc
+
+    async def _cancel(self, running: dict[asyncio.Task[T], Peer]) -> None:
+        if not running:
+            return
+        for task in running:
+            task.cancel()
+        # asyncio.wait never raises the tasks' exceptions; only our own cancellation propagates.
+        await asyncio.wait(running)
+        for task in running:
+            if not task.cancelled() and task.exception() is None:
+                self._discard(task.result())

@@ -1,0 +1,87 @@
+"""What this node has recently learned about its peers: who lacked a key, who misbehaved.
+
+Why: DHT provider records cannot be deleted, so a lookup keeps naming peers that are dead or
+that lost the content for up to ~19 minutes (REFERENCE.md section 1). Asking them again on every
+request would cost a dial timeout each time and make containerd wait. Two short-lived memories
+fix that: a negative cache of ``(peer, key)`` misses (the peer answered 404, refused the
+connection or timed out) and a set of avoided peers (the peer sent bytes that did not match
+their digest). Both expire on their own, because a miss is a hint, not a fact: the peer may
+pull the image a second later. Bounded in size so a flood of keys cannot grow memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from spegel_py.routing.base import Peer
+
+
+class PeerHealth:
+    """Negative cache of ``(peer, key)`` misses and a timed avoid-list of peers."""
+
+    def __init__(
+        self,
+        *,
+        miss_ttl: float = 5.0,
+        avoid_ttl: float = 60.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``miss_ttl``: seconds a (peer, key) miss is remembered (short: content may arrive soon).
+        ``avoid_ttl``: seconds a peer that sent corrupt bytes is skipped for every key.
+        ``max_entries``: bound on remembered misses; the oldest are forgotten first.
+        """
+        self._miss_ttl = miss_ttl
+        self._avoid_ttl = avoid_ttl
+        self._max_entries = max_entries
+        self._clock = clock
+        self._misses: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._avoided: dict[str, float] = {}
+        self.misses_total = 0
+        self.corruptions_total = 0
+
+    @staticmethod
+    def _peer_key(peer: Peer) -> str:
+        # The peer id alone could be reused by a node on a new address; the address matters too.
+        return f"{peer.peer_id}@{peer.host}:{peer.port}"
+
+    def record_miss(self, peer: Peer, key: str) -> None:
+        """``peer`` did not serve ``key`` (404, refused, timed out): skip it for ``miss_ttl``."""
+        entry = (self._peer_key(peer), key)
+        self._misses.pop(entry, None)
+        self._misses[entry] = self._clock() + self._miss_ttl
+        self.misses_total += 1
+        while len(self._misses) > self._max_entries:
+            self._misses.popitem(last=False)
+
+    def record_corruption(self, peer: Peer) -> None:
+        """``peer`` sent bytes that did not match their digest: avoid it for ``avoid_ttl``."""
+        self._avoided[self._peer_key(peer)] = self._clock() + self._avoid_ttl
+        self.corruptions_total += 1
+
+    def record_success(self, peer: Peer, key: str) -> None:
+        """``peer`` served ``key`` correctly: forget an earlier miss."""
+        self._misses.pop((self._peer_key(peer), key), None)
+
+    def usable(self, peer: Peer, key: str) -> bool:
+        """False while ``peer`` is avoided or recently missed ``key``."""
+        now = self._clock()
+        peer_key = self._peer_key(peer)
+        until = self._avoided.get(peer_key)
+        if until is not None:
+            if until > now:
+                return False
+            del self._avoided[peer_key]
+        until = self._misses.get((peer_key, key))
+        if until is not None:
+            if until > now:
+                return False
+            del self._misses[(peer_key, key)]
+        return True
+
+    def avoided(self, peer: Peer) -> bool:
+        """True while ``peer`` is being avoided for having sent corrupt bytes."""
+        until = self._avoided.get(self._peer_key(peer))
+        return until is not None and until > self._clock()

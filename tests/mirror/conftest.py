@@ -1,0 +1,133 @@
+"""Fixtures for mirror tests: fake peers on 127.0.0.x, a mirror behind a front server, leak checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import aiohttp
+import pytest
+from mirror_fakes import FakePeer, FakeRouter, Front, Knobs
+
+from spegel_py.registry.bufferpool import BufferPool
+from spegel_py.registry.mirror import Mirror, MirrorSettings
+from spegel_py.registry.peerhealth import PeerHealth
+from spegel_py.registry.relay import PeerClient
+from spegel_py.routing.base import Peer
+
+
+def _open_fds() -> set[str]:
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.add(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            continue
+    return fds
+
+
+@pytest.fixture
+async def no_leaks() -> AsyncIterator[None]:
+    """Fails a test that leaves tasks or sockets behind (checked after its other fixtures)."""
+    before_fds = {fd for fd in _open_fds() if "socket:" in fd}
+    current = asyncio.current_task()
+    before_tasks = {t for t in asyncio.all_tasks() if t is not current}
+    yield
+    current = asyncio.current_task()  # teardown runs in a task of its own
+    deadline = asyncio.get_running_loop().time() + 2.0
+    while True:
+        tasks = {
+            t for t in asyncio.all_tasks() if t is not current and t not in before_tasks and not t.done()
+        }
+        fds = {fd for fd in _open_fds() if "socket:" in fd} - before_fds
+        if not tasks and not fds:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"leaked tasks {tasks} / sockets {fds}")
+        await asyncio.sleep(0.01)  # polling for teardown to finish, bounded by the deadline
+
+
+class Cluster:
+    """Peers, a router over them, and a mirror behind a front server, torn down together."""
+
+    def __init__(self) -> None:
+        self.peers: list[FakePeer] = []
+        self.fronts: list[Front] = []
+        self.mirrors: list[Mirror] = []
+        self.sessions: list[aiohttp.ClientSession] = []
+        self._next_host = 2
+
+    async def peer(
+        self, blobs: dict[str, bytes], tags: dict[str, str] | None = None, **knobs: Any
+    ) -> FakePeer:
+        peer = FakePeer(f"127.0.0.{self._next_host}", dict(blobs), dict(tags or {}), Knobs(**knobs))
+        self._next_host += 1
+        await peer.start()
+        self.peers.append(peer)
+        return peer
+
+    def dead_peer(self) -> Peer:
+        """An address nothing listens on: connections are refused, as for a node that died."""
+        host = f"127.0.0.{self._next_host}"
+        self._next_host += 1
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        return Peer(f"dead-{host}", host, port)
+
+    async def mirror(
+        self,
+        providers: Iterable[Peer] | FakeRouter,
+        *,
+        pool: BufferPool | None = None,
+        health: PeerHealth | None = None,
+        **settings: Any,
+    ) -> tuple[Front, Mirror]:
+        router = providers if isinstance(providers, FakeRouter) else FakeRouter(providers)
+        mirror = Mirror(
+            router,
+            client=PeerClient(),
+            pool=pool or BufferPool(count=8, size=64 * 1024),
+            health=health,
+            settings=MirrorSettings(**settings),
+        )
+        front = Front(mirror)
+        await front.start()
+        self.mirrors.append(mirror)
+        self.fronts.append(front)
+        return front, mirror
+
+    def session(self) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self.sessions.append(session)
+        return session
+
+    async def close(self) -> None:
+        for session in self.sessions:
+            await session.close()
+        for front in self.fronts:
+            await front.stop()
+        for mirror in self.mirrors:
+            await mirror.close()
+        for peer in self.peers:
+            await peer.stop()
+
+
+@pytest.fixture
+async def cluster(no_leaks: None) -> AsyncIterator[Cluster]:
+    c = Cluster()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+def blob() -> Callable[[int], bytes]:
+    def make(size: int, seed: int = 1) -> bytes:
+        return (bytes(range(256)) * (size // 256 + 1))[:size] if seed == 0 else os.urandom(size)
+
+    return make

@@ -1,0 +1,193 @@
+"""Test doubles for the mirror: peers with misbehaviour knobs, a router, and a front server.
+
+Peers are real aiohttp servers on distinct 127.0.0.x addresses serving bytes from memory, so the
+mirror's sockets, timeouts and keep-alive are exercised for real. The front server stands in for
+the registry server's seam: on a request it calls ``Mirror.fetch`` and ``respond``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from spegel_py.errors import NotFoundError
+from spegel_py.registry.mirror import Mirror, MirrorRequest
+from spegel_py.routing.base import Peer
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Knobs:
+    """How a fake peer misbehaves. Defaults: a healthy peer."""
+
+    missing: bool = False  # answer 404 for everything
+    first_byte_delay: float = 0.0  # seconds before the response head
+    die_after: int | None = None  # abort the connection after this many body bytes
+    corrupt: bool = False  # flip one byte in the middle of every body
+    silent: bool = False  # accept the request and never answer
+    ignore_range: bool = False
+    tag_digest: str | None = None  # Docker-Content-Digest reported for tags (default: the truth)
+
+
+@dataclass
+class FakePeer:
+    """A peer registry holding ``blobs`` (digest -> bytes) and ``tags`` (name:tag -> digest)."""
+
+    host: str
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    knobs: Knobs = field(default_factory=Knobs)
+    requests: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    _never: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(f"peer-{self.host}", self.host, self.port)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/v2/{name:.+}/{kind:(blobs|manifests)}/{ref}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, 0))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+
+    async def stop(self) -> None:
+        self._never.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        ref = request.match_info["ref"]
+        name = request.match_info["name"]
+        self.requests.append(
+            (request.method, ref, request.headers.get("Range"), request.headers.get("X-Spegel-Mirrored"))
+        )
+        knobs = self.knobs
+        if knobs.silent:
+            await self._never.wait()
+        if knobs.first_byte_delay:
+            await asyncio.sleep(knobs.first_byte_delay)  # the misbehaviour under test, not a sync
+        digest = ref if ref.startswith("sha256:") else self.tags.get(f"{name}:{ref}")
+        data = self.blobs.get(digest) if digest else None
+        if knobs.missing or data is None or digest is None:
+            return web.Response(status=404, text="{}")
+        if not ref.startswith("sha256:") and knobs.tag_digest is not None:
+            digest = knobs.tag_digest
+        if knobs.corrupt:
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+        headers = {
+            "Docker-Content-Digest": digest,
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        }
+        status, start = 200, 0
+        range_header = request.headers.get("Range")
+        if range_header and not knobs.ignore_range:
+            start = int(range_header.removeprefix("bytes=").rstrip("-"))
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        if knobs.die_after is not None:
+            await response.write(body[: knobs.die_after])
+            await response.drain()
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        view = memoryview(body)
+        for pos in range(0, len(body), 1 << 20):
+            await response.write(view[pos : pos + (1 << 20)])
+        await response.write_eof()
+        return response
+
+
+class FakeRouter:
+    """Yields a fixed provider list for every key (or per-key lists); counts lookups."""
+
+    def __init__(self, peers: Iterable[Peer] = (), by_key: dict[str, list[Peer]] | None = None) -> None:
+        self.peers = list(peers)
+        self.by_key = by_key or {}
+        self.lookups: list[str] = []
+
+    def ready(self) -> bool:
+        return True
+
+    async def advertise(self, keys: Iterable[str]) -> None:
+        return None
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        return None
+
+    async def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
+        self.lookups.append(key)
+        for peer in self.by_key.get(key, self.peers)[:limit]:
+            yield peer
+
+    async def close(self) -> None:
+        return None
+
+
+class Front:
+    """The registry server's seam, reduced to the mirror call: fetch, then respond or 404."""
+
+    def __init__(self, mirror: Mirror) -> None:
+        self.mirror = mirror
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/v2/{name:.+}/{kind:(blobs|manifests)}/{ref}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        kind = request.match_info["kind"]
+        assert kind in ("blobs", "manifests")
+        method = request.method
+        assert method in ("GET", "HEAD")
+        mirror_request = MirrorRequest(
+            registry=request.query.get("ns", "docker.io"),
+            name=request.match_info["name"],
+            reference=request.match_info["ref"],
+            kind=kind,  # type: ignore[arg-type]  # checked just above
+            method=method,  # type: ignore[arg-type]  # checked just above
+            range=request.headers.get("Range"),
+            accept=request.headers.get("Accept"),
+        )
+        try:
+            result = await self.mirror.fetch(mirror_request)
+        except NotFoundError:
+            return web.Response(status=404, text='{"errors":[{"code":"BLOB_UNKNOWN"}]}')
+        return await result.respond(request)
