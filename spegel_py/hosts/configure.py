@@ -1,0 +1,178 @@
+"""``configuration`` and ``cleanup``: point containerd's certs.d at the mirror, and put it back.
+
+The contract with the operator (and with Go Spegel, whose ``_backup`` this reads and writes):
+
+* the first run copies every existing certs.d entry into ``certs.d/_backup``; later runs never
+  touch that backup again, so it always holds the operator's configuration, never ours;
+* each mirrored registry (or ``_default`` when none is named) gets a directory whose hosts.toml
+  lists the mirror targets; entries for other registries are left in place;
+* ``cleanup`` removes the directories we wrote, moves the backup back and deletes ``_backup``. It
+  can be run again at any point (also after a crash half-way) and, when there is no backup, it
+  removes only directories whose hosts.toml carries our marker line.
+
+Unlike Go Spegel, configuration does not delete the entries of registries it does not mirror:
+they carry TLS and credentials for registries the operator still uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spegel_py.errors import ConfigurationError
+from spegel_py.hosts import files
+from spegel_py.hosts.render import (
+    DEFAULT_DIR,
+    hosts_document,
+    parse_mirrored,
+    parse_targets,
+    validate_duration,
+)
+from spegel_py.hosts.toml import dumps
+
+log = logging.getLogger(__name__)
+
+
+def configure_mirrors(
+    config_path: Path | str,
+    mirrored_registries: Sequence[str],
+    mirror_targets: Sequence[str],
+    *,
+    resolve_tags: bool = True,
+    prepend_existing: bool = False,
+    dial_timeout: str = "200ms",
+) -> list[str]:
+    """Write ``<config_path>/<registry>/hosts.toml`` for every mirrored registry.
+
+    Every input is validated before the disk is touched. Returns warnings for the operator (one
+    line each); raises :class:`ConfigurationError` when the configuration cannot be written.
+    """
+    root = Path(config_path)
+    mirrored = parse_mirrored(mirrored_registries)
+    targets = parse_targets(mirror_targets)
+    validate_duration(dial_timeout)
+    warnings: list[str] = []
+    with files.translated(f"cannot configure {root}"):
+        root.mkdir(parents=True, exist_ok=True)
+        files.remove_leftovers(root)
+        _backup_once(root)
+        backup = root / files.BACKUP_DIR
+        wanted = {m.directory for m in mirrored}
+        for entry in mirrored:
+            warnings += _adopt_unbacked(root, entry.directory)
+            existing, extra = _existing(backup / entry.directory) if prepend_existing else (None, {})
+            document = hosts_document(
+                entry, targets, resolve_tags=resolve_tags, dial_timeout=dial_timeout, existing=existing
+            )
+            text = files.MARKER + "\n" + dumps(document)
+            files.write_directory(root / entry.directory, {**extra, files.HOSTS_FILE: text.encode()})
+            log.info("configured containerd mirror", extra={"registry": entry.directory, "path": str(root)})
+        for path in files.entries(root):
+            if path.name not in wanted and files.is_ours(path):
+                _restore_entry(root, path.name, keep_backup=True)
+        if DEFAULT_DIR in wanted:
+            warnings += [
+                f"{root / p.name} takes precedence over {DEFAULT_DIR}: pulls from {p.name} bypass the mirror"
+                for p in files.entries(root)
+                if p.name != DEFAULT_DIR and p.is_dir() and not files.is_ours(p)
+            ]
+    return warnings
+
+
+def cleanup_mirrors(config_path: Path | str) -> list[str]:
+    """Undo :func:`configure_mirrors`; returns what was done, one line each. Idempotent."""
+    root = Path(config_path)
+    done: list[str] = []
+    if not root.is_dir():
+        return done
+    with files.translated(f"cannot clean up {root}"):
+        files.remove_leftovers(root)
+        backup = root / files.BACKUP_DIR
+        for path in files.entries(root):
+            if files.is_ours(path) and not files.present(backup / path.name):
+                files.remove(path)
+                done.append(f"removed {path}")
+        if backup.is_dir():
+            for path in files.entries(backup):
+                _restore_entry(root, path.name, keep_backup=False)
+                done.append(f"restored {root / path.name}")
+            files.remove(backup)
+            done.append(f"removed {backup}")
+    return done
+
+
+def _backup_once(root: Path) -> None:
+    """Copy the operator's entries into ``_backup`` unless a backup already exists.
+
+    The copy is assembled under a temporary name and renamed, so ``_backup`` is complete or absent.
+    Our own directories (left by a run whose backup was deleted by hand) are not backed up:
+    restoring them would resurrect the mirror configuration after cleanup.
+    """
+    backup = root / files.BACKUP_DIR
+    if files.present(backup):
+        return
+    staging = files.temp_name(root, "backup")
+    staging.mkdir()
+    for path in files.entries(root):
+        if not files.is_ours(path):
+            files.copy_entry(path, staging / path.name)
+    staging.rename(backup)
+
+
+def _adopt_unbacked(root: Path, name: str) -> list[str]:
+    """Before replacing ``root/name``: an operator's entry that the backup lacks (created after the
+    first run) is added to the backup, never lost; one that differs from its backup copy is
+    reported, because cleanup will restore the backup copy."""
+    current = root / name
+    saved = root / files.BACKUP_DIR / name
+    if not files.present(current) or files.is_ours(current):
+        return []
+    if not files.present(saved):
+        files.copy_entry(current, saved)
+        return []
+    if not files.same_tree(current, saved):
+        return [f"{current} changed since it was backed up; cleanup will restore the backed-up version"]
+    return []
+
+
+def _existing(saved: Path) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
+    """The backed-up hosts.toml of a registry (parsed) and the other files next to it (certificates
+    and keys its host entries may name), for --prepend-existing."""
+    hosts = saved / files.HOSTS_FILE
+    if not hosts.is_file():
+        return None, {}
+    try:
+        document = tomllib.loads(hosts.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot prepend to {hosts}: not valid TOML ({exc})") from exc
+    extra = {
+        p.relative_to(saved).as_posix(): p.read_bytes()
+        for p in sorted(saved.rglob("*"))
+        if p.is_file() and p != hosts
+    }
+    return document, extra
+
+
+def _restore_entry(root: Path, name: str, *, keep_backup: bool) -> None:
+    """Put the backed-up ``name`` back in place of whatever is there now (or remove ours if the
+    backup has no such entry). ``keep_backup`` copies instead of moving."""
+    current = root / name
+    saved = root / files.BACKUP_DIR / name
+    if not files.present(saved):
+        if files.is_ours(current):
+            files.remove(current)
+        return
+    # Stage the restored entry next to its place first, so it is missing only between two renames.
+    staged = files.temp_name(root, "restore")
+    if keep_backup:
+        files.copy_entry(saved, staged)
+    else:
+        saved.rename(staged)
+    files.remove(current)
+    staged.rename(current)
+
+
+
