@@ -1,0 +1,165 @@
+"""Static, DNS and HTTP bootstrap (Kubernetes: test_bootstrap_kubernetes.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from aiohttp import web
+
+from spegel_py.errors import ConfigurationError, RoutingError
+from spegel_py.routing.bootstrap import (
+    Bootstrapper,
+    DNSBootstrapper,
+    HTTPBootstrapper,
+    StaticBootstrapper,
+    id_document,
+    parse_id_document,
+)
+
+PEER = "12D3KooWJJRYfcGUSbXJV446hkkarXd2GeNHDQb7DfcMMr86c79i"
+
+
+# -- static ---------------------------------------------------------------------------------------
+async def test_static_answers_its_list() -> None:
+    peers = ["/ip4/10.0.0.1/tcp/5001/p2p/" + PEER, "/ip6/fd00::1/tcp/5001", " "]
+    boot = StaticBootstrapper(peers)
+    assert isinstance(boot, Bootstrapper)
+    assert await boot.peers() == peers[:2]
+
+
+@pytest.mark.parametrize(
+    "bad", ["10.0.0.1:5001", "/ip4/10.0.0.1/udp/5001", "/ip4/10.0.0.1", "ip4/1.2.3.4/tcp/1"]
+)
+def test_static_rejects_typos(bad: str) -> None:
+    with pytest.raises(ConfigurationError):
+        StaticBootstrapper([bad])
+
+
+# -- dns ------------------------------------------------------------------------------------------
+def resolver_of(answers: dict[str, list[str]]) -> Callable[[str], object]:
+    async def resolve(host: str) -> list[str]:
+        if host not in answers:
+            raise RoutingError(f"NXDOMAIN {host}")
+        return answers[host]
+
+    return resolve
+
+
+@pytest.mark.parametrize(
+    ("answer", "limit", "expected"),
+    [
+        ([], 3, []),
+        (["10.0.0.3", "10.0.0.1", "10.0.0.2"], 3,
+         ["/ip4/10.0.0.1/tcp/5001", "/ip4/10.0.0.2/tcp/5001", "/ip4/10.0.0.3/tcp/5001"]),
+        # sorted numerically (10.0.0.9 < 10.0.0.10), at most `limit` per family, duplicates once
+        (["10.0.0.10", "10.0.0.9", "10.0.0.9", "10.0.0.11", "fd00::2", "fd00::1", "fd00::3"], 2,
+         ["/ip4/10.0.0.9/tcp/5001", "/ip4/10.0.0.10/tcp/5001",
+          "/ip6/fd00::1/tcp/5001", "/ip6/fd00::2/tcp/5001"]),
+        (["fe80::1%eth0"], 3, ["/ip6/fe80::1/tcp/5001"]),
+    ],
+)
+async def test_dns_records_to_multiaddrs(answer: list[str], limit: int, expected: list[str]) -> None:
+    boot = DNSBootstrapper(
+        "spegel-bootstrap.spegel.svc.cluster.local.", port=5001, limit=limit,
+        resolver=resolver_of({"spegel-bootstrap.spegel.svc.cluster.local.": answer}),  # type: ignore[arg-type]
+    )
+    assert await boot.peers() == expected
+
+
+async def test_dns_failure_is_a_routing_error() -> None:
+    boot = DNSBootstrapper("missing.", port=5001, resolver=resolver_of({}))  # type: ignore[arg-type]
+    with pytest.raises(RoutingError):
+        await boot.peers()
+
+
+async def test_dns_system_resolver_reads_etc_hosts() -> None:
+    # `localhost` is answered from /etc/hosts by getaddrinfo: the real resolution path, no network.
+    peers = await DNSBootstrapper("localhost", port=5001).peers()
+    assert "/ip4/127.0.0.1/tcp/5001" in peers
+    assert all(p.endswith("/tcp/5001") for p in peers)
+
+
+# -- http -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fmt", "addrs", "expected"),
+    [
+        ("text", ["/ip4/0.0.0.0/tcp/5001", "/ip4/10.0.0.1/tcp/5001"], f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"),
+        ("text", [f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"], f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"),
+        ("json", ["/ip4/10.0.0.1/tcp/5001", "/ip6/fd00::1/tcp/5001"],
+         json.dumps([{"ID": PEER, "Addrs": ["/ip4/10.0.0.1/tcp/5001", "/ip6/fd00::1/tcp/5001"]}])),
+    ],
+)
+def test_id_document(fmt: str, addrs: list[str], expected: str) -> None:
+    assert id_document(PEER, addrs, fmt=fmt) == expected  # type: ignore[arg-type]
+
+
+def test_id_document_needs_a_dialable_address() -> None:
+    with pytest.raises(RoutingError):
+        id_document(PEER, ["/ip4/0.0.0.0/tcp/5001"])
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}\n", [f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"]),
+        (json.dumps([{"ID": PEER, "Addrs": ["/ip4/10.0.0.1/tcp/5001"]}]),
+         [f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"]),
+        (json.dumps([{"ID": "", "Addrs": ["/ip4/10.0.0.1/tcp/5001"]}]), ["/ip4/10.0.0.1/tcp/5001"]),
+        (json.dumps([{"Addrs": [f"/ip4/10.0.0.{i}/tcp/1"]} for i in range(5)]),
+         ["/ip4/10.0.0.0/tcp/1", "/ip4/10.0.0.1/tcp/1", "/ip4/10.0.0.2/tcp/1"]),  # at most three entries
+    ],
+)
+def test_parse_id_document(body: str, expected: list[str]) -> None:
+    assert parse_id_document(body) == expected
+
+
+@pytest.mark.parametrize("body", ["", "hello", "[1, 2]", "{}", '[{"Addrs": ["10.0.0.1:5001"]}]', "[{"])
+def test_parse_id_document_rejects(body: str) -> None:
+    with pytest.raises(RoutingError):
+        parse_id_document(body)
+
+
+@pytest.fixture
+async def id_server() -> AsyncIterator[tuple[str, dict[str, object]]]:
+    """A node's /id endpoint on 127.0.0.42, mounted the way the app mounts it."""
+    state: dict[str, object] = {"body": id_document(PEER, ["/ip4/127.0.0.42/tcp/5001"]), "status": 200}
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text=str(state["body"]), status=int(state["status"]))  # type: ignore[call-overload]
+
+    app = web.Application()
+    app.router.add_get("/id", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.42", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.42:{port}/id", state
+    finally:
+        await runner.cleanup()
+
+
+async def test_http_reads_both_formats(id_server: tuple[str, dict[str, object]]) -> None:
+    url, state = id_server
+    boot = HTTPBootstrapper(url, timeout=5)
+    assert await boot.peers() == [f"/ip4/127.0.0.42/tcp/5001/p2p/{PEER}"]
+    state["body"] = id_document(PEER, ["/ip4/127.0.0.42/tcp/5001"], fmt="json")
+    assert await boot.peers() == [f"/ip4/127.0.0.42/tcp/5001/p2p/{PEER}"]
+
+
+async def test_http_error_status_is_a_routing_error(id_server: tuple[str, dict[str, object]]) -> None:
+    url, state = id_server
+    state["status"] = 503
+    with pytest.raises(RoutingError, match="503"):
+        await HTTPBootstrapper(url).peers()
+
+
+async def test_http_unreachable_is_a_routing_error(id_server: tuple[str, dict[str, object]]) -> None:
+    url, _ = id_server
+    with pytest.raises(RoutingError):
+        await HTTPBootstrapper(url.replace("/id", "/nothing-here")).peers()
+    with pytest.raises(RoutingError):
+        await HTTPBootstrapper("http://127.0.0.42:1/id", timeout=2).peers()

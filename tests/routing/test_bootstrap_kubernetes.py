@@ -1,0 +1,99 @@
+"""Kubernetes bootstrap against the fake API server (tests/fakes/kube_apiserver.py, a test double)."""
+
+from __future__ import annotations
+
+import pytest
+from fakes.kube_apiserver import FakeKubeApiServer, make_pod
+
+from spegel_py.errors import ConfigurationError, RoutingError
+from spegel_py.routing.bootstrap import Bootstrapper, KubernetesBootstrapper
+
+SELECTOR = "app.kubernetes.io/name=spegel,app.kubernetes.io/instance=spegel"
+LABELS = {"app.kubernetes.io/name": "spegel", "app.kubernetes.io/instance": "spegel"}
+
+
+def cluster() -> list[dict[str, object]]:
+    return [
+        make_pod("spegel-c", ip="10.0.0.12", labels=LABELS),
+        make_pod("spegel-a", ip="10.0.0.10", labels=LABELS),
+        make_pod("spegel-b", ip="10.0.0.11", labels=LABELS, extra_ips=("fd00::11",)),
+        make_pod("spegel-pending", ip=None, phase="Pending", labels=LABELS),
+        make_pod("spegel-failed", ip="10.0.0.13", phase="Failed", labels=LABELS),
+        make_pod("spegel-leaving", ip="10.0.0.14", labels=LABELS, deleting=True),
+        make_pod("other-app", ip="10.0.0.20", labels={"app.kubernetes.io/name": "other"}),
+        make_pod("spegel-elsewhere", ip="10.0.0.30", labels=LABELS, namespace="kube-system"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("self_name", "limit", "expected"),
+    [
+        (None, 0, ["/ip4/10.0.0.10/tcp/5001", "/ip4/10.0.0.11/tcp/5001", "/ip6/fd00::11/tcp/5001",
+                   "/ip4/10.0.0.12/tcp/5001"]),
+        ("spegel-a", 0, ["/ip4/10.0.0.11/tcp/5001", "/ip6/fd00::11/tcp/5001", "/ip4/10.0.0.12/tcp/5001"]),
+        (None, 1, ["/ip4/10.0.0.10/tcp/5001"]),
+    ],
+)
+async def test_running_pods_of_the_daemonset(self_name: str | None, limit: int, expected: list[str]) -> None:
+    async with FakeKubeApiServer(host="127.0.0.41") as api:
+        api.pods = cluster()
+        boot = KubernetesBootstrapper(
+            namespace="spegel", label_selector=SELECTOR, port=5001,
+            configuration=api.configuration(), self_name=self_name, limit=limit,
+        )
+        assert isinstance(boot, Bootstrapper)
+        assert await boot.peers() == expected
+        assert api.requests == [("spegel", SELECTOR)]
+
+
+async def test_sees_pods_that_arrive_later() -> None:
+    async with FakeKubeApiServer(host="127.0.0.41") as api:
+        boot = KubernetesBootstrapper(
+            namespace="spegel", label_selector=SELECTOR, port=5001, configuration=api.configuration()
+        )
+        assert await boot.peers() == []
+        api.pods.append(make_pod("spegel-late", ip="10.0.0.50", labels=LABELS))
+        assert await boot.peers() == ["/ip4/10.0.0.50/tcp/5001"]
+
+
+async def test_forbidden_is_a_routing_error() -> None:
+    async with FakeKubeApiServer(host="127.0.0.41") as api:
+        api.forbidden = True
+        boot = KubernetesBootstrapper(
+            namespace="spegel", label_selector=SELECTOR, port=5001, configuration=api.configuration()
+        )
+        with pytest.raises(RoutingError, match="403"):
+            await boot.peers()
+
+
+async def test_wrong_token_is_a_routing_error() -> None:
+    async with FakeKubeApiServer(host="127.0.0.41") as api:
+        cfg = api.configuration()
+        cfg.api_key = {"authorization": "wrong"}
+        boot = KubernetesBootstrapper(
+            namespace="spegel", label_selector=SELECTOR, port=5001, configuration=cfg
+        )
+        with pytest.raises(RoutingError, match="401"):
+            await boot.peers()
+
+
+async def test_unreachable_api_server_is_a_routing_error() -> None:
+    async with FakeKubeApiServer(host="127.0.0.41") as api:
+        cfg = api.configuration()
+    # The server is gone now: nothing listens on that port any more.
+    cfg.retries = False
+    boot = KubernetesBootstrapper(
+        namespace="spegel", label_selector=SELECTOR, port=5001, configuration=cfg, timeout=2
+    )
+    with pytest.raises(RoutingError):
+        await boot.peers()
+
+
+async def test_outside_a_cluster_in_cluster_config_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    boot = KubernetesBootstrapper(namespace="spegel", label_selector=SELECTOR, port=5001)
+    with pytest.raises(ConfigurationError):
+        await boot.peers()
