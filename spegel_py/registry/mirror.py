@@ -29,6 +29,8 @@ from aiohttp import web
 
 from spegel_py.errors import ContentNotFoundError, ImageNotFoundError, InvalidDigestError, NotFoundError
 from spegel_py.oci.digest import Digest
+from spegel_py.oci.errors import ErrorCode, error_body
+from spegel_py.oci.paths import DistributionPath, Kind
 from spegel_py.registry.bufferpool import BufferPool, BufferPoolExhaustedError
 from spegel_py.registry.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
 from spegel_py.registry.peerhealth import PeerHealth
@@ -47,7 +49,7 @@ class IntegrityError(PeerCorruptError):
 class MirrorRequest:
     """What the server asks the mirror for; ``registry`` is containerd's ``ns`` parameter."""
 
-    registry: str
+    registry: str | None  # None when the client sent no ns (skopeo, podman): digests only
     name: str
     reference: str  # a tag or a digest string
     kind: Literal["manifests", "blobs"]
@@ -115,11 +117,42 @@ class Mirror:
                 return str(Digest.parse(request.reference))
             except InvalidDigestError as exc:
                 raise ContentNotFoundError(f"invalid digest {request.reference[:80]!r}") from exc
-        if request.kind != "manifests" or not self.settings.resolve_tags:
+        if request.kind != "manifests" or not self.settings.resolve_tags or request.registry is None:
             raise ImageNotFoundError("tags are not resolved by peers")
         if request.reference == "latest" and not self.settings.resolve_latest:
             raise ImageNotFoundError(":latest is not resolved by peers")
         return f"{request.registry}/{request.name}:{request.reference}"
+
+    async def serve(self, request: web.Request, path: DistributionPath, ns: str | None) -> web.StreamResponse:
+        """The registry server's seam (:class:`spegel_py.registry.base.Mirror`): answer from peers or 404.
+
+        A 404 (BLOB_UNKNOWN / MANIFEST_UNKNOWN) comes within ``settings.deadline`` so containerd
+        falls back to the next host or upstream at once.
+        """
+        kind: Literal["manifests", "blobs"] = "blobs" if path.kind is Kind.BLOBS else "manifests"
+        reference = str(path.digest) if path.digest is not None else path.tag
+        method = request.method
+        if reference is None or method not in ("GET", "HEAD"):
+            raise ValueError("the server hands the mirror only validated GET/HEAD content paths")
+        accept = request.headers.getall("Accept", [])
+        mirror_request = MirrorRequest(
+            registry=ns,
+            name=path.name,
+            reference=reference,
+            kind=kind,
+            method="GET" if method == "GET" else "HEAD",
+            range=request.headers.get("Range"),
+            # skopeo and podman send several Accept lines; a proxy must combine them.
+            accept=", ".join(accept) if accept else None,
+        )
+        try:
+            result = await self.fetch(mirror_request)
+        except NotFoundError as exc:
+            code = ErrorCode.BLOB_UNKNOWN if kind == "blobs" else ErrorCode.MANIFEST_UNKNOWN
+            return web.Response(
+                status=404, body=error_body(code, str(exc)), content_type="application/json"
+            )
+        return await result.respond(request)
 
     async def fetch(self, request: MirrorRequest) -> MirrorResponse:
         """Find a peer that serves ``request``; raise :class:`NotFoundError` when none does in time."""
@@ -200,7 +233,7 @@ class _Attempt:
 
     def target(self) -> str:
         r = self._request
-        return f"/v2/{r.name}/{r.kind}/{r.reference}?ns={r.registry}"
+        return f"/v2/{r.name}/{r.kind}/{r.reference}" + (f"?ns={r.registry}" if r.registry else "")
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {MIRRORED_HEADER: "true", "Accept": self._request.accept or "*/*"}
@@ -438,7 +471,7 @@ class _RangeAttempt:
         s = self._mirror.settings
         r = self._request
         resp = await self._mirror._client.request(
-            peer, "GET", f"/v2/{r.name}/blobs/{r.reference}?ns={r.registry}",
+            peer, "GET", f"/v2/{r.name}/blobs/{r.reference}" + (f"?ns={r.registry}" if r.registry else ""),
             {MIRRORED_HEADER: "true", "Range": f"bytes={self._pos}-"},
             dial_timeout=s.dial_timeout, first_byte_timeout=s.first_byte_timeout,
         )

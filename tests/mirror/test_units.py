@@ -1,0 +1,110 @@
+"""Buffer pool, peer health and range parsing on their own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from spegel_py.registry.bufferpool import BufferPool, BufferPoolExhaustedError
+from spegel_py.registry.mirror import _byte_range
+from spegel_py.registry.peerhealth import PeerHealth
+from spegel_py.routing.base import Peer
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let other tasks run until ``condition`` holds (bounded: a few hundred loop iterations)."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    pytest.fail("condition never held")
+
+
+async def test_pool_exhaustion_waits_then_recovers() -> None:
+    pool = BufferPool(count=2, size=4096)
+    first = await pool.acquire(max_wait=1)
+    second = await pool.acquire(max_wait=1)
+    assert (pool.in_use, pool.allocated) == (2, 2)
+    waiter = asyncio.create_task(pool.acquire(max_wait=5))
+    await until(lambda: pool.waits_total == 1)  # the waiter is queued
+    assert not waiter.done()
+    pool.release(first)
+    third = await asyncio.wait_for(waiter, 1)
+    assert third is first  # the same buffer, reused, no new allocation
+    assert (pool.in_use, pool.allocated) == (2, 2)
+    pool.release(second)
+    pool.release(third)
+    assert pool.in_use == 0
+
+
+async def test_pool_exhaustion_times_out_and_loses_nothing() -> None:
+    pool = BufferPool(count=1, size=4096)
+    held = await pool.acquire()
+    with pytest.raises(BufferPoolExhaustedError):
+        await pool.acquire(max_wait=0.01)
+    cancelled = asyncio.create_task(pool.acquire(max_wait=5))
+    await until(lambda: pool.waits_total == 2)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    pool.release(held)
+    assert pool.timeouts_total == 1 and pool.in_use == 0
+    async with pool.buffer(max_wait=0.01) as buf:
+        assert len(buf) == 4096 and pool.in_use == 1
+    assert pool.in_use == 0 and pool.allocated == 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_peer_health_forgets_misses_and_avoidance_in_time() -> None:
+    clock = Clock()
+    health = PeerHealth(miss_ttl=5, avoid_ttl=60, clock=clock)
+    a, b = Peer("a", "127.0.0.2", 5000), Peer("b", "127.0.0.3", 5000)
+    health.record_miss(a, "k1")
+    assert not health.usable(a, "k1") and health.usable(a, "k2") and health.usable(b, "k1")
+    clock.now += 5.01
+    assert health.usable(a, "k1")
+    health.record_corruption(b)
+    assert not health.usable(b, "k1") and not health.usable(b, "k2") and health.avoided(b)
+    clock.now += 60.01
+    assert health.usable(b, "k1") and not health.avoided(b)
+    health.record_miss(a, "k3")
+    health.record_success(a, "k3")
+    assert health.usable(a, "k3")
+
+
+def test_peer_health_is_bounded() -> None:
+    health = PeerHealth(max_entries=3, clock=Clock())
+    peer = Peer("a", "127.0.0.2", 5000)
+    for key in ("k1", "k2", "k3", "k4"):
+        health.record_miss(peer, key)
+    assert health.usable(peer, "k1")  # the oldest miss was forgotten
+    assert not health.usable(peer, "k4")
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, (0, 99, 200)),
+        ("bytes=0-", (0, 99, 206)),
+        ("bytes=10-19", (10, 19, 206)),
+        ("bytes=90-200", (90, 99, 206)),
+        ("bytes=-10", (90, 99, 206)),
+        ("bytes=-1000", (0, 99, 206)),
+        ("bytes=100-", (0, 0, 416)),
+        ("bytes=20-10", (0, 0, 416)),
+        ("bytes=-0", (0, 0, 416)),
+        ("bytes=0-1,5-6", (0, 99, 200)),
+        ("items=0-1", (0, 99, 200)),
+    ],
+)
+def test_byte_range(header: str | None, expected: tuple[int, int, int]) -> None:
+    assert _byte_range(header, 100) == expected

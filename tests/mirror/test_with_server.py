@@ -1,0 +1,99 @@
+"""The mirror plugged into the real registry server: node B lacks content, node A (a real
+spegel-py server) has it; a client of B gets A's bytes, and A never mirrors a peer's request."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+from mirror_fakes import FakeRouter
+
+from spegel_py.metrics import Metrics
+from spegel_py.oci.digest import Digest
+from spegel_py.registry.bufferpool import BufferPool
+from spegel_py.registry.mirror import Mirror, MirrorSettings
+from spegel_py.registry.pagecache import PageCacheCoordinator
+from spegel_py.registry.relay import PeerClient
+from spegel_py.registry.server import RegistryServer
+from spegel_py.routing.base import Peer
+from spegel_py.store.memory import MemoryStore
+
+
+@dataclass
+class Node:
+    store: MemoryStore
+    runner: web.AppRunner
+    port: int
+    mirror: Mirror | None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.runner.addresses[0][0]}:{self.port}"
+
+
+async def start_node(host: str, store: MemoryStore, mirror: Mirror | None) -> Node:
+    server = RegistryServer(
+        store, metrics=Metrics(), coordinator=PageCacheCoordinator(settle=0), mirror=mirror
+    )
+    runner = web.AppRunner(server.application(), access_log=None, handle_signals=False, shutdown_timeout=1)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    await web.SockSite(runner, sock).start()
+    return Node(store, runner, port, mirror)
+
+
+@pytest.fixture
+async def nodes(no_leaks: None) -> AsyncIterator[tuple[Node, Node, FakeRouter]]:
+    router = FakeRouter()
+    a = await start_node("127.0.0.2", MemoryStore(), Mirror(FakeRouter(), pool=BufferPool(count=2)))
+    mirror = Mirror(
+        router, client=PeerClient(), pool=BufferPool(count=4, size=64 * 1024), settings=MirrorSettings()
+    )
+    b = await start_node("127.0.0.3", MemoryStore(), mirror)
+    router.peers = [Peer("a", "127.0.0.2", a.port)]
+    try:
+        yield a, b, router
+    finally:
+        for node in (b, a):
+            await node.runner.cleanup()
+            if node.mirror is not None:
+                await node.mirror.close()
+
+
+async def test_node_b_serves_node_a_content(nodes: tuple[Node, Node, FakeRouter]) -> None:
+    a, b, router = nodes
+    layer = bytes(range(256)) * 8192  # 2 MiB: relayed, not buffered
+    manifest = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
+    layer_digest = a.store.add_blob(layer).digest
+    manifest_digest = a.store.add_blob(manifest).digest
+    a.store.tag("docker.io/library/app:v1", manifest_digest)
+    async with aiohttp.ClientSession() as session:
+        async with session.head(f"{b.url}/v2/library/app/manifests/v1?ns=docker.io") as resp:
+            assert resp.status == 200
+            assert resp.headers["Docker-Content-Digest"] == str(manifest_digest)
+            assert resp.headers["Content-Length"] == str(len(manifest))
+        async with session.get(f"{b.url}/v2/library/app/manifests/{manifest_digest}?ns=docker.io") as resp:
+            assert resp.status == 200
+            assert await resp.read() == manifest
+        async with session.get(f"{b.url}/v2/library/app/blobs/{layer_digest}?ns=docker.io") as resp:
+            assert resp.status == 200
+            assert await resp.read() == layer
+        missing = Digest.of(b"nobody has this")
+        async with session.get(f"{b.url}/v2/library/app/blobs/{missing}?ns=docker.io") as resp:
+            assert resp.status == 404
+            assert (await resp.json())["errors"][0]["code"] == "BLOB_UNKNOWN"
+    assert b.mirror is not None and b.mirror.stats.served == 3
+    # Node A answered from local content only: its own mirror was never consulted.
+    assert a.mirror is not None and a.mirror.stats.requests == 0
+    assert router.lookups == [
+        "docker.io/library/app:v1",
+        str(manifest_digest),
+        str(layer_digest),
+        str(missing),
+    ]
