@@ -78,6 +78,10 @@ class _Pending:
     def any(self) -> bool:
         return self.full or self.images or self.content_created or bool(self.content_deleted)
 
+    def urgent(self) -> bool:
+        """Anything but created content (cheap to apply, or a withdrawal that should be prompt)."""
+        return self.full or self.images or bool(self.content_deleted)
+
     def merge(self, other: _Pending) -> None:
         self.full |= other.full
         self.images |= other.images
@@ -89,9 +93,11 @@ class Advertiser:
     """Follows a :class:`ContentStore` and keeps a :class:`Router` advertising exactly its content.
 
     Options (keyword-only, seconds): ``debounce`` how long a batch collects events after the
-    first one (bounds the delay too); ``recheck_after`` delays after an image delete/update at
-    which everything is re-walked, to catch blobs collected without events; ``resync_interval``
-    how often everything is re-walked regardless; ``retry_interval`` the wait after the store
+    first one (bounds the delay too); ``content_debounce`` the same for batches of created content
+    alone (a pull in progress), which re-walk every image and so run less often;
+    ``recheck_after`` delays after an image delete/update at which everything is re-walked, to
+    catch blobs collected without events; ``resync_interval`` how often everything is re-walked
+    regardless; ``retry_interval`` the wait after the store
     or router failed. ``registry_filter`` selects the images that are shared.
     """
 
@@ -102,6 +108,7 @@ class Advertiser:
         *,
         registry_filter: RegistryFilter | None = None,
         debounce: float = 0.1,
+        content_debounce: float = 1.0,
         recheck_after: Sequence[float] = (2.0, 10.0, 30.0, 120.0),
         resync_interval: float = 600.0,
         retry_interval: float = 5.0,
@@ -111,6 +118,7 @@ class Advertiser:
         self._router = router
         self._filter = registry_filter or RegistryFilter()
         self._debounce = debounce
+        self._content_debounce = content_debounce
         self._recheck_after = tuple(recheck_after)
         self._resync_interval = resync_interval
         self._retry_interval = retry_interval
@@ -219,8 +227,7 @@ class Advertiser:
                 next_resync = now + self._resync_interval
             if not self._pending.any():
                 continue
-            # Let a burst (a pull's content events, then its image events) gather into one batch.
-            await asyncio.sleep(self._debounce)
+            await self._gather_burst()
             batch, self._pending = self._pending, _Pending()
             try:
                 await self._apply(batch)
@@ -228,6 +235,25 @@ class Advertiser:
                 log.warning("advertising failed, retrying in %.1fs: %s", self._retry_interval, exc)
                 self._pending.merge(batch)
                 await self._pause(self._retry_interval)
+
+    async def _gather_burst(self) -> None:
+        """Let a burst (a pull's content events, then its image event) gather into one batch.
+
+        Content-only batches wait ``content_debounce``; an image event cuts that to ``debounce``.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        content_only = not self._pending.urgent()
+        deadline = start + (self._content_debounce if content_only else self._debounce)
+        while (remaining := deadline - loop.time()) > 0 and not self._ended:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+            if content_only and self._pending.urgent():
+                content_only = False
+                deadline = min(deadline, start + self._debounce)
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds`` (events keep accumulating meanwhile), or less if the store closes."""

@@ -103,8 +103,9 @@ async def test_initial_sync_advertises_every_present_blob_and_tag() -> None:
 
 
 async def test_pull_after_start_is_advertised() -> None:
+    """A pull's content events wait for a long debounce; its image event cuts that short."""
     store = MemoryStore()
-    async with running(store) as node:
+    async with running(store, content_debounce=60.0) as node:
         await eventually(lambda: node.advertiser.batches >= 1)
         assert node.advertiser.advertised() == frozenset()
         small = small_image()
