@@ -1,0 +1,198 @@
+"""Fixtures of the local-cluster harness (``tests/harness``), shared by every test package.
+
+Expensive things are session-scoped and lazy: test images are built (or taken from the on-disk
+cache) only when a test asks for them, the big image only by tests that request ``big_image``,
+and one upstream registry serves the whole session. Everything a fixture starts is stopped by
+pid in its teardown, whatever the test's outcome.
+
+Missing components: :func:`require` skips a test locally but fails it when ``CI=true``, so CI
+can never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from harness import (
+    BuiltImage,
+    ContainerdNode,
+    ImageSet,
+    Netns,
+    NetnsNetwork,
+    ProcessGroup,
+    SpegelRegistry,
+    UpstreamRegistry,
+    cleanup_mounts,
+    spegel_binary,
+)
+
+CLUSTER_BINARIES = ("containerd", "ctr", "runc", "docker-registry", "skopeo", "curl", "ip")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def missing(reason: str) -> None:
+    """Skip the test locally, fail it in CI: a missing component must never pass CI silently."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: integration tests never skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require(binary: str) -> str:
+    """Path of ``binary`` on PATH; skips (locally) or fails (in CI) when it is missing."""
+    path = shutil.which(binary)
+    if path is None:
+        missing(f"{binary} not found on PATH (run `make deps`)")
+    return str(path)
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        missing(f"{what} needs root")
+
+
+def require_cluster() -> None:
+    for binary in CLUSTER_BINARIES:
+        require(binary)
+    require_root("containerd nodes")
+
+
+def require_spegel() -> Path:
+    binary = spegel_binary()
+    if not binary.exists():
+        missing(f"{binary} not found (run `make venv`)")
+    return binary
+
+
+# -- processes ---------------------------------------------------------------------------------
+@pytest.fixture
+def processes() -> Iterator[ProcessGroup]:
+    """Processes of one test, stopped by pid afterwards (also when the test fails)."""
+    group = ProcessGroup()
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture(scope="session")
+def session_processes() -> Iterator[ProcessGroup]:
+    group = ProcessGroup()
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+# -- images and upstream -----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def test_images() -> ImageSet:
+    """Deterministic images (small, multi, big), built on first use and cached on disk."""
+    return ImageSet()
+
+
+@pytest.fixture(scope="session")
+def _upstream_session(
+    tmp_path_factory: pytest.TempPathFactory, session_processes: ProcessGroup, test_images: ImageSet
+) -> UpstreamRegistry:
+    for binary in ("docker-registry", "skopeo", "curl"):
+        require(binary)
+    registry = UpstreamRegistry(tmp_path_factory.mktemp("upstream"), session_processes)
+    registry.start()
+    registry.push(test_images.small)
+    registry.push(test_images.multi)
+    return registry
+
+
+@pytest.fixture
+def upstream(_upstream_session: UpstreamRegistry) -> Iterator[UpstreamRegistry]:
+    """The session's upstream registry holding test/small:v1 and test/multi:v1, running.
+
+    A test may stop it ("upstream down"); it is running again for the next test.
+    """
+    if not _upstream_session.running():
+        _upstream_session.start()
+    yield _upstream_session
+    if not _upstream_session.running():
+        _upstream_session.start()
+
+
+@pytest.fixture(scope="session")
+def _big_pushed(_upstream_session: UpstreamRegistry, test_images: ImageSet) -> BuiltImage:
+    if not _upstream_session.running():
+        _upstream_session.start()
+    _upstream_session.push(test_images.big)
+    return test_images.big
+
+
+@pytest.fixture
+def big_image(_big_pushed: BuiltImage, upstream: UpstreamRegistry) -> BuiltImage:
+    """The >= 300 MiB image, built and pushed to ``upstream`` (only for tests that ask)."""
+    return _big_pushed
+
+
+# -- nodes ---------------------------------------------------------------------------------------
+NodeFactory = Callable[..., ContainerdNode]
+RegistryFactory = Callable[..., SpegelRegistry]
+
+
+@pytest.fixture
+def containerd_node(tmp_path: Path, processes: ProcessGroup) -> Iterator[NodeFactory]:
+    """Factory: ``containerd_node(index, netns=None)`` -> a started :class:`ContainerdNode`."""
+    require_cluster()
+    nodes: list[ContainerdNode] = []
+
+    def make(index: int, *, netns: Netns | None = None, ip: str | None = None) -> ContainerdNode:
+        node = ContainerdNode(index, tmp_path / f"node{index}", processes, netns=netns, ip=ip)
+        nodes.append(node)
+        node.start()
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        for node in nodes:
+            cleanup_mounts(node.workdir)
+
+
+@pytest.fixture
+def spegel_registry(tmp_path: Path, processes: ProcessGroup) -> Iterator[RegistryFactory]:
+    """Factory: ``spegel_registry(node, **options)`` -> a started, ready :class:`SpegelRegistry`."""
+    require_spegel()
+    started: list[SpegelRegistry] = []
+
+    def make(node: ContainerdNode | None = None, **options: object) -> SpegelRegistry:
+        registry = SpegelRegistry(tmp_path / "spegel", processes, node=node, **options)  # type: ignore[arg-type]
+        started.append(registry)
+        registry.start()
+        return registry
+
+    try:
+        yield make
+    finally:
+        for registry in reversed(started):
+            registry.stop()
+
+
+@pytest.fixture
+def netns_network(processes: ProcessGroup) -> Iterator[NetnsNetwork]:
+    """A private bridge for namespaces (``.add(octet)``), removed after the test.
+
+    Processes of the test are stopped first: a namespace lives on while a process uses it.
+    """
+    require("ip")
+    require_root("network namespaces")
+    network = NetnsNetwork()
+    try:
+        yield network
+    finally:
+        processes.stop_all()
+        network.destroy()

@@ -1,0 +1,171 @@
+"""The upstream registry of the local cluster: Debian's ``docker-registry`` (distribution 2.8).
+
+It plays the role of docker.io or any real registry: node 1 pulls from it, then it is stopped to
+prove that later pulls never need it. Every request it receives is counted from its access log
+(one Apache-style line per request), so a test can assert "0 upstream requests" as a fact about
+the upstream rather than about the client.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .images import MT_INDEX, MT_MANIFEST, BuiltImage
+from .net import free_port, http_status
+from .procs import HarnessError, ProcessGroup, log_tail, wait_until
+
+# 127.0.0.1 - - [23/Nov/2026:20:33:14 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "curl/7.88.1"
+_ACCESS = re.compile(r'^\S+ - \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3}) \S+ "[^"]*" "([^"]*)"')
+
+MANIFEST_TYPES = (
+    MT_INDEX,
+    MT_MANIFEST,
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+
+CONFIG = """\
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem: {{rootdirectory: {data}}}
+  delete: {{enabled: true}}
+  maintenance:
+    uploadpurging: {{enabled: false}}
+http:
+  addr: {addr}
+  secret: spegel-py-tests-not-a-secret
+"""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request the upstream answered (from its access log)."""
+
+    method: str
+    path: str
+    status: int
+    user_agent: str
+
+
+class UpstreamRegistry:
+    """A docker-registry process with its own config, data directory and log.
+
+    ``start``/``stop`` can be called repeatedly; data survives a stop. The log is appended to
+    across restarts, so :meth:`mark` / :meth:`requests` count across them too.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        processes: ProcessGroup,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        name: str = "upstream",
+    ) -> None:
+        self.workdir = workdir
+        self.processes = processes
+        self.host = host
+        self.port = port or free_port(host)
+        self.name = name
+        self.data_dir = workdir / "data"
+        self.config_path = workdir / "config.yml"
+        self.log_path = workdir / "registry.log"
+
+    @property
+    def addr(self) -> str:
+        """``host:port``: also the registry part of image references (``127.0.0.1:PORT/test/small:v1``)."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+    def ref(self, image: BuiltImage) -> str:
+        """The reference a node pulls ``image`` by."""
+        return f"{self.addr}/{image.repository()}:{image.tag}"
+
+    def running(self) -> bool:
+        return self.name in self.processes and self.processes.get(self.name).running()
+
+    def start(self, *, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(CONFIG.format(data=self.data_dir, addr=self.addr))
+        self.processes.start(
+            self.name, ["docker-registry", "serve", str(self.config_path)], log_path=self.log_path
+        )
+        wait_until(
+            lambda: self._alive_and_answering(),
+            timeout,
+            f"upstream registry on {self.addr}",
+            diagnose=lambda: log_tail(self.log_path),
+        )
+
+    def _alive_and_answering(self) -> bool:
+        self.processes.check_running(self.name)
+        return http_status(f"{self.url}/v2/") == 200
+
+    def stop(self) -> None:
+        """Stop the process (by pid) and wait until the port refuses connections."""
+        self.processes.stop(self.name)
+        wait_until(
+            lambda: http_status(f"{self.url}/v2/", timeout=0.5) == 0, 10, f"{self.addr} to stop answering"
+        )
+
+    def push(self, image: BuiltImage, *, timeout: float = 300.0) -> str:
+        """Push a layout (all platforms) with skopeo; return the pushed reference."""
+        ref = self.ref(image)
+        argv = [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            image.oci_ref,
+            f"docker://{ref}",
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise HarnessError(
+                f"push of {image.kind} failed: {' '.join(argv)}\n{result.stderr}\n{log_tail(self.log_path)}"
+            )
+        return ref
+
+    def has(self, image: BuiltImage) -> bool:
+        """True if the upstream serves the image's tag (HEAD of its manifest)."""
+        url = f"{self.url}/v2/{image.repository()}/manifests/{image.tag}"
+        return http_status(url, method="HEAD", headers={"Accept": ", ".join(MANIFEST_TYPES)}) == 200
+
+    # -- request accounting ------------------------------------------------------------------
+    def mark(self) -> int:
+        """A position in the access log; :meth:`requests` returns what came after it."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def requests(self, since: int = 0) -> list[Request]:
+        """Requests logged after ``since`` (a :meth:`mark`).
+
+        The registry writes an access line just after each response: stop it first when the
+        count must be final (stopping waits for the process to exit, so its log is complete).
+        """
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(since)
+                text = f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            match = _ACCESS.match(line)
+            if match:
+                out.append(Request(match[1], match[2], int(match[3]), match[4]))
+        return out
