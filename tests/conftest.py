@@ -11,8 +11,6 @@ can never go green by skipping.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,47 +25,11 @@ from harness import (
     SpegelRegistry,
     UpstreamRegistry,
     cleanup_mounts,
-    spegel_binary,
 )
+from harness.require import require, require_cluster, require_root, require_spegel
 
-CLUSTER_BINARIES = ("containerd", "ctr", "runc", "docker-registry", "skopeo", "curl", "ip")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
-
-def missing(reason: str) -> None:
-    """Skip the test locally, fail it in CI: a missing component must never pass CI silently."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: integration tests never skip)", pytrace=False)
-    pytest.skip(reason)
-
-
-def require(binary: str) -> str:
-    """Path of ``binary`` on PATH; skips (locally) or fails (in CI) when it is missing."""
-    path = shutil.which(binary)
-    if path is None:
-        missing(f"{binary} not found on PATH (run `make deps`)")
-    return str(path)
-
-
-def require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        missing(f"{what} needs root")
-
-
-def require_cluster() -> None:
-    for binary in CLUSTER_BINARIES:
-        require(binary)
-    require_root("containerd nodes")
-
-
-def require_spegel() -> Path:
-    binary = spegel_binary()
-    if not binary.exists():
-        missing(f"{binary} not found (run `make venv`)")
-    return binary
+NodeFactory = Callable[..., ContainerdNode]
+RegistryFactory = Callable[..., SpegelRegistry]
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -138,10 +100,6 @@ def big_image(_big_pushed: BuiltImage, upstream: UpstreamRegistry) -> BuiltImage
 
 
 # -- nodes ---------------------------------------------------------------------------------------
-NodeFactory = Callable[..., ContainerdNode]
-RegistryFactory = Callable[..., SpegelRegistry]
-
-
 @pytest.fixture
 def containerd_node(tmp_path: Path, processes: ProcessGroup) -> Iterator[NodeFactory]:
     """Factory: ``containerd_node(index, netns=None)`` -> a started :class:`ContainerdNode`."""

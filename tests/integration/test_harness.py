@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import NodeFactory, require
 from harness import (
     ContainerdNode,
     HarnessError,
@@ -27,6 +27,7 @@ from harness import (
 )
 from harness.images import verify_layout
 from harness.netns import link_exists
+from harness.require import require
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +138,10 @@ def test_upstream_restart_keeps_data_and_counts_requests(
 
 
 def test_nodes_start_stop_restart_by_pid(
-    containerd_node: NodeFactory, processes: ProcessGroup, upstream: UpstreamRegistry, test_images: ImageSet
+    containerd_node: Callable[..., ContainerdNode],
+    processes: ProcessGroup,
+    upstream: UpstreamRegistry,
+    test_images: ImageSet,
 ) -> None:
     one, two = containerd_node(1), containerd_node(2)
     assert (one.ip, two.ip) == ("127.0.0.11", "127.0.0.12")
@@ -165,7 +169,7 @@ def test_nodes_start_stop_restart_by_pid(
 
 
 def test_pull_failure_raises_with_ctr_output(
-    containerd_node: NodeFactory, upstream: UpstreamRegistry
+    containerd_node: Callable[..., ContainerdNode], upstream: UpstreamRegistry
 ) -> None:
     node = containerd_node(3)
     with pytest.raises(HarnessError, match="not found"):
