@@ -96,6 +96,11 @@ def cleanup_mirrors(config_path: Path | str) -> list[str]:
                 files.remove(path)
                 done.append(f"removed {path}")
         if backup.is_dir():
+            if not (backup / files.BACKUP_OWNER).is_file():
+                # Go Spegel's backup: everything outside it is Spegel's output, cleared as Spegel would.
+                for path in files.entries(root):
+                    files.remove(path)
+                    done.append(f"removed {path}")
             for path in files.entries(backup):
                 _restore_entry(root, path.name, keep_backup=False)
                 done.append(f"restored {root / path.name}")
@@ -113,13 +118,33 @@ def _backup_once(root: Path) -> None:
     """
     backup = root / files.BACKUP_DIR
     if files.present(backup):
+        if not (backup / files.BACKUP_OWNER).is_file():
+            _adopt_foreign_backup(root)
         return
     staging = files.temp_name(root, "backup")
     staging.mkdir()
     for path in files.entries(root):
         if not files.is_ours(path):
             files.copy_entry(path, staging / path.name)
+    files.write_file(staging / files.BACKUP_OWNER, b"spegel-py\n")
     staging.rename(backup)
+
+
+def _adopt_foreign_backup(root: Path) -> None:
+    """Take over a backup made by Go Spegel (a migration to spegel-py).
+
+    Spegel moved the operator's entries into ``_backup`` and left only its own output outside, so
+    that output is cleared (as Spegel itself does on every run) and the operator's entries are put
+    back as copies: certs.d then looks as if spegel-py had made the backup, and the owner file
+    says so from now on.
+    """
+    backup = root / files.BACKUP_DIR
+    log.info("adopting an existing backup", extra={"path": str(backup)})
+    for path in files.entries(root):
+        files.remove(path)
+    for path in files.entries(backup):
+        files.copy_entry(path, root / path.name)
+    files.write_file(backup / files.BACKUP_OWNER, b"spegel-py\n")
 
 
 def _adopt_unbacked(root: Path, name: str) -> list[str]:

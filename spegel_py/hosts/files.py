@@ -21,6 +21,8 @@ from spegel_py.errors import ConfigurationError
 HOSTS_FILE = "hosts.toml"
 BACKUP_DIR = "_backup"
 TEMP_PREFIX = ".spegel-py-"
+# File inside _backup saying that spegel-py made the backup (Go Spegel's backups have none).
+BACKUP_OWNER = ".spegel-py"
 # First line of every hosts.toml we write: how cleanup tells our files from an operator's.
 MARKER = "# Written by spegel-py configuration; `spegel-py cleanup` restores what was here before."
 
@@ -150,9 +152,12 @@ def is_ours(entry: Path) -> bool:
 
 
 def entries(config_path: Path) -> list[Path]:
-    """The entries of certs.d that are configuration (not our backup, not our temporaries)."""
+    """The entries of certs.d (or of its backup) that are configuration: not the backup itself,
+    its owner file, or our temporaries."""
     return sorted(
-        p for p in config_path.iterdir() if p.name != BACKUP_DIR and not p.name.startswith(TEMP_PREFIX)
+        p
+        for p in config_path.iterdir()
+        if p.name not in (BACKUP_DIR, BACKUP_OWNER) and not p.name.startswith(TEMP_PREFIX)
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from spegel_py.errors import ConfigurationError
 from spegel_py.hosts import cleanup_mirrors, configure_mirrors
-from spegel_py.hosts.files import BACKUP_DIR, MARKER, TEMP_PREFIX
+from spegel_py.hosts.files import BACKUP_DIR, BACKUP_OWNER, MARKER, TEMP_PREFIX
 
 TARGETS = ["http://127.0.0.1:30020", "http://10.0.0.5:30020"]
 DOCKER_HOSTS = b"""# operator's own docker.io configuration
@@ -39,6 +39,11 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
                 out[rel] = path.read_bytes()
                 out[rel + "#mode"] = oct(path.stat().st_mode & 0o777)
     return out
+
+
+def backup_snapshot(root: Path) -> dict[str, bytes | str]:
+    """The backup's contents without the file that says spegel-py made it."""
+    return {k: v for k, v in snapshot(root / BACKUP_DIR).items() if k.split("#")[0] != BACKUP_OWNER}
 
 
 @pytest.fixture
@@ -77,7 +82,8 @@ def test_configure_writes_one_directory_per_registry_and_backs_everything_up(cer
     assert (certs / "private.example:5000" / "client.cert").read_bytes() == b"cert"
     assert (certs / "README").exists()
     # the backup is a faithful copy of everything that was there
-    assert snapshot(certs / BACKUP_DIR) == before
+    assert backup_snapshot(certs) == before
+    assert (certs / BACKUP_DIR / BACKUP_OWNER).is_file()
     assert not [p for p in certs.rglob("*") if p.name.startswith(TEMP_PREFIX)]
 
 
@@ -86,7 +92,8 @@ def test_second_run_never_overwrites_the_backup(certs: Path) -> None:
     configure_mirrors(certs, ["https://docker.io"], TARGETS)
     backup = snapshot(certs / BACKUP_DIR)
     configure_mirrors(certs, ["https://docker.io"], ["http://127.0.0.1:30099"], resolve_tags=False)
-    assert snapshot(certs / BACKUP_DIR) == backup == original
+    assert snapshot(certs / BACKUP_DIR) == backup
+    assert backup_snapshot(certs) == original
     assert read_hosts(certs, "docker.io")["host"] == {
         "http://127.0.0.1:30099": {"capabilities": ["pull"], "dial_timeout": "200ms"}
     }
@@ -197,7 +204,7 @@ def test_leftovers_of_a_crashed_run_are_removed(certs: Path) -> None:
     (certs / f"{TEMP_PREFIX}backup-cafe").mkdir()
     configure_mirrors(certs, ["https://docker.io"], TARGETS)
     assert not [p for p in certs.rglob("*") if p.name.startswith(TEMP_PREFIX)]
-    assert TEMP_PREFIX not in str(sorted(snapshot(certs / BACKUP_DIR)))
+    assert TEMP_PREFIX not in str(sorted(backup_snapshot(certs)))
 
 
 def test_unwritable_directory_is_reported_in_one_line(tmp_path: Path) -> None:
@@ -206,3 +213,45 @@ def test_unwritable_directory_is_reported_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as info:
         configure_mirrors(blocker / "certs.d", ["https://docker.io"], TARGETS)
     assert "\n" not in str(info.value)
+
+
+Migrated = tuple[Path, dict[str, bytes | str]]
+SPEGEL_OUTPUT = b"""server = 'https://registry-1.docker.io'
+
+[host.'http://10.0.0.5:30020']
+capabilities = ['pull', 'resolve']
+dial_timeout = '200ms'"""
+
+
+@pytest.fixture
+def after_go_spegel(certs: Path) -> Migrated:
+    """certs.d as Go Spegel leaves it: the operator's entries moved into _backup (no owner file),
+    only Spegel's own directories outside. Returns it and the operator's original state."""
+    original = snapshot(certs)
+    backup = certs / BACKUP_DIR
+    backup.mkdir()
+    for path in sorted(certs.iterdir()):
+        if path != backup:
+            path.rename(backup / path.name)
+    for name in ("docker.io", "ghcr.io"):
+        (certs / name).mkdir()
+        (certs / name / "hosts.toml").write_bytes(SPEGEL_OUTPUT)
+    return certs, original
+
+
+def test_a_go_spegel_backup_is_adopted_on_migration(after_go_spegel: Migrated) -> None:
+    certs, original = after_go_spegel
+    configure_mirrors(certs, ["https://docker.io"], TARGETS)
+    assert backup_snapshot(certs) == original  # the operator's entries, untouched
+    assert (certs / BACKUP_DIR / BACKUP_OWNER).is_file()
+    assert (certs / "docker.io" / "hosts.toml").read_text().startswith(MARKER)
+    assert not (certs / "ghcr.io").exists()  # Spegel's output for a registry we do not mirror
+    assert (certs / "private.example:5000" / "client.cert").read_bytes() == b"cert"
+    cleanup_mirrors(certs)
+    assert snapshot(certs) == original
+
+
+def test_cleanup_after_go_spegel_restores_like_spegel(after_go_spegel: Migrated) -> None:
+    certs, original = after_go_spegel
+    cleanup_mirrors(certs)
+    assert snapshot(certs) == original
