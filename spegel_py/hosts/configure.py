@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from spegel_py.errors import ConfigurationError
 from spegel_py.hosts import files
 from spegel_py.hosts.render import (
     DEFAULT_DIR,
+    MirroredRegistry,
     hosts_document,
     parse_mirrored,
     parse_targets,
@@ -64,6 +65,8 @@ def configure_mirrors(
         for entry in mirrored:
             warnings += _adopt_unbacked(root, entry.directory)
             existing, extra = _existing(backup / entry.directory) if prepend_existing else (None, {})
+            if existing is not None:
+                warnings += _dropped_settings(entry, existing, backup / entry.directory)
             document = hosts_document(
                 entry, targets, resolve_tags=resolve_tags, dial_timeout=dial_timeout, existing=existing
             )
@@ -102,8 +105,8 @@ def cleanup_mirrors(config_path: Path | str) -> list[str]:
                     files.remove(path)
                     done.append(f"removed {path}")
             for path in files.entries(backup):
-                _restore_entry(root, path.name, keep_backup=False)
-                done.append(f"restored {root / path.name}")
+                if _restore_entry(root, path.name, keep_backup=False):
+                    done.append(f"restored {root / path.name}")
             files.remove(backup)
             done.append(f"removed {backup}")
     return done
@@ -181,15 +184,33 @@ def _existing(saved: Path) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
     return document, extra
 
 
-def _restore_entry(root: Path, name: str, *, keep_backup: bool) -> None:
+def _dropped_settings(entry: MirroredRegistry, existing: Mapping[str, Any], saved: Path) -> list[str]:
+    """What --prepend-existing cannot keep: the replaced file's own upstream and its settings."""
+    out = []
+    theirs = existing.get("server")
+    if theirs is not None and theirs != entry.server:
+        out.append(f"{saved / files.HOSTS_FILE}: its server {theirs!r} is replaced by {entry.server!r}")
+    dropped = sorted(k for k in existing if k not in ("server", "host"))
+    if dropped:
+        out.append(f"{saved / files.HOSTS_FILE}: server settings {', '.join(dropped)} are not kept")
+    return out
+
+
+def _restore_entry(root: Path, name: str, *, keep_backup: bool) -> bool:
     """Put the backed-up ``name`` back in place of whatever is there now (or remove ours if the
-    backup has no such entry). ``keep_backup`` copies instead of moving."""
+    backup has no such entry). ``keep_backup`` copies instead of moving. False if nothing changed
+    (an entry we never replaced is left alone rather than swapped for its identical copy)."""
     current = root / name
     saved = root / files.BACKUP_DIR / name
     if not files.present(saved):
         if files.is_ours(current):
             files.remove(current)
-        return
+            return True
+        return False
+    if files.present(current) and files.same_tree(current, saved):
+        if not keep_backup:
+            files.remove(saved)
+        return False
     # Stage the restored entry next to its place first, so it is missing only between two renames.
     staged = files.temp_name(root, "restore")
     if keep_backup:
@@ -198,6 +219,4 @@ def _restore_entry(root: Path, name: str, *, keep_backup: bool) -> None:
         saved.rename(staged)
     files.remove(current)
     staged.rename(current)
-
-
-
+    return True

@@ -255,3 +255,24 @@ def test_cleanup_after_go_spegel_restores_like_spegel(after_go_spegel: Migrated)
     certs, original = after_go_spegel
     cleanup_mirrors(certs)
     assert snapshot(certs) == original
+
+
+def test_prepend_existing_says_what_it_cannot_keep(certs: Path) -> None:
+    (certs / "docker.io" / "hosts.toml").write_text(
+        'server = "https://cache.corp.example"\nskip_verify = true\nca = "corp-ca.pem"\n'
+        '[host."https://mirror.corp.example"]\ncapabilities = ["pull"]\n'
+    )
+    warnings = configure_mirrors(certs, ["https://docker.io"], TARGETS, prepend_existing=True)
+    assert len(warnings) == 2
+    assert "'https://cache.corp.example' is replaced by 'https://registry-1.docker.io'" in warnings[0]
+    assert warnings[1].endswith("server settings ca, skip_verify are not kept")
+    assert list(read_hosts(certs, "docker.io")["host"])[-1] == "https://mirror.corp.example"
+
+
+def test_cleanup_leaves_entries_it_never_replaced_alone(certs: Path) -> None:
+    configure_mirrors(certs, ["https://docker.io"], TARGETS)
+    inode = (certs / "private.example:5000").stat().st_ino
+    done = cleanup_mirrors(certs)
+    assert (certs / "private.example:5000").stat().st_ino == inode  # not swapped for its copy
+    assert not any("private.example" in line for line in done)
+    assert any("docker.io" in line for line in done)
