@@ -1,0 +1,202 @@
+"""A content store over OCI image-layout directories (what ``skopeo copy ... oci:DIR:TAG`` writes).
+
+It lets a directory of images be served without containerd. The root is either one layout
+(``oci-layout``, ``index.json``, ``blobs/<alg>/<hex>``) or a tree whose subdirectories are
+layouts; a subdirectory's path relative to the root is its default repository name
+(``ROOT/test/small`` -> ``test/small``).
+
+Nothing is cached: layouts are rediscovered and blob files stat'ed on every call, so a blob or a
+layout removed on disk is gone for the very next request. Changes are found by polling each
+``index.json`` (there is no portable file-watch API worth a dependency here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from stat import S_ISREG
+
+from spegel_py.errors import ContentNotFoundError, ImageNotFoundError, InvalidInputError
+from spegel_py.oci.digest import Digest
+from spegel_py.oci.reference import Reference, validate_name, validate_tag
+from spegel_py.store.base import Descriptor, Event, EventKind, Image
+from spegel_py.store.files import FileBlob, blob_path
+
+REF_NAME = "org.opencontainers.image.ref.name"
+_MAX_DEPTH = 4  # subdirectory levels searched for layouts; bounds the work of every scan
+_MIN_POLL = 0.05  # seconds; a lower interval would just burn CPU re-reading index.json
+
+
+def _is_host(component: str) -> bool:
+    """Docker's rule: a first path component is a registry host if it has ``.``/``:`` or is localhost."""
+    return "." in component or ":" in component or component == "localhost"
+
+
+def image_reference(annotation: str, *, registry: str, repository: str | None) -> Reference | None:
+    """The reference an ``index.json`` entry names, or ``None`` if it names none we can serve.
+
+    A full reference (``registry/repo:tag``) is used as is; a bare tag is combined with the
+    layout's default ``registry``/``repository`` (``None``: the layout has no usable default);
+    ``repo:tag`` gets the default registry.
+    """
+    first, slash, _ = annotation.partition("/")
+    try:
+        if slash and _is_host(first):
+            return Reference.parse(annotation)
+        if repository is None:
+            return None
+        if not slash and ":" not in annotation and "@" not in annotation:
+            return Reference(registry, repository, validate_tag(annotation))
+        return Reference.parse(f"{registry}/{annotation}")
+    except InvalidInputError:
+        return None
+
+
+class OciLayoutStore:
+    """Read-only :class:`~spegel_py.store.base.ContentStore` over a directory of OCI layouts.
+
+    ``registry`` is the registry host given to images whose ``ref.name`` is not a full reference;
+    ``repository`` names a root that is itself a layout (default: the root directory's name);
+    ``poll_interval`` (seconds) is how often subscriptions re-read the ``index.json`` files.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        registry: str = "localhost",
+        repository: str | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._root = Path(path)
+        self._registry = registry
+        self._repository = repository
+        self._poll_interval = max(_MIN_POLL, poll_interval)
+        self._closed = asyncio.Event()
+
+    # -- layouts ---------------------------------------------------------------------------------
+    def _layouts(self) -> Iterator[tuple[Path, str]]:
+        """``(layout directory, default repository)`` for every layout under the root, sorted."""
+
+        def walk(directory: Path, parts: tuple[str, ...]) -> Iterator[tuple[Path, str]]:
+            if (directory / "oci-layout").is_file():
+                default = "/".join(parts) if parts else (self._repository or _repo_name(directory))
+                yield directory, default
+                return
+            if len(parts) >= _MAX_DEPTH:
+                return
+            try:
+                entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            except OSError:  # vanished or unreadable: nothing to serve from it
+                return
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    yield from walk(Path(entry.path), (*parts, entry.name))
+
+        return walk(self._root, ())
+
+    def _images_sync(self) -> dict[str, Image]:
+        images: dict[str, Image] = {}
+        for layout, default in self._layouts():
+            repository: str | None = default
+            try:
+                validate_name(default)
+            except InvalidInputError:
+                repository = None  # such a layout only serves entries that carry a full reference
+            for name, image in _read_index(layout, registry=self._registry, repository=repository):
+                images[name] = image
+        return images
+
+    # -- ContentStore ----------------------------------------------------------------------------
+    async def list_images(self) -> list[Image]:
+        return list((await asyncio.to_thread(self._images_sync)).values())
+
+    async def resolve(self, reference: Reference) -> Digest:
+        if reference.tag is not None:
+            key = (reference.registry, reference.repository, reference.tag)
+            for image in await self.list_images():
+                ref = image.reference
+                if (ref.registry, ref.repository, ref.tag) == key:
+                    return image.digest
+        raise ImageNotFoundError(f"{reference} not found")
+
+    def _find(self, digest: Digest) -> tuple[str, int]:
+        """Path and size of the first layout's regular file for ``digest`` (symlinks never count)."""
+        for layout, _ in self._layouts():
+            path = blob_path(str(layout / "blobs"), digest)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if S_ISREG(st.st_mode):
+                return path, st.st_size
+        raise ContentNotFoundError(f"{digest} not found")
+
+    async def stat(self, digest: Digest) -> Descriptor:
+        return Descriptor(digest, self._find(digest)[1])
+
+    async def open(self, digest: Digest) -> FileBlob:
+        return FileBlob.open(self._find(digest)[0], digest)
+
+    async def subscribe(self) -> AsyncIterator[Event]:
+        if self._closed.is_set():
+            return
+        known = await asyncio.to_thread(self._images_sync)
+        yield Event(EventKind.RESYNC)  # everything after `known` was taken is reported below
+        while not await self._wait_closed(self._poll_interval):
+            current = await asyncio.to_thread(self._images_sync)
+            for event in _diff(known, current):
+                yield event
+            known = current
+
+    async def _wait_closed(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._closed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self._closed.set()
+
+
+def _repo_name(directory: Path) -> str:
+    return directory.resolve().name.lower()
+
+
+def _read_index(layout: Path, *, registry: str, repository: str | None) -> Iterator[tuple[str, Image]]:
+    """Named images of one layout; unreadable or malformed files and entries are skipped."""
+    try:
+        index = json.loads((layout / "index.json").read_bytes())
+        entries = index["manifests"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not isinstance(entries, list):
+        return
+    for entry in entries:
+        try:
+            digest = Digest.parse(entry["digest"])
+            annotation = entry["annotations"][REF_NAME]
+        except (InvalidInputError, KeyError, TypeError):
+            continue
+        if not isinstance(annotation, str):
+            continue
+        ref = image_reference(annotation, registry=registry, repository=repository)
+        if ref is not None:
+            name = str(ref)
+            yield name, Image(name, ref, digest)
+
+
+def _diff(old: dict[str, Image], new: dict[str, Image]) -> Iterator[Event]:
+    for name, image in new.items():
+        before = old.get(name)
+        if before is None:
+            yield Event(EventKind.IMAGE_CREATE, name)
+        elif before.digest != image.digest:
+            yield Event(EventKind.IMAGE_UPDATE, name)
+    for name in old.keys() - new.keys():
+        yield Event(EventKind.IMAGE_DELETE, name)
