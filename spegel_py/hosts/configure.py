@@ -44,17 +44,18 @@ def configure_mirrors(
     *,
     resolve_tags: bool = True,
     prepend_existing: bool = False,
-    dial_timeout: str = "200ms",
+    dial_timeout: str | float = "200ms",
 ) -> list[str]:
     """Write ``<config_path>/<registry>/hosts.toml`` for every mirrored registry.
 
-    Every input is validated before the disk is touched. Returns warnings for the operator (one
+    ``dial_timeout`` is a Go duration (``200ms``) or seconds. Every input is validated before the
+    disk is touched. Returns warnings for the operator (one
     line each); raises :class:`ConfigurationError` when the configuration cannot be written.
     """
     root = Path(config_path)
     mirrored = parse_mirrored(mirrored_registries)
     targets = parse_targets(mirror_targets)
-    validate_duration(dial_timeout)
+    dial_timeout = validate_duration(dial_timeout)
     warnings: list[str] = []
     with files.translated(f"cannot configure {root}"):
         root.mkdir(parents=True, exist_ok=True)

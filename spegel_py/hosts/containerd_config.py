@@ -25,6 +25,7 @@ _V3_DEFAULT_CONFIG_PATH = "/etc/containerd/certs.d:/etc/docker/certs.d"
 class Problem(enum.Enum):
     """What is wrong; stable names a test or a log query can match on."""
 
+    CONFIG_NOT_FOUND = "config-not-found"
     CONFIG_UNREADABLE = "config-unreadable"
     CONFIG_PATH_UNSET = "config-path-unset"
     CONFIG_PATH_ELSEWHERE = "config-path-elsewhere"
@@ -77,12 +78,16 @@ _KEYS = {1: _V1, 2: _V2, 3: _V3}
 def check_containerd_config(config_file: Path | str, certs_dir: Path | str) -> list[ConfigWarning]:
     """Check containerd's ``config_file`` against the certs.d directory we write (``certs_dir``).
 
-    A missing file is checked as containerd's defaults (containerd runs without one). Files named
-    in ``imports`` are merged over the main file, as containerd does.
+    A missing file is reported as not checked: containerd can run without one, but far more often
+    the file is simply not mounted where this runs (a pod), and guessing would raise false alarms.
+    Files named in ``imports`` are merged over the main file, as containerd does.
     """
     path = Path(config_file)
+    if not path.exists():
+        message = f"containerd config {path} not found: config_path and discard_unpacked_layers not checked"
+        return [ConfigWarning(Problem.CONFIG_NOT_FOUND, message)]
     try:
-        config = _load(path) if path.exists() else {}
+        config = _load(path)
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         return [ConfigWarning(Problem.CONFIG_UNREADABLE, f"cannot read containerd config {path}: {exc}")]
     version = config.get("version", 1)

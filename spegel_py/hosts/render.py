@@ -108,8 +108,14 @@ def parse_targets(targets: Iterable[str]) -> list[RegistryURL]:
     return list(dict.fromkeys(parsed))
 
 
-def validate_duration(raw: str) -> str:
-    """Return ``raw`` if it is a Go duration containerd accepts for ``dial_timeout`` (``200ms``)."""
+def validate_duration(raw: str | float) -> str:
+    """The Go duration containerd reads in ``dial_timeout``: ``raw`` itself if it is one (``200ms``),
+    or seconds (as the CLI's settings parse durations) written in whole micro- or milliseconds."""
+    if isinstance(raw, int | float):
+        if not 0 < raw < 86400:
+            raise ConfigurationError(f"invalid dial timeout {raw}s: must be above 0 and below a day")
+        micros = round(raw * 1_000_000)
+        return f"{micros // 1000}ms" if micros % 1000 == 0 else f"{micros}us"
     if not _DURATION.fullmatch(raw):
         raise ConfigurationError(f"invalid dial timeout {raw[:40]!r}: expected a duration like 200ms or 1s")
     return raw
@@ -120,7 +126,7 @@ def hosts_document(
     targets: Iterable[RegistryURL],
     *,
     resolve_tags: bool,
-    dial_timeout: str,
+    dial_timeout: str | float,
     existing: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The hosts.toml document: our mirror hosts first, then (``existing``) the host entries of the

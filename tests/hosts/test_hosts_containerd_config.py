@@ -101,9 +101,10 @@ def test_imports_override_the_main_file(tmp_path: Path) -> None:
     assert [w.problem for w in check_containerd_config(config, certs)] == [Problem.DISCARD_UNPACKED_LAYERS]
 
 
-def test_missing_file_is_checked_as_containerd_defaults(tmp_path: Path) -> None:
+def test_a_missing_file_is_reported_as_not_checked(tmp_path: Path) -> None:
     warnings = check_containerd_config(tmp_path / "absent.toml", tmp_path / "certs.d")
-    assert [w.problem for w in warnings] == [Problem.CONFIG_PATH_UNSET]
+    assert [w.problem for w in warnings] == [Problem.CONFIG_NOT_FOUND]
+    assert "not checked" in str(warnings[0])
 
 
 def test_the_testbed_node_config_passes(tmp_path: Path) -> None:

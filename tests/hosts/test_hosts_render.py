@@ -81,8 +81,15 @@ def test_valid_durations(raw: str) -> None:
     assert validate_duration(raw) == raw
 
 
-@pytest.mark.parametrize("raw", ["", "200", "ms", "1 s", "-1s", "1d", "200ms'\nx = 1", "1s1"])
-def test_invalid_durations(raw: str) -> None:
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.2, "200ms"), (1, "1000ms"), (1.5, "1500ms"), (0.0005, "500us")]
+)
+def test_seconds_become_go_durations(seconds: float, text: str) -> None:
+    assert validate_duration(seconds) == text
+
+
+@pytest.mark.parametrize("raw", ["", "200", "ms", "1 s", "-1s", "1d", "200ms'\nx = 1", "1s1", 0, -1.0, 1e9])
+def test_invalid_durations(raw: str | float) -> None:
     with pytest.raises(ConfigurationError):
         validate_duration(raw)
 
