@@ -111,6 +111,8 @@ def parse_targets(targets: Iterable[str]) -> list[RegistryURL]:
 def validate_duration(raw: str | float) -> str:
     """The Go duration containerd reads in ``dial_timeout``: ``raw`` itself if it is one (``200ms``),
     or seconds (as the CLI's settings parse durations) written in whole micro- or milliseconds."""
+    if isinstance(raw, bool):
+        raise ConfigurationError("invalid dial timeout: a duration, not a boolean")
     if isinstance(raw, int | float):
         if not 0 < raw < 86400:
             raise ConfigurationError(f"invalid dial timeout {raw}s: must be above 0 and below a day")
