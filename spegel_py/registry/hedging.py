@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from spegel_py.errors import NotFoundError, RoutingError
 from spegel_py.registry.peerhealth import PeerHealth
-from spegel_py.registry.relay import PeerError
+from spegel_py.registry.relay import PeerError, PeerTimeoutError
 from spegel_py.routing.base import Peer, Router
 
 T = TypeVar("T")
@@ -107,8 +107,10 @@ class Providers:
 class Hedger(Generic[T]):
     """Runs ``attempt(peer)`` over providers with hedging; the first success is returned.
 
-    ``attempt`` raises :class:`PeerError` subclasses for failures; :class:`PeerMissError` and
-    plain peer errors record a (peer, key) miss, :class:`PeerCorruptError` marks the peer avoided.
+    ``attempt`` raises :class:`PeerError` subclasses for failures; :class:`PeerMissError`,
+    unreachable peers and protocol errors record a (peer, key) miss, :class:`PeerCorruptError`
+    marks the peer avoided; a slow peer (:class:`PeerTimeoutError`) is only left behind, because
+    slowness under load says nothing about whether it holds the content.
     ``discard`` releases a result that lost the race (e.g. a second response head).
     """
 
@@ -185,6 +187,8 @@ class Hedger(Generic[T]):
         if isinstance(exc, PeerCorruptError):
             self._health.record_corruption(peer)
             self.corrupt += 1
+        elif isinstance(exc, PeerTimeoutError):
+            pass
         elif isinstance(exc, PeerError):
             self._health.record_miss(peer, key)
         else:

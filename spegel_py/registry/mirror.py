@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,7 +35,14 @@ from spegel_py.oci.paths import DistributionPath, Kind
 from spegel_py.registry.bufferpool import BufferPool, BufferPoolExhaustedError
 from spegel_py.registry.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
 from spegel_py.registry.peerhealth import PeerHealth
-from spegel_py.registry.relay import PeerClient, PeerError, PeerResponse, ResponseSink
+from spegel_py.registry.relay import (
+    PeerClient,
+    PeerError,
+    PeerResponse,
+    PeerTimeoutError,
+    ResponseSink,
+    StreamHasher,
+)
 from spegel_py.routing.base import Peer, Router
 
 MIRRORED_HEADER = "X-Spegel-Mirrored"
@@ -82,13 +90,18 @@ class MirrorSettings:
     first_provider_timeout: float = 0.05  # wait this long for the router's first provider
     hedge_delay: float = 0.03  # start another peer if none answered within this (~p80 on a LAN)
     dial_timeout: float = 0.2  # TCP connect to a peer
-    first_byte_timeout: float = 1.0  # from request sent to response head
+    # From request sent to response head, per peer. Slow peers are hedged around, not dropped:
+    # by default an attempt may take the whole deadline (a busy peer is still a good peer).
+    first_byte_timeout: float = 2.5
     deadline: float = 2.5  # whole answer for a manifest/HEAD, head of a blob (containerd: 3 s cap)
     stall_timeout: float = 3.0  # a blob stream silent this long is resumed elsewhere
     resume_deadline: float = 3.0  # bound on finding a provider to resume from
     max_buffered: int = 4 * 1024 * 1024  # manifests larger than this are refused
     small_blob: int = 64 * 1024  # blobs up to this size are verified before anything is sent
     buffer_timeout: float = 1.0  # wait for a relay buffer before refusing (404 -> upstream)
+    # Threads hashing relayed blobs next to the event loop (0: hash on the loop). One is enough
+    # on small nodes: it overlaps hashing with socket work, the loop stays the other core.
+    hash_threads: int = 1
 
 
 class Mirror:
@@ -109,6 +122,14 @@ class Mirror:
         self.health = health if health is not None else PeerHealth()
         self.settings = settings if settings is not None else MirrorSettings()
         self.stats = MirrorStats()
+        self._hash_executor: Executor | None = None
+
+    def _hasher(self, digest: Digest) -> StreamHasher:
+        if self.settings.hash_threads > 0 and self._hash_executor is None:
+            self._hash_executor = ThreadPoolExecutor(
+                max_workers=self.settings.hash_threads, thread_name_prefix="spegel-hash"
+            )
+        return StreamHasher(digest.hasher(), self._hash_executor)
 
     def lookup_key(self, request: MirrorRequest) -> str:
         """The router key for ``request``; raises :class:`NotFoundError` if policy forbids it."""
@@ -206,8 +227,11 @@ class Mirror:
         return MirrorResponse(answer.status, answer.headers, None, stream)
 
     async def close(self) -> None:
-        """Close kept-alive peer connections."""
+        """Close kept-alive peer connections and stop the hashing threads."""
         await self._client.close()
+        if self._hash_executor is not None:
+            self._hash_executor.shutdown(wait=True)
+            self._hash_executor = None
 
 
 @dataclass(slots=True)
@@ -395,26 +419,32 @@ class _BlobStream:
         assert self._buffer is not None
         settings = self._mirror.settings
         stats = self._mirror.stats
-        buf = self._buffer
-        hasher = self._digest.hasher()
+        hasher = self._mirror._hasher(self._digest)
+        # Two halves: one may still be hashed on the worker while the other receives (StreamHasher).
+        half = len(self._buffer) // 2
+        halves = (self._buffer[:half], self._buffer[half : 2 * half])
+        turn = 0
         pos = 0
         held: bytes = b""
         while pos < self._total:
+            buf = halves[turn]
             try:
                 if self._resp is None:
                     self._resp = await self._resume(pos)
                 n = await self._resp.readinto(buf[: self._total - pos], stall_timeout=settings.stall_timeout)
-            except PeerError:
+            except PeerError as exc:
                 if self._resp is not None:
                     self._resp.release()
                     self._resp = None
-                self._mirror.health.record_miss(self._peer, self._providers.key)
+                if not isinstance(exc, PeerTimeoutError):
+                    self._mirror.health.record_miss(self._peer, self._providers.key)
                 continue
             except BaseException:
                 sink.abort()
                 raise
             chunk = buf[:n]
-            hasher.update(chunk)
+            await hasher.update(chunk)
+            turn ^= 1
             lo, hi = max(pos, start), min(pos + n, end + 1)
             if lo < hi:
                 piece = chunk[lo - pos : hi - pos]
@@ -423,7 +453,7 @@ class _BlobStream:
                 else:
                     await sink.write(piece)
             pos += n
-        if hasher.hexdigest() != self._digest.hex:
+        if await hasher.hexdigest() != self._digest.hex:
             stats.corrupt += 1
             stats.aborted += 1
             for peer in self._contributors:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import socket
 import sys
 import time
 from collections import defaultdict, deque
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -38,8 +40,12 @@ class PeerError(SpegelError):
     """A peer could not serve a request: refused, timed out, broke off, or spoke nonsense."""
 
 
+class PeerUnreachableError(PeerError):
+    """A peer refused the connection or did not accept it within the dial timeout (dead or gone)."""
+
+
 class PeerTimeoutError(PeerError):
-    """A peer did not connect, answer or keep sending within its bound."""
+    """A connected peer did not answer or keep sending within its bound (slow, maybe busy)."""
 
 
 @dataclass(slots=True, eq=False)  # identity semantics: kept in sets of open connections
@@ -196,7 +202,7 @@ class PeerClient:
             async with asyncio.timeout(dial_timeout):
                 await self._slots.acquire()
         except TimeoutError as exc:
-            raise PeerTimeoutError("too many open peer connections") from exc
+            raise PeerUnreachableError("too many open peer connections") from exc
         family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         conn = _Conn(sock, key)
@@ -209,9 +215,9 @@ class PeerClient:
         except BaseException as exc:
             self._close(conn)
             if isinstance(exc, TimeoutError):
-                raise PeerTimeoutError(f"dial to {peer.host}:{peer.port} timed out") from exc
+                raise PeerUnreachableError(f"dial to {peer.host}:{peer.port} timed out") from exc
             if isinstance(exc, OSError):
-                raise PeerError(f"dial to {peer.host}:{peer.port} failed: {exc}") from exc
+                raise PeerUnreachableError(f"dial to {peer.host}:{peer.port} failed: {exc}") from exc
             raise
         self.dials_total += 1
         return conn
@@ -313,6 +319,40 @@ def _content_length(headers: dict[str, str]) -> int | None:
     if not value.isdigit():
         raise PeerError(f"peer sent an invalid Content-Length {value[:40]!r}")
     return int(value)
+
+
+class StreamHasher:
+    """Hashes a stream's chunks in order, on a worker thread when ``executor`` is given.
+
+    Why a thread: sha256 costs about as much CPU as moving the bytes through two sockets
+    (measured: ~0.9 ms per MiB here), and ``hashlib`` releases the GIL, so hashing chunk *i* on
+    a worker while the event loop sends it and receives chunk *i+1* roughly doubles what one
+    stream can relay. Contract: after :meth:`update` returns, the worker may still be reading
+    ``chunk`` until the next :meth:`update` or :meth:`hexdigest` returns; so a caller alternates
+    between two halves of its buffer and never writes into the half passed last.
+    """
+
+    def __init__(self, hasher: hashlib._Hash, executor: Executor | None) -> None:
+        self._hasher = hasher
+        self._executor = executor
+        self._pending: asyncio.Future[None] | None = None
+
+    async def update(self, chunk: memoryview) -> None:
+        """Wait for the previous chunk's hash, then start hashing ``chunk`` (see class doc)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+        if self._executor is None:
+            self._hasher.update(chunk)
+            return
+        self._pending = asyncio.get_running_loop().run_in_executor(self._executor, self._hasher.update, chunk)
+
+    async def hexdigest(self) -> str:
+        """The digest of everything passed to :meth:`update`, once the last hash finished."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+        return self._hasher.hexdigest()
 
 
 # CPython before 3.12 copies unsent bytes into the transport's own bytearray, so a pooled buffer

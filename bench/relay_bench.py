@@ -1,0 +1,250 @@
+"""Issue-4 relay benchmark: a blob relayed by the mirror next to a direct GET from the peer.
+
+Three processes on loopback: a peer (the real ``spegel-py registry`` over an OCI layout, serving
+with sendfile), a relay node (the real :class:`RegistryServer` with an empty store and the
+:class:`Mirror` pointed at the peer by a static router), and the lean epoll client of
+``bench.lib.client``. Measured in one run, rounds interleaved (order flips every round), medians:
+  1. single-stream throughput of the big blob: relay vs direct from the peer (bar: >= 0.8x);
+  2. N concurrent streams of the 100 MiB blob: aggregate throughput, and the relay process's RSS
+     (VmRSS summed over its tree, sampled every 5 ms) against its idle RSS (bar: <= +32 MiB).
+Correctness first: the relayed bytes are hashed by the client and compared with the digest.
+Run as root from the repository root:
+    .venv/bin/python -m bench.relay_bench [--rounds 5] [--streams 32] [--out FILE]
+(``--serve-relay`` is the relay node's own entry point, started by the benchmark.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from bench.lib import proc, runner
+from bench.lib.blobs import BlobSpec, ensure_layout
+from bench.lib.cgroup import Sampler
+from bench.lib.servers import Server, Spegel
+
+MiB = 1 << 20
+
+
+class RelayNode(Server):
+    """The relay under test: a registry with no content of its own and the mirror enabled."""
+
+    name = "spegel-py-relay"
+
+    def __init__(self, label: str, host: str, *, peer: Server, pool: str, hash_threads: int) -> None:
+        super().__init__(label, host)
+        self.peer, self.pool, self.hash_threads = peer, pool, hash_threads
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "bench.relay_bench",
+            "--serve-relay",
+            self.addr,
+            self.peer.addr,
+            "--pool",
+            self.pool,
+            "--hash-threads",
+            str(self.hash_threads),
+        ]
+
+
+# -- the relay node's process ---------------------------------------------------------------------
+
+
+class _StaticRouter:
+    """Every key is held by the one peer: the benchmark measures relaying, not routing."""
+
+    def __init__(self, host: str, port: int) -> None:
+        from spegel_py.routing.base import Peer
+
+        self._peer = Peer("bench-peer", host, port)
+
+    def ready(self) -> bool:
+        return True
+
+    async def advertise(self, keys: Iterable[str]) -> None:
+        return None
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        return None
+
+    async def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Any]:
+        yield self._peer
+
+    async def close(self) -> None:
+        return None
+
+
+async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int) -> None:
+    from aiohttp import web
+
+    from spegel_py.metrics import Metrics
+    from spegel_py.registry.bufferpool import BufferPool
+    from spegel_py.registry.mirror import Mirror, MirrorSettings
+    from spegel_py.registry.pagecache import PageCacheCoordinator
+    from spegel_py.registry.server import RegistryServer
+    from spegel_py.store.memory import MemoryStore
+
+    host, _, port = addr.rpartition(":")
+    peer_host, _, peer_port = peer_addr.rpartition(":")
+    count, _, size = pool.partition("x")
+    mirror = Mirror(
+        _StaticRouter(peer_host, int(peer_port)),
+        pool=BufferPool(count=int(count), size=int(size)),
+        settings=MirrorSettings(hash_threads=hash_threads),
+    )
+    server = RegistryServer(
+        MemoryStore(), metrics=Metrics(), coordinator=PageCacheCoordinator(), mirror=mirror
+    )
+    runner_ = web.AppRunner(server.application(), access_log=None, handle_signals=False, shutdown_timeout=1)
+    await runner_.setup()
+    await web.TCPSite(runner_, host, int(port)).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner_.cleanup()
+    await mirror.close()
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per scenario")
+    ap.add_argument("--big-mib", type=int, default=512, help="single-stream blob size")
+    ap.add_argument("--wide-mib", type=int, default=100, help="blob fetched by the concurrent streams")
+    ap.add_argument("--streams", type=int, default=32, help="concurrent relayed streams")
+    ap.add_argument("--pool", default="64x262144", help="relay buffer pool COUNTxSIZE (bytes)")
+    ap.add_argument("--hash-threads", type=int, default=1, help="relay's hashing threads (0: on the loop)")
+    ap.add_argument(
+        "--client",
+        choices=sorted(runner.CLIENTS),
+        default="py",
+        help="py copies every byte out of the socket, like containerd writing a layer (py-discard does not)",
+    )
+    ap.add_argument("--cache-dir", default=os.path.join(runner.REPO_ROOT, ".work", "cache", "relay-bench"))
+    ap.add_argument("--out", default=os.path.join(runner.REPO_ROOT, ".work", "bench", "relay_bench.json"))
+    ap.add_argument("--spegel-bin", default=os.path.join(runner.REPO_ROOT, ".venv", "bin", "spegel-py"))
+    ap.add_argument("--serve-relay", nargs=2, metavar=("ADDR", "PEER_ADDR"), help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def rss_mib(server: Server) -> float:
+    return sum(proc.memory_kib(pid).get("VmRSS", 0) for pid in server.pids()) / 1024
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rates = [r["MiBps"] for r in runs]
+    gib = sum(r["bytes"] for r in runs) / (1 << 30)
+    return {
+        "median_MiBps": statistics.median(rates),
+        "min_MiBps": min(rates),
+        "max_MiBps": max(rates),
+        "server_cpu_s_per_GiB": sum(r["server_cpu_seconds"] for r in runs) / gib,
+        "runs": [{k: v for k, v in r.items() if k != "rss_samples"} for r in runs],
+    }
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    specs = [BlobSpec("big", a.big_mib, "relay-big"), BlobSpec("wide", a.wide_mib, "relay-wide")]
+    layout = ensure_layout(os.path.join(a.cache_dir, "layout"), specs)
+    big, wide = layout.by_role("big")[0], layout.by_role("wide")[0]
+    result: dict[str, Any] = {
+        "machine": {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
+        "args": {k: v for k, v in vars(a).items() if k != "serve_relay"},
+    }
+    peer = Spegel("relay-peer", "127.0.0.71", binary=a.spegel_bin, layout=layout.root, extra=[])
+    relay = RelayNode("relay", "127.0.0.72", peer=peer, pool=a.pool, hash_threads=a.hash_threads)
+    servers = {"direct": peer, "relay": relay}
+    try:
+        peer.start()
+        relay.start()
+        result["relay_idle_rss_MiB"] = rss_mib(relay)
+        for blob in (wide, big):  # correctness before speed
+            got = runner.run_py_client(relay.addr, [blob.url_path()], concurrency=1, verify=True)
+            if got["errors"] or got["streams"][0]["digest"] != blob.digest:
+                raise RuntimeError(
+                    f"relay served wrong content: {got['errors']} {got['streams'][0]['digest']}"
+                )
+        result["relay_rss_after_first_blobs_MiB"] = rss_mib(relay)
+        scenarios = [("1 stream", big, 1), (f"{a.streams} streams", wide, a.streams)]
+        hot: dict[str, Any] = {}
+        peak_rss = 0.0
+        for name, blob, streams in scenarios:
+            runs: dict[str, list[dict[str, Any]]] = {"direct": [], "relay": []}
+            for r in range(a.rounds):
+                for label in ("direct", "relay") if r % 2 == 0 else ("relay", "direct"):
+                    sampler = Sampler(None, relay.pids(), interval=0.005) if label == "relay" else None
+                    if sampler is not None:
+                        sampler.start()
+                    rec = runner.hot_run(
+                        a.client, servers[label], blob.url_path(), blob.path, streams, sample_rss=False
+                    )
+                    if sampler is not None:
+                        sampler.stop()
+                        rec["relay_peak_rss_MiB"] = sampler.max_vmrss_kib / 1024
+                        peak_rss = max(peak_rss, rec["relay_peak_rss_MiB"])
+                    runs[label].append(rec)
+                    extra = f" relay peak RSS {rec['relay_peak_rss_MiB']:.1f} MiB" if sampler else ""
+                    print(
+                        f"  {name:>11} round {r + 1} {label:<7} {rec['MiBps']:8.0f} MiB/s{extra}", flush=True
+                    )
+            hot[name] = {lb: summarize(v) for lb, v in runs.items()}
+            hot[name]["ratio_relay_vs_direct"] = (
+                hot[name]["relay"]["median_MiBps"] / hot[name]["direct"]["median_MiBps"]
+            )
+            hot[name]["relay_peak_rss_MiB"] = max(r["relay_peak_rss_MiB"] for r in runs["relay"])
+        result["hot"] = hot
+        result["relay_peak_rss_MiB"] = peak_rss
+        result["relay_rss_growth_MiB"] = peak_rss - result["relay_idle_rss_MiB"]
+    finally:
+        for server in (relay, peer):
+            server.stop()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if a.serve_relay:
+        asyncio.run(_serve_relay(*a.serve_relay, a.pool, a.hash_threads))
+        return 0
+    result = run(a)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(
+        f"\nrelay idle RSS {result['relay_idle_rss_MiB']:.1f} MiB, "
+        f"peak {result['relay_peak_rss_MiB']:.1f} MiB, growth {result['relay_rss_growth_MiB']:.1f} MiB"
+    )
+    for name, h in result["hot"].items():
+        direct, relay = h["direct"]["median_MiBps"], h["relay"]["median_MiBps"]
+        print(
+            f"{name:>11}: direct {direct:.0f} MiB/s, relay {relay:.0f} MiB/s, ratio "
+            f"{h['ratio_relay_vs_direct']:.2f}, relay CPU {h['relay']['server_cpu_s_per_GiB']:.2f} s/GiB, "
+            f"relay peak RSS {h['relay_peak_rss_MiB']:.1f} MiB"
+        )
+    print(f"written to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
