@@ -22,6 +22,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 from typing import Any
 
 from bench.lib import proc, runner
@@ -39,7 +40,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--streams", type=int, default=32, help="concurrent streams of the wide blob")
     ap.add_argument("--cold-mib", type=int, default=128, help="size of each cold blob")
     ap.add_argument("--cold-count", type=int, default=8, help="number of cold blobs (>= 1 GiB in total)")
-    ap.add_argument("--cold-concurrency", type=int, default=4, help="cold blobs fetched at once")
+    ap.add_argument(
+        "--cold-concurrency", default="1,4", help="comma list: cold blobs fetched at once, one cold run each"
+    )
+    ap.add_argument(
+        "--cold-client",
+        choices=["py", "py-discard"],
+        default="py-discard",
+        help="cold-run client (see README)",
+    )
+    ap.add_argument(
+        "--quiesce",
+        type=float,
+        default=1.5,
+        help="seconds to wait after a spegel-py run with eviction on: its second eviction pass runs 1 s "
+        "after a stream ends and must not land in the next server's run",
+    )
     ap.add_argument(
         "--client", choices=sorted(runner.CLIENTS), default="py-discard", help="hot-run client (see README)"
     )
@@ -132,7 +148,7 @@ def start_servers(a: argparse.Namespace, layout: Layout) -> dict[str, Server]:
                 ),
             )
         )
-    if a.spegel_noevict_args and not a.skip_cold:
+    if a.spegel_noevict_args:
         extra = shlex.split(a.spegel_args) + shlex.split(a.spegel_noevict_args)
         wanted.append(
             (
@@ -183,7 +199,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             if got["errors"] or digest != wide.digest:
                 raise RuntimeError(f"{label} served wrong content: {got['errors']} {digest}")
         result["spegel_rss_after_first_blob"] = rss_mib(spegel)
-        hot_labels = [lb for lb in servers if lb != "spegel-py-noevict"]
+        hot_labels = list(servers)
         scenarios = [("1 stream", big, 1), (f"{a.streams} streams", wide, a.streams)]
         hot: dict[str, Any] = {}
         for name, blob, streams in scenarios:
@@ -201,6 +217,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         cpus=a.client_cpus,
                     )
                     runs[label].append(rec)
+                    if label == "spegel-py":
+                        time.sleep(a.quiesce)  # a fixed delay of the server under test, not a race
                     print(f"  {name:>11} round {r + 1} {label:<18} {rec['MiBps']:8.0f} MiB/s", flush=True)
             hot[name] = {lb: summarize(v) for lb, v in runs.items()}
             for lb in hot_labels:
@@ -222,20 +240,32 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             )
             paths, files = [b.url_path() for b in cold], [b.path for b in cold]
             result["cold"] = {}
-            for label in cold_labels:
-                rec = runner.cold_run(
-                    servers[label], paths, files, concurrency=a.cold_concurrency, cpus=a.client_cpus
-                )
-                result["cold"][label] = rec
-                print(
-                    f"  cold {label:<18} peak cache {rec['cache_peak'] / (1 << 20):7.1f} MiB"
-                    f"  {rec['MiBps']:6.0f} MiB/s",
-                    flush=True,
-                )
+            for conc in [int(c) for c in a.cold_concurrency.split(",")]:
+                for label in cold_labels:
+                    rec = runner.cold_run(
+                        servers[label],
+                        paths,
+                        files,
+                        concurrency=conc,
+                        discard=a.cold_client == "py-discard",
+                        cpus=a.client_cpus,
+                    )
+                    result["cold"][f"{label} x{conc}"] = rec
+                    print(
+                        f"  cold x{conc} {label:<18} peak cache {rec['cache_peak'] / (1 << 20):7.1f} MiB"
+                        f"  {rec['MiBps']:6.0f} MiB/s",
+                        flush=True,
+                    )
+                    if label == "spegel-py":
+                        time.sleep(a.quiesce)
     finally:
         stop_servers(servers)
     result["machine"]["loadavg_end"] = os.getloadavg()
     return result
+
+
+def mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f}"
 
 
 def table(res: dict[str, Any]) -> str:
@@ -254,14 +284,14 @@ def table(res: dict[str, Any]) -> str:
     if "cold" in res:
         lines += [
             "",
-            "| cold, >= 1 GiB | peak cache MiB | cache after MiB | max_usage MiB | MiB/s | VmRSS peak MiB |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| cold >= 1 GiB, server x streams | cache before MiB | peak cache MiB | cache after MiB "
+            "| max_usage MiB | MiB/s | VmRSS peak MiB |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for label, c in res["cold"].items():
             lines.append(
-                f"| {label} | {c['cache_peak'] / (1 << 20):.1f} | {c['cache_after'] / (1 << 20):.1f} "
-                f"| {c['max_usage_in_bytes'] / (1 << 20):.1f} | {c['MiBps']:.0f} "
-                f"| {c['vmrss_peak_kib'] / 1024:.1f} |"
+                f"| {label} | {mib(c['cache_before'])} | {mib(c['cache_peak'])} | {mib(c['cache_after'])} "
+                f"| {mib(c['max_usage_in_bytes'])} | {c['MiBps']:.0f} | {c['vmrss_peak_kib'] / 1024:.1f} |"
             )
     idle, streams = res["spegel_idle_rss"], res["spegel_rss_streams"]
     lines += [

@@ -80,12 +80,15 @@ class Sampler(threading.Thread):
         self.max_rss = 0
         self.max_vmrss_kib = 0
         self.samples = 0
+        self.series: list[tuple[float, int]] = []  # (seconds since start, cache bytes)
+        self._t0 = time.perf_counter()
 
     def run(self) -> None:
         while not self._halt.is_set():
             if self._cg is not None:
                 st = self._cg.stat()
                 self.max_cache = max(self.max_cache, st["total_cache"])
+                self.series.append((time.perf_counter() - self._t0, st["total_cache"]))
                 self.max_rss = max(self.max_rss, st["total_rss"])
             if self._pids:
                 rss = 0

@@ -132,7 +132,13 @@ def hot_run(
 
 
 def cold_run(
-    server: Server, paths: list[str], files: list[str], *, concurrency: int, cpus: str = ""
+    server: Server,
+    paths: list[str],
+    files: list[str],
+    *,
+    concurrency: int,
+    discard: bool = True,
+    cpus: str = "",
 ) -> dict[str, Any]:
     """Serve evicted blobs; sample the page cache charged to the server's cgroup throughout."""
     for _ in range(5):  # a page still referenced (e.g. by a socket being torn down) survives once
@@ -148,7 +154,7 @@ def cold_run(
     sampler = Sampler(cg, pids, interval=0.001)
     cpu0 = server.cpu_seconds()
     sampler.start()
-    res = run_py_client(server.addr, paths, concurrency=concurrency, cpus=cpus)
+    res = run_py_client(server.addr, paths, concurrency=concurrency, discard=discard, cpus=cpus)
     sampler.stop()
     cpu1 = server.cpu_seconds()
     after = cg.stat()
@@ -170,4 +176,17 @@ def cold_run(
         "vmrss_before_kib": rss0,
         "vmrss_peak_kib": sampler.max_vmrss_kib,
         "samples": sampler.samples,
+        "series_MiB": _downsample(sampler.series, 50),
     }
+
+
+def _downsample(series: list[tuple[float, int]], n: int) -> list[tuple[float, float]]:
+    """About ``n`` (seconds, MiB) points of a sampled series, keeping each bucket's maximum."""
+    if not series:
+        return []
+    size = max(1, len(series) // n)
+    out = []
+    for i in range(0, len(series), size):
+        bucket = series[i : i + size]
+        out.append((round(bucket[0][0], 3), round(max(c for _, c in bucket) / (1 << 20), 1)))
+    return out
