@@ -8,6 +8,7 @@ complete the pull. After cleanup the mirror must see nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -21,25 +22,36 @@ from spegel_py.hosts import check_containerd_config, cleanup_mirrors, configure_
 pytestmark = pytest.mark.integration
 
 MIRROR_ADDRESS = "127.0.0.42"
+# sorts before ours: the order containerd follows must come from the file, not from the names
+THEIR_MIRROR_ADDRESS = "127.0.0.41"
+Seen = tuple[str, str, dict[str, list[str]]]
 
 
 class LoggingMirror(ThreadingHTTPServer):
-    """Answers every request with an OCI 404 and remembers (method, path, query)."""
+    """Answers every request with an OCI 404 and remembers (method, path, query), also in a
+    ``journal`` shared between mirrors (name first) to see the order containerd tries hosts in."""
 
     daemon_threads = False  # server_close joins the request threads: nothing outlives the test
 
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
+    def __init__(self, address: str, journal: list[tuple[str, Seen]] | None = None) -> None:
+        self.address = address
+        self.requests: list[Seen] = []
+        self.journal = journal if journal is not None else []
         self.lock = threading.Lock()
-        super().__init__((MIRROR_ADDRESS, 0), _Handler)
+        super().__init__((address, 0), _Handler)
 
     @property
     def url(self) -> str:
-        return f"http://{MIRROR_ADDRESS}:{self.server_address[1]}"
+        return f"http://{self.address}:{self.server_address[1]}"
 
-    def seen(self) -> list[tuple[str, str, dict[str, list[str]]]]:
+    def seen(self) -> list[Seen]:
         with self.lock:
             return list(self.requests)
+
+    def record(self, entry: Seen) -> None:
+        with self.lock:
+            self.requests.append(entry)
+            self.journal.append((self.address, entry))  # list.append is atomic across threads
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -47,8 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         parts = urllib.parse.urlsplit(self.path)
-        with self.server.lock:
-            self.server.requests.append((self.command, parts.path, urllib.parse.parse_qs(parts.query)))
+        self.server.record((self.command, parts.path, urllib.parse.parse_qs(parts.query)))
         body = b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"not here"}]}'
         self.send_response(404)
         self.send_header("Content-Type", "application/json")
@@ -63,10 +74,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def mirror() -> Iterator[LoggingMirror]:
-    server = LoggingMirror()
-    thread = threading.Thread(target=server.serve_forever, name="logging-mirror")
+@contextlib.contextmanager
+def running(server: LoggingMirror) -> Iterator[LoggingMirror]:
+    thread = threading.Thread(target=server.serve_forever, name=f"logging-mirror-{server.address}")
     thread.start()
     try:
         yield server
@@ -74,6 +84,23 @@ def mirror() -> Iterator[LoggingMirror]:
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+
+
+@pytest.fixture
+def journal() -> list[tuple[str, Seen]]:
+    return []
+
+
+@pytest.fixture
+def mirror(journal: list[tuple[str, Seen]]) -> Iterator[LoggingMirror]:
+    with running(LoggingMirror(MIRROR_ADDRESS, journal)) as server:
+        yield server
+
+
+@pytest.fixture
+def their_mirror(journal: list[tuple[str, Seen]]) -> Iterator[LoggingMirror]:
+    with running(LoggingMirror(THEIR_MIRROR_ADDRESS, journal)) as server:
+        yield server
 
 
 @pytest.mark.parametrize("wildcard", [False, True], ids=["registry-directory", "default-wildcard"])
@@ -113,3 +140,25 @@ def test_containerd_asks_the_mirror_first_then_falls_back(
     before = len(mirror.seen())
     node.pull(ref, hosts_dir=certs, plain_http=True)
     assert len(mirror.seen()) == before
+
+
+def test_prepended_configuration_is_tried_after_ours(
+    mirror: LoggingMirror, their_mirror: LoggingMirror, journal: list[tuple[str, Seen]],
+    upstream: UpstreamRegistry, containerd_node: Callable[..., ContainerdNode], test_images: ImageSet,
+) -> None:
+    """--prepend-existing: containerd tries our mirror, then the operator's, then the upstream."""
+    node = containerd_node(1)
+    image = test_images.small
+    operator_dir = node.certs_d / upstream.addr
+    operator_dir.mkdir(parents=True)
+    (operator_dir / "hosts.toml").write_text(
+        f'server = "{upstream.url}"\n\n[host."{their_mirror.url}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    configure_mirrors(node.certs_d, [upstream.url], [mirror.url], prepend_existing=True)
+    node.pull(upstream.ref(image), hosts_dir=node.certs_d)
+
+    tag_path = f"/v2/{image.repository()}/manifests/{image.tag}"
+    heads = [address for address, (method, path, _) in journal if (method, path) == ("HEAD", tag_path)]
+    assert heads[:2] == [MIRROR_ADDRESS, THEIR_MIRROR_ADDRESS]
+    cleanup_mirrors(node.certs_d)
+    assert (operator_dir / "hosts.toml").read_text().startswith(f'server = "{upstream.url}"')
