@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .procs import HarnessError
+from .procs import HarnessError, wait_until
 
 _counter = itertools.count()  # per-process uniqueness of interface names (not shared state of tests)
 
@@ -102,11 +102,16 @@ class NetnsNetwork:
         Stop the processes running inside first: a namespace lives on while a process uses it.
         """
         existing = list_namespaces()
+        veths = [ns.host_veth for ns in self.namespaces]
         for ns in self.namespaces:
             if ns.name in existing:
                 _ip("netns", "del", ns.name)
-            if link_exists(ns.host_veth):
-                _ip("link", "del", ns.host_veth)
+        # deleting a namespace destroys its veth pair asynchronously; one still listed is removed
+        # by hand, tolerating that the kernel got there first
+        for veth in veths:
+            if link_exists(veth):
+                subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30, check=False)
+        wait_until(lambda: not any(link_exists(v) for v in veths), 10, f"veths {veths} to go")
         self.namespaces.clear()
         if self._created and link_exists(self.bridge):
             _ip("link", "del", self.bridge)
