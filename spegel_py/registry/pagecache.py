@@ -9,6 +9,11 @@ Several streams of the same blob (same device and inode) share pages, so one str
 evict what another still needs: a stream only evicts below the lowest offset of the other
 in-flight streams of that file (minus the lag). The last stream to leave a file evicts every
 range any stream read, and once more a moment later, when the socket buffers have drained.
+
+Only pages that serving brought in are evicted: pages already resident when a file starts being
+served (a snapshot taken with ``mincore``) were charged to whoever read them first (the memory
+cgroup charges the first reader), so dropping them would not shrink our charge and would only
+turn the next hot read cold.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from spegel_py.registry.residency import GRANULE, resident_granules
+
 Advise = Callable[[int, int, int], None]
+Residency = Callable[[int, int], "bytes | None"]
 
 DEFAULT_LAG = 8 * 1024 * 1024
 # Eviction is batched: a stream advises only when at least this much became evictable.
@@ -40,6 +48,8 @@ class _File:
 
     streams: set[Stream] = field(default_factory=set)
     ranges: list[tuple[int, int]] = field(default_factory=list)
+    # One byte per GRANULE, 1 = resident before serving began (never evicted); None = unknown.
+    resident: bytes | None = None
 
 
 class Stream:
@@ -73,7 +83,7 @@ class Stream:
             if other is not self and other.end > self._evicted and other.offset < limit + coordinator.lag:
                 limit = min(limit, other.offset - coordinator.lag)
         if limit - self._evicted >= coordinator.step:
-            coordinator.evict(self.fd, self._evicted, limit - self._evicted)
+            coordinator.evict(self.fd, self._evicted, limit - self._evicted, file.resident)
             self._evicted = limit
 
     def close(self) -> None:
@@ -98,6 +108,7 @@ class PageCacheCoordinator:
         step: int = DEFAULT_STEP,
         settle: float = DEFAULT_SETTLE,
         advise: Advise = _fadvise_dontneed,
+        residency: Residency = resident_granules,
         on_evict: Callable[[int], None] | None = None,
     ) -> None:
         if lag < 0 or step <= 0 or settle < 0:
@@ -107,6 +118,7 @@ class PageCacheCoordinator:
         self.step = step
         self._settle = settle
         self._advise = advise
+        self._residency = residency
         self._on_evict = on_evict
         self._files: dict[tuple[int, int], _File] = {}
         self._settling: dict[int, tuple[asyncio.TimerHandle, Callable[[], None]]] = {}
@@ -117,7 +129,9 @@ class PageCacheCoordinator:
         key = (st.st_dev, st.st_ino)
         stream = Stream(self, key, fd, start, end)
         if self.enabled and end > start:
-            file = self._files.setdefault(key, _File())
+            file = self._files.get(key)
+            if file is None:
+                file = self._files[key] = _File(resident=self._residency(fd, st.st_size))
             file.streams.add(stream)
             file.ranges.append((start, end))
             stream._file = file
@@ -129,16 +143,36 @@ class PageCacheCoordinator:
         file = self._files.get((st.st_dev, st.st_ino))
         return len(file.streams) if file else 0
 
-    def evict(self, fd: int, offset: int, length: int) -> None:
-        """Advise the kernel to drop ``[offset, offset+length)`` of ``fd``; errors are not fatal."""
+    def evict(
+        self, fd: int, offset: int, length: int, resident: bytes | None = None, *, count: bool = True
+    ) -> None:
+        """Drop the pages of ``[offset, offset+length)`` that were not ``resident`` before serving.
+
+        Errors are not fatal: eviction is best effort (a filesystem may not support fadvise).
+        """
         if length <= 0:
             return
-        try:
-            self._advise(fd, offset, length)
-        except OSError:  # e.g. a filesystem without fadvise: eviction is best effort by design
-            return
-        if self._on_evict is not None:
-            self._on_evict(length)
+        end_byte = offset + length
+        if resident is None:
+            runs = [(offset, end_byte)]
+        else:
+            runs = []
+            pos, stop = offset // GRANULE, min(-(-end_byte // GRANULE), len(resident))
+            while pos < stop:
+                begin = resident.find(0, pos, stop)
+                if begin < 0:
+                    break
+                end = resident.find(1, begin, stop)
+                end = stop if end < 0 else end
+                runs.append((max(begin * GRANULE, offset), min(end * GRANULE, end_byte)))
+                pos = end
+        for begin, end in runs:
+            try:
+                self._advise(fd, begin, end - begin)
+            except OSError:
+                return
+            if count and self._on_evict is not None:
+                self._on_evict(end - begin)
 
     def leave(self, key: tuple[int, int], file: _File, stream: Stream) -> None:
         """Remove ``stream``; the last one out evicts every range read, now and once more later."""
@@ -148,10 +182,10 @@ class PageCacheCoordinator:
         del self._files[key]
         ranges = _merge(file.ranges)
         for start, end in ranges:
-            self.evict(stream.fd, start, end - start)
-        self._settle_later(stream.fd, ranges)
+            self.evict(stream.fd, start, end - start, file.resident)
+        self._settle_later(stream.fd, ranges, file.resident)
 
-    def _settle_later(self, fd: int, ranges: list[tuple[int, int]]) -> None:
+    def _settle_later(self, fd: int, ranges: list[tuple[int, int]], resident: bytes | None) -> None:
         if self._settle <= 0 or len(self._settling) >= MAX_SETTLING:
             return
         try:
@@ -163,10 +197,8 @@ class PageCacheCoordinator:
         def again() -> None:
             self._settling.pop(dup, None)
             try:
-                for start, end in ranges:  # not counted again: these bytes were counted once
-                    self._advise(dup, start, end - start)
-            except OSError:
-                pass  # best effort, like every eviction
+                for start, end in ranges:  # not counted: these bytes were counted on the first pass
+                    self.evict(dup, start, end - start, resident, count=False)
             finally:
                 os.close(dup)
 

@@ -19,7 +19,6 @@ from aiohttp import web
 
 from spegel_py.errors import (
     ContentNotFoundError,
-    ImageNotFoundError,
     InvalidDigestError,
     InvalidInputError,
     InvalidNameError,
@@ -130,14 +129,14 @@ class RegistryServer:
         self, request: web.Request, target: DistributionPath, ns: str | None
     ) -> web.StreamResponse:
         unknown = ErrorCode.BLOB_UNKNOWN if target.kind is Kind.BLOBS else ErrorCode.MANIFEST_UNKNOWN
+        if target.digest is None and ns is None:
+            # Without ns a tag names nothing: it could belong to any registry. skopeo and podman
+            # send no ns; on this 404 they fall back to the next mirror or upstream.
+            return oci_error(unknown, "a tag lookup needs the ns query parameter")
         try:
             digest = target.digest
             if digest is None:
-                if ns is None:
-                    # Without ns a tag names nothing: it could belong to any registry (skopeo
-                    # and podman send no ns; they fall back to upstream on this 404).
-                    raise ImageNotFoundError("a tag lookup needs the ns query parameter")
-                assert target.tag is not None
+                assert target.tag is not None and ns is not None
                 digest = await self._bounded(self._store.resolve(Reference(ns, target.name, target.tag)))
             blob: Blob = await self._bounded(self._store.open(digest))
         except NotFoundError as exc:
