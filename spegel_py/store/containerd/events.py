@@ -40,8 +40,18 @@ _BARRIER_TYPE = "spegel-py.barrier"
 _BARRIER_REPEAT = 0.05  # seconds before the first re-publish; doubles (Subscribe may not be registered yet)
 
 # topic -> (kind, message type). Image events carry the image name, content events the digest.
-_TOPICS: dict[str, tuple[EventKind, type[image_events.ImageCreate | image_events.ImageUpdate
-                                          | image_events.ImageDelete | content_events.ContentDelete]]] = {
+_TOPICS: dict[
+    str,
+    tuple[
+        EventKind,
+        type[
+            image_events.ImageCreate
+            | image_events.ImageUpdate
+            | image_events.ImageDelete
+            | content_events.ContentDelete
+        ],
+    ],
+] = {
     "/images/create": (EventKind.IMAGE_CREATE, image_events.ImageCreate),
     "/images/update": (EventKind.IMAGE_UPDATE, image_events.ImageUpdate),
     "/images/delete": (EventKind.IMAGE_DELETE, image_events.ImageDelete),
