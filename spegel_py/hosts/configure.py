@@ -212,12 +212,10 @@ def _restore_entry(root: Path, name: str, *, keep_backup: bool) -> bool:
         if not keep_backup:
             files.remove(saved)
         return False
-    # Stage the restored entry next to its place first, so it is missing only between two renames.
     staged = files.temp_name(root, "restore")
     if keep_backup:
         files.copy_entry(saved, staged)
     else:
         saved.rename(staged)
-    files.remove(current)
-    staged.rename(current)
+    files.swap_in(staged, current)
     return True

@@ -9,6 +9,8 @@ them, and a later run removes any that a crash left behind.
 
 from __future__ import annotations
 
+import ctypes
+import errno as E
 import os
 import secrets
 import shutil
@@ -70,37 +72,53 @@ def write_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 
 
 def write_directory(target: Path, files: Mapping[str, bytes]) -> None:
-    """Make ``target`` hold exactly ``files`` (relative path -> content), ``hosts.toml`` last.
+    """Make ``target`` a directory holding exactly ``files`` (relative path -> content).
 
-    A new directory is built aside and renamed into place. An existing one is updated in place so
-    that containerd always finds a hosts.toml in it: the other files first, then hosts.toml
-    atomically, then files the new configuration no longer needs are removed.
+    The directory is built aside and swapped in whole (:func:`swap_in`): nothing is ever written
+    into the directory being replaced, which may be an operator's, with links we must not follow.
     """
-    if not target.is_dir() or target.is_symlink():
-        staging = temp_name(target.parent, "dir")
-        try:
-            for rel, data in files.items():
-                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                write_file(staging / rel, data)
-            staging.mkdir(exist_ok=True)
-            os.chmod(staging, 0o755)
-            remove(target)
-            os.rename(staging, target)
-        except BaseException:
-            remove(staging)
-            raise
-        _fsync_dir(target.parent)
-        return
-    for rel, data in sorted(files.items(), key=lambda item: item[0] == HOSTS_FILE):
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        write_file(target / rel, data)
-    for path in sorted(target.rglob("*"), reverse=True):
-        rel = path.relative_to(target).as_posix()
-        if path.is_dir() and not path.is_symlink():
-            if not any(name.startswith(rel + "/") for name in files):
-                remove(path)
-        elif rel not in files:
-            path.unlink()
+    staging = temp_name(target.parent, "dir")
+    try:
+        staging.mkdir()
+        os.chmod(staging, 0o755)
+        for rel, data in files.items():
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            write_file(staging / rel, data)
+        swap_in(staging, target)
+    except BaseException:
+        remove(staging)
+        raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (E.ENOSYS, E.EINVAL, E.EOPNOTSUPP):
+        return False
+    raise OSError(errno, os.strerror(errno), str(b))
+
+
+def swap_in(staged: Path, target: Path) -> None:
+    """Put ``staged`` in place of ``target`` and remove what was there.
+
+    containerd looks the directory up on every pull. An atomic exchange means it always finds the
+    old entry or the new one; where the kernel cannot exchange, two renames leave it missing for
+    an instant, and a pull in that instant goes to the upstream as if unmirrored.
+    """
+    if present(target) and _exchange(staged, target):
+        remove(staged)  # now holds the old entry
+    else:
+        remove(target)
+        os.rename(staged, target)
+    _fsync_dir(target.parent)
 
 
 def remove(path: Path) -> None:

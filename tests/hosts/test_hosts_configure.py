@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from spegel_py.errors import ConfigurationError
-from spegel_py.hosts import cleanup_mirrors, configure_mirrors
+from spegel_py.hosts import cleanup_mirrors, configure_mirrors, files
 from spegel_py.hosts.files import BACKUP_DIR, BACKUP_OWNER, MARKER, TEMP_PREFIX
 
 TARGETS = ["http://127.0.0.1:30020", "http://10.0.0.5:30020"]
@@ -276,3 +276,46 @@ def test_cleanup_leaves_entries_it_never_replaced_alone(certs: Path) -> None:
     assert (certs / "private.example:5000").stat().st_ino == inode  # not swapped for its copy
     assert not any("private.example" in line for line in done)
     assert any("docker.io" in line for line in done)
+
+
+def test_replacing_an_operator_directory_never_writes_through_its_links(certs: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "shared-hosts.toml"
+    shared.write_bytes(DOCKER_HOSTS)
+    (certs / "docker.io" / "hosts.toml").unlink()
+    (certs / "docker.io" / "hosts.toml").symlink_to(shared)
+    configure_mirrors(certs, ["https://docker.io"], TARGETS, prepend_existing=True)
+    assert shared.read_bytes() == DOCKER_HOSTS
+    assert not (certs / "docker.io" / "hosts.toml").is_symlink()
+    cleanup_mirrors(certs)
+    assert (certs / "docker.io" / "hosts.toml").resolve() == shared
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_swap_in_replaces_whole_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    real, exchanged = files._exchange, []
+
+    def spy(a: Path, b: Path) -> bool:
+        exchanged.append(exchange and real(a, b))
+        return exchanged[-1]
+
+    monkeypatch.setattr(files, "_exchange", spy)
+    for old_kind in ("dir", "file", "link", "absent"):
+        target = tmp_path / f"target-{old_kind}"
+        if old_kind == "dir":
+            target.mkdir()
+            (target / "old").write_text("old")
+        elif old_kind == "file":
+            target.write_text("old")
+        elif old_kind == "link":
+            target.symlink_to(tmp_path)
+        staged = tmp_path / f"staged-{old_kind}"
+        staged.mkdir()
+        (staged / "new").write_text("new")
+        files.swap_in(staged, target)
+        assert [p.name for p in target.iterdir()] == ["new"]
+        assert not files.present(staged)
+    kinds = ("absent", "dir", "file", "link")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"target-{k}" for k in kinds]
+    assert exchanged == [exchange] * 3  # this kernel exchanges atomically; "absent" needs no exchange
