@@ -10,8 +10,12 @@ The contract with the operator (and with Go Spegel, whose ``_backup`` this reads
   can be run again at any point (also after a crash half-way) and, when there is no backup, it
   removes only directories whose hosts.toml carries our marker line.
 
+* a ``_backup`` without our owner file was made by Go Spegel (a migration): it is adopted, with
+  certs.d reset to it first, as Spegel's own cleanup would; from then on it is ours.
+
 Unlike Go Spegel, configuration does not delete the entries of registries it does not mirror:
-they carry TLS and credentials for registries the operator still uses.
+they carry TLS and credentials for registries the operator still uses. Entries an operator edits
+while spegel-py is installed are not merged: cleanup restores the backed-up version.
 """
 
 from __future__ import annotations
