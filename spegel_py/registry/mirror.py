@@ -21,7 +21,8 @@ resolved is a miss (404), and containerd asks upstream.
 from __future__ import annotations
 
 import asyncio
-import re
+import time
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,26 +32,15 @@ from aiohttp import web
 from spegel_py.errors import ContentNotFoundError, ImageNotFoundError, InvalidDigestError, NotFoundError
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.errors import ErrorCode, error_body
+from spegel_py.oci.filters import RegistryFilter
 from spegel_py.oci.paths import DistributionPath, Kind
+from spegel_py.registry.blobstream import MIRRORED_HEADER, BlobStream
 from spegel_py.registry.bufferpool import BufferPool, BufferPoolExhaustedError
 from spegel_py.registry.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
 from spegel_py.registry.peerhealth import PeerHealth
-from spegel_py.registry.relay import (
-    PeerClient,
-    PeerError,
-    PeerResponse,
-    PeerTimeoutError,
-    ResponseSink,
-    StreamHasher,
-)
+from spegel_py.registry.ranges import Unsatisfiable, parse_range
+from spegel_py.registry.relay import PeerClient, PeerError, PeerResponse, StreamHasher
 from spegel_py.routing.base import Peer, Router
-
-MIRRORED_HEADER = "X-Spegel-Mirrored"
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-class IntegrityError(PeerCorruptError):
-    """Relayed bytes did not match the digest; the client response was aborted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +68,7 @@ class MirrorStats:
     corrupt: int = 0
     aborted: int = 0  # client responses killed mid-body (no provider left, or corruption)
     bytes_relayed: int = 0
+    last_success: float = 0.0  # wall-clock time of the last request served from a peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +106,16 @@ class Mirror:
         pool: BufferPool | None = None,
         health: PeerHealth | None = None,
         settings: MirrorSettings | None = None,
+        filters: RegistryFilter | None = None,
+        on_result: Callable[[str, bool], None] | None = None,
     ) -> None:
+        """``filters``: images that may not be shared are not mirrored either (404 at once).
+        ``on_result(registry, served)``: called once per request, for the metrics layer
+        (``spegel_mirror_requests_total{registry,cache}``, last success timestamp).
+        """
         self._router = router
+        self._filters = filters if filters is not None else RegistryFilter()
+        self._on_result = on_result
         self._client = client if client is not None else PeerClient()
         self._pool = pool if pool is not None else BufferPool()
         self.health = health if health is not None else PeerHealth()
@@ -133,6 +132,8 @@ class Mirror:
 
     def lookup_key(self, request: MirrorRequest) -> str:
         """The router key for ``request``; raises :class:`NotFoundError` if policy forbids it."""
+        if request.registry is not None and not self._filters.allows(request.registry, request.name):
+            raise ContentNotFoundError("image excluded from sharing by the registry filters")
         if request.reference.startswith(("sha256:", "sha512:")):
             try:
                 return str(Digest.parse(request.reference))
@@ -142,6 +143,8 @@ class Mirror:
             raise ImageNotFoundError("tags are not resolved by peers")
         if request.reference == "latest" and not self.settings.resolve_latest:
             raise ImageNotFoundError(":latest is not resolved by peers")
+        if not self._filters.allows(request.registry, request.name, request.reference):
+            raise ImageNotFoundError("image excluded from sharing by the registry filters")
         return f"{request.registry}/{request.name}:{request.reference}"
 
     async def serve(self, request: web.Request, path: DistributionPath, ns: str | None) -> web.StreamResponse:
@@ -170,9 +173,7 @@ class Mirror:
             result = await self.fetch(mirror_request)
         except NotFoundError as exc:
             code = ErrorCode.BLOB_UNKNOWN if kind == "blobs" else ErrorCode.MANIFEST_UNKNOWN
-            return web.Response(
-                status=404, body=error_body(code, str(exc)), content_type="application/json"
-            )
+            return web.Response(status=404, body=error_body(code, str(exc)), content_type="application/json")
         return await result.respond(request)
 
     async def fetch(self, request: MirrorRequest) -> MirrorResponse:
@@ -183,9 +184,16 @@ class Mirror:
             response = await self._fetch(request, key)
         except NotFoundError:
             self.stats.not_found += 1
+            self._report(request, served=False)
             raise
         self.stats.served += 1
+        self.stats.last_success = time.time()
+        self._report(request, served=True)
         return response
+
+    def _report(self, request: MirrorRequest, *, served: bool) -> None:
+        if self._on_result is not None:
+            self._on_result(request.registry or "", served)
 
     async def _fetch(self, request: MirrorRequest, key: str) -> MirrorResponse:
         settings = self.settings
@@ -223,7 +231,21 @@ class Mirror:
                 self._pool.release(buffer)
             await providers.aclose()
             return MirrorResponse(answer.status, answer.headers, answer.body, None)
-        stream = _BlobStream(self, request, digest, providers, peer, answer.stream, buffer)
+        assert digest is not None  # only blobs, always named by digest, are streamed
+        stream = BlobStream(
+            request=request,
+            digest=digest,
+            providers=providers,
+            peer=peer,
+            resp=answer.stream,
+            buffer=buffer,
+            client=self._client,
+            pool=self._pool,
+            health=self.health,
+            settings=settings,
+            stats=self.stats,
+            hasher=self._hasher,
+        )
         return MirrorResponse(answer.status, answer.headers, None, stream)
 
     async def close(self) -> None:
@@ -268,8 +290,12 @@ class _Attempt:
         s = self._mirror.settings
         r = self._request
         resp: PeerResponse | None = await self._mirror._client.request(
-            peer, r.method, self.target(), self.headers(),
-            dial_timeout=s.dial_timeout, first_byte_timeout=s.first_byte_timeout,
+            peer,
+            r.method,
+            self.target(),
+            self.headers(),
+            dial_timeout=s.dial_timeout,
+            first_byte_timeout=s.first_byte_timeout,
         )
         assert resp is not None
         try:
@@ -336,196 +362,35 @@ class MirrorResponse:
     status: int
     headers: dict[str, str]
     body: bytes | None
-    _stream: _BlobStream | None = field(default=None, repr=False)
+    _stream: BlobStream | None = field(default=None, repr=False)
 
     async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
         """Send this answer to ``request``'s client (honouring its Range) and return the response."""
-        if self._stream is None:
-            headers = dict(self.headers)
-            if request.method == "HEAD" or self.body is None:
-                response = web.StreamResponse(status=self.status, headers=headers)
-                response.content_length = int(headers["Content-Length"])
-                await response.prepare(request)
-                await response.write_eof()
-                return response
-            return web.Response(status=self.status, headers=headers, body=self.body)
-        stream, self._stream = self._stream, None
-        return await stream.respond(request, self.headers)
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            return await stream.respond(request, self.headers)
+        headers = dict(self.headers)
+        if request.method == "HEAD" or self.body is None:
+            response = web.StreamResponse(status=self.status, headers=headers)
+            response.content_length = int(headers["Content-Length"])
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        body = self.body
+        if "Accept-Ranges" in headers:  # a small blob: the client's Range still applies
+            try:
+                selected = parse_range(request.headers.get("Range"), len(body))
+            except Unsatisfiable:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(body)}"})
+            if selected is not None:
+                headers["Content-Range"] = selected.content_range()
+                del headers["Content-Length"]
+                return web.Response(status=206, headers=headers, body=body[selected.start : selected.end])
+        del headers["Content-Length"]  # aiohttp sets it from the body
+        return web.Response(status=self.status, headers=headers, body=body)
 
     async def aclose(self) -> None:
         """Release the peer connection and relay buffer without responding. Idempotent."""
         stream, self._stream = self._stream, None
         if stream is not None:
             await stream.aclose()
-
-
-class _BlobStream:
-    """A large blob being relayed: resumes on peer failure, verifies, holds back its tail."""
-
-    def __init__(
-        self,
-        mirror: Mirror,
-        request: MirrorRequest,
-        digest: Digest | None,
-        providers: Providers,
-        peer: Peer,
-        resp: PeerResponse,
-        buffer: memoryview,
-    ) -> None:
-        assert digest is not None and resp.content_length is not None  # blobs are fetched by digest
-        self._mirror = mirror
-        self._request = request
-        self._digest = digest
-        self._providers = providers
-        self._peer = peer
-        self._resp: PeerResponse | None = resp
-        self._buffer: memoryview | None = buffer
-        self._total = resp.content_length
-        self._contributors: set[Peer] = {peer}
-
-    async def aclose(self) -> None:
-        if self._resp is not None:
-            self._resp.release()
-            self._resp = None
-        if self._buffer is not None:
-            self._mirror._pool.release(self._buffer)
-            self._buffer = None
-        await self._providers.aclose()
-
-    async def respond(self, request: web.BaseRequest, headers: dict[str, str]) -> web.StreamResponse:
-        try:
-            start, end, status = _byte_range(self._request.range, self._total)
-            headers = dict(headers)
-            if status == 416:
-                headers = {"Content-Range": f"bytes */{self._total}"}
-                return web.Response(status=416, headers=headers)
-            if status == 206:
-                headers["Content-Range"] = f"bytes {start}-{end}/{self._total}"
-            response = web.StreamResponse(status=status, headers=headers)
-            response.content_length = end + 1 - start
-            await response.prepare(request)
-            sink = ResponseSink(request, response)
-            try:
-                await self._relay(sink, start, end)
-            except (IntegrityError, _ResumeFailedError):
-                # The client connection is already aborted: it sees a short body and retries.
-                return response
-            await response.write_eof()
-            return response
-        finally:
-            await self.aclose()
-
-    async def _relay(self, sink: ResponseSink, start: int, end: int) -> None:
-        assert self._buffer is not None
-        settings = self._mirror.settings
-        stats = self._mirror.stats
-        hasher = self._mirror._hasher(self._digest)
-        # Two halves: one may still be hashed on the worker while the other receives (StreamHasher).
-        half = len(self._buffer) // 2
-        halves = (self._buffer[:half], self._buffer[half : 2 * half])
-        turn = 0
-        pos = 0
-        held: bytes = b""
-        while pos < self._total:
-            buf = halves[turn]
-            try:
-                if self._resp is None:
-                    self._resp = await self._resume(pos)
-                n = await self._resp.readinto(buf[: self._total - pos], stall_timeout=settings.stall_timeout)
-            except PeerError as exc:
-                if self._resp is not None:
-                    self._resp.release()
-                    self._resp = None
-                if not isinstance(exc, PeerTimeoutError):
-                    self._mirror.health.record_miss(self._peer, self._providers.key)
-                continue
-            except BaseException:
-                sink.abort()
-                raise
-            chunk = buf[:n]
-            await hasher.update(chunk)
-            turn ^= 1
-            lo, hi = max(pos, start), min(pos + n, end + 1)
-            if lo < hi:
-                piece = chunk[lo - pos : hi - pos]
-                if hi == end + 1:
-                    held = bytes(piece)  # the last bytes wait for the digest check
-                else:
-                    await sink.write(piece)
-            pos += n
-        if await hasher.hexdigest() != self._digest.hex:
-            stats.corrupt += 1
-            stats.aborted += 1
-            for peer in self._contributors:
-                self._mirror.health.record_corruption(peer)
-            sink.abort()
-            raise IntegrityError(f"relayed bytes do not match {self._digest}")
-        await sink.write(memoryview(held))
-        stats.bytes_relayed += sink.sent
-
-    async def _resume(self, pos: int) -> PeerResponse:
-        """A response from another provider starting at blob offset ``pos``."""
-        settings = self._mirror.settings
-        self._mirror.stats.resumed += 1
-        self._providers.rewind(exclude={self._peer})
-        attempt = _RangeAttempt(self._mirror, self._request, pos, self._total)
-        hedger: Hedger[PeerResponse] = Hedger(
-            attempt.run, PeerResponse.release, self._mirror.health,
-            hedge_delay=settings.hedge_delay, first_provider_timeout=settings.first_provider_timeout,
-        )
-        try:
-            async with asyncio.timeout(settings.resume_deadline):
-                peer, resp = await hedger.run(self._providers)
-        except (TimeoutError, NotFoundError) as exc:
-            self._mirror.stats.aborted += 1
-            raise _ResumeFailedError(f"no provider to resume {self._digest} at byte {pos}") from exc
-        self._peer = peer
-        self._contributors.add(peer)
-        return resp
-
-
-class _ResumeFailedError(Exception):
-    """No provider could continue a broken blob stream; the client response is aborted."""
-
-
-class _RangeAttempt:
-    """``GET`` with ``Range: bytes=<pos>-``; accepts 206 at the right offset."""
-
-    def __init__(self, mirror: Mirror, request: MirrorRequest, pos: int, total: int) -> None:
-        self._mirror = mirror
-        self._request = request
-        self._pos = pos
-        self._total = total
-
-    async def run(self, peer: Peer) -> PeerResponse:
-        s = self._mirror.settings
-        r = self._request
-        resp = await self._mirror._client.request(
-            peer, "GET", f"/v2/{r.name}/blobs/{r.reference}" + (f"?ns={r.registry}" if r.registry else ""),
-            {MIRRORED_HEADER: "true", "Range": f"bytes={self._pos}-"},
-            dial_timeout=s.dial_timeout, first_byte_timeout=s.first_byte_timeout,
-        )
-        expected = f"bytes {self._pos}-{self._total - 1}/{self._total}"
-        if resp.status == 206 and resp.headers.get("content-range") == expected:
-            return resp
-        resp.release()
-        raise PeerMissError(f"peer cannot resume at {self._pos}: {resp.status}")
-
-
-def _byte_range(header: str | None, total: int) -> tuple[int, int, int]:
-    """``(start, end inclusive, status)`` for a client's Range; multi-ranges get the whole body."""
-    if not header or total == 0:
-        return 0, total - 1, 200
-    match = _RANGE.fullmatch(header.strip())
-    if match is None:
-        return 0, total - 1, 200
-    first, last = match.groups()
-    if not first:
-        if not last or int(last) == 0:
-            return 0, 0, 416
-        return max(0, total - int(last)), total - 1, 206
-    start = int(first)
-    end = min(int(last), total - 1) if last else total - 1
-    if start >= total or start > end:
-        return 0, 0, 416
-    return start, end, 206

@@ -188,27 +188,6 @@ async def test_silent_peer_is_hedged_around(cluster: Cluster, blob: Callable[[in
         assert resp.headers["Docker-Content-Digest"] == digest
 
 
-async def test_client_range_is_served_from_a_verified_stream(
-    cluster: Cluster, blob: Callable[[int], bytes]
-) -> None:
-    data = blob(BIG)
-    digest = digest_of(data)
-    peer = await cluster.peer({digest: data})
-    front, _ = await cluster.mirror([peer.peer])
-    session = cluster.session()
-    for header, expected in [
-        ("bytes=1000-", data[1000:]),
-        ("bytes=5-9", data[5:10]),
-        ("bytes=-7", data[-7:]),
-    ]:
-        status, body, headers = await get(
-            session, f"{front.url}/v2/a/blobs/{digest}", headers={"Range": header}
-        )
-        assert status == 206
-        assert body == expected
-        assert headers["Content-Range"].endswith(f"/{len(data)}")
-
-
 @pytest.mark.parametrize(
     ("tag", "resolve_tags", "resolve_latest", "looked_up"),
     [
@@ -269,3 +248,76 @@ async def test_concurrent_streams_share_a_small_pool(cluster: Cluster, blob: Cal
     results = await asyncio.gather(*(get(session, f"{front.url}/v2/a/blobs/{digest}") for _ in range(6)))
     assert all(status == 200 and body == data for status, body, _ in results)
     assert pool.waits_total > 0 and pool.allocated == 2 and pool.in_use == 0
+
+
+@pytest.mark.parametrize("size", [BIG, 1000])  # relayed stream, and a small blob verified whole
+@pytest.mark.parametrize(
+    ("header", "status", "piece"),
+    [
+        ("bytes=100-", 206, slice(100, None)),
+        ("bytes=5-9", 206, slice(5, 10)),
+        ("bytes=-7", 206, slice(-7, None)),
+        ("bytes=0-1,5-6", 200, slice(None)),
+        (f"bytes={BIG * 2}-", 416, slice(0, 0)),
+    ],
+)
+async def test_client_ranges(
+    cluster: Cluster, blob: Callable[[int], bytes], size: int, header: str, status: int, piece: slice
+) -> None:
+    data = blob(size)
+    digest = digest_of(data)
+    peer = await cluster.peer({digest: data})
+    front, _ = await cluster.mirror([peer.peer])
+    got, body, headers = await get(
+        cluster.session(), f"{front.url}/v2/a/blobs/{digest}", headers={"Range": header}
+    )
+    assert got == status
+    assert body == data[piece]
+    if status == 206:
+        assert headers["Content-Range"].endswith(f"/{size}")
+    if status == 416:
+        assert headers["Content-Range"] == f"bytes */{size}"
+
+
+@pytest.mark.parametrize(
+    ("path", "served"),
+    [
+        ("/v2/library/app/blobs/{digest}?ns=docker.io", True),
+        ("/v2/library/app/blobs/{digest}?ns=ghcr.io", False),  # not a mirrored registry
+        ("/v2/secret/app/blobs/{digest}?ns=docker.io", False),  # excluded by a filter
+        ("/v2/library/app/manifests/v1?ns=docker.io", True),
+        ("/v2/library/app/manifests/nightly?ns=docker.io", False),  # excluded by a filter
+    ],
+)
+async def test_registry_filters_and_result_hook(
+    cluster: Cluster, blob: Callable[[int], bytes], path: str, served: bool
+) -> None:
+    from mirror_fakes import FakeRouter, Front
+
+    from spegel_py.oci.filters import RegistryFilter
+    from spegel_py.registry.mirror import Mirror, MirrorSettings
+    from spegel_py.registry.relay import PeerClient
+
+    data = blob(500)
+    digest = digest_of(data)
+    tags = {f"library/app:{t}": digest for t in ("v1", "nightly")}
+    peer = await cluster.peer({digest: data}, tags)
+    results: list[tuple[str, bool]] = []
+    mirror = Mirror(
+        FakeRouter([peer.peer]),
+        client=PeerClient(),
+        settings=MirrorSettings(),
+        filters=RegistryFilter.from_flags(
+            mirrored_registries=["https://docker.io"], registry_filters=["^docker.io/secret/", ":nightly$"]
+        ),
+        on_result=lambda registry, ok: results.append((registry, ok)),
+    )
+    front = Front(mirror)
+    await front.start()
+    cluster.fronts.append(front)
+    cluster.mirrors.append(mirror)
+    status, body, _ = await get(cluster.session(), front.url + path.format(digest=digest))
+    assert status == (200 if served else 404)
+    assert (body == data) is served
+    assert results == [(path.partition("ns=")[2], served)]
+    assert len(peer.requests) == (1 if served else 0)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 
 from spegel_py.registry.bufferpool import BufferPool, BufferPoolExhaustedError
-from spegel_py.registry.mirror import _byte_range
 from spegel_py.registry.peerhealth import PeerHealth
 from spegel_py.routing.base import Peer
 
@@ -88,23 +87,3 @@ def test_peer_health_is_bounded() -> None:
         health.record_miss(peer, key)
     assert health.usable(peer, "k1")  # the oldest miss was forgotten
     assert not health.usable(peer, "k4")
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        (None, (0, 99, 200)),
-        ("bytes=0-", (0, 99, 206)),
-        ("bytes=10-19", (10, 19, 206)),
-        ("bytes=90-200", (90, 99, 206)),
-        ("bytes=-10", (90, 99, 206)),
-        ("bytes=-1000", (0, 99, 206)),
-        ("bytes=100-", (0, 0, 416)),
-        ("bytes=20-10", (0, 0, 416)),
-        ("bytes=-0", (0, 0, 416)),
-        ("bytes=0-1,5-6", (0, 99, 200)),
-        ("items=0-1", (0, 99, 200)),
-    ],
-)
-def test_byte_range(header: str | None, expected: tuple[int, int, int]) -> None:
-    assert _byte_range(header, 100) == expected
