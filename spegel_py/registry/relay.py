@@ -171,7 +171,7 @@ class PeerClient:
         """
         if self._closed:
             raise PeerError("peer client is closed")
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {peer.host}:{peer.port}"]
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {peer.base_url.removeprefix('http://')}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         for _ in range(2):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -35,6 +36,7 @@ async def no_leaks() -> AsyncIterator[None]:
     before_fds = {fd for fd in _open_fds() if "socket:" in fd}
     current = asyncio.current_task()
     before_tasks = {t for t in asyncio.all_tasks() if t is not current}
+    before_threads = set(threading.enumerate())
     yield
     current = asyncio.current_task()  # teardown runs in a task of its own
     deadline = asyncio.get_running_loop().time() + 2.0
@@ -43,10 +45,12 @@ async def no_leaks() -> AsyncIterator[None]:
             t for t in asyncio.all_tasks() if t is not current and t not in before_tasks and not t.done()
         }
         fds = {fd for fd in _open_fds() if "socket:" in fd} - before_fds
-        if not tasks and not fds:
+        # asyncio's default executor (getaddrinfo) belongs to the loop, not to the test.
+        threads = {t for t in set(threading.enumerate()) - before_threads if "asyncio" not in t.name}
+        if not tasks and not fds and not threads:
             return
         if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"leaked tasks {tasks} / sockets {fds}")
+            pytest.fail(f"leaked tasks {tasks} / sockets {fds} / threads {threads}")
         await asyncio.sleep(0.01)  # polling for teardown to finish, bounded by the deadline
 
 

@@ -31,6 +31,7 @@ class Knobs:
     missing: bool = False  # answer 404 for everything
     first_byte_delay: float = 0.0  # seconds before the response head
     die_after: int | None = None  # abort the connection after this many body bytes
+    stall_after: int | None = None  # go silent (connection open) after this many body bytes
     corrupt: bool = False  # flip one byte in the middle of every body
     silent: bool = False  # accept the request and never answer
     ignore_range: bool = False
@@ -107,6 +108,9 @@ class FakePeer:
         await response.prepare(request)
         if request.method == "HEAD":
             return response
+        if knobs.stall_after is not None:
+            await response.write(body[: knobs.stall_after])
+            await self._never.wait()
         if knobs.die_after is not None:
             await response.write(body[: knobs.die_after])
             await response.drain()

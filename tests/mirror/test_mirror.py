@@ -321,3 +321,39 @@ async def test_registry_filters_and_result_hook(
     assert (body == data) is served
     assert results == [(path.partition("ns=")[2], served)]
     assert len(peer.requests) == (1 if served else 0)
+
+
+async def test_resume_after_a_peer_stalls_mid_blob(cluster: Cluster, blob: Callable[[int], bytes]) -> None:
+    data = blob(BIG)
+    digest = digest_of(data)
+    stalling = await cluster.peer({digest: data}, stall_after=BIG // 3)
+    healthy = await cluster.peer({digest: data})
+    front, mirror = await cluster.mirror([stalling.peer, healthy.peer], hedge_delay=1.0, stall_timeout=0.3)
+    status, body, _ = await get(cluster.session(), f"{front.url}/v2/a/blobs/{digest}")
+    assert status == 200 and body == data
+    assert mirror.stats.resumed == 1
+    assert mirror.health.usable(stalling.peer, digest)  # slow is not missing: no negative entry
+
+
+async def test_client_leaving_mid_blob_releases_everything(
+    cluster: Cluster, blob: Callable[[int], bytes]
+) -> None:
+    from spegel_py.registry.bufferpool import BufferPool
+
+    data = blob(BIG * 4)
+    digest = digest_of(data)
+    peer = await cluster.peer({digest: data})
+    pool = BufferPool(count=2, size=64 * 1024)
+    front, mirror = await cluster.mirror([peer.peer], pool=pool)
+    session = cluster.session()
+    async with session.get(f"{front.url}/v2/a/blobs/{digest}") as resp:
+        assert resp.status == 200
+        await resp.content.readexactly(100_000)
+        resp.close()  # drop the connection mid-body
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while pool.in_use or mirror._client.open_connections:
+        assert loop.time() < deadline, (pool.in_use, mirror._client.open_connections)
+        await asyncio.sleep(0.01)  # polling a condition with a deadline
+    status, body, _ = await get(session, f"{front.url}/v2/a/blobs/{digest}")
+    assert status == 200 and body == data
