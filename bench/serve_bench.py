@@ -68,6 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="--page-cache-eviction=false",
         help="flags that turn page-cache eviction off (the cold-run comparison); '' skips that run",
     )
+    ap.add_argument(
+        "--spegel-patches",
+        default="",
+        help="also run spegel-py with these changes patched in (bench/experiments/spegel_patched.py)",
+    )
     ap.add_argument("--nginx-auto", action="store_true", help="also run nginx with worker_processes auto")
     ap.add_argument("--aiohttp", action="store_true", help="also run a bare aiohttp FileResponse server")
     ap.add_argument("--skip-cold", action="store_true")
@@ -124,7 +129,7 @@ def start_servers(a: argparse.Namespace, layout: Layout) -> dict[str, Server]:
             Spegel(
                 "spegel",
                 "127.0.0.62",
-                binary=a.spegel_bin,
+                command=[a.spegel_bin],
                 layout=layout.root,
                 extra=shlex.split(a.spegel_args),
                 cpus=a.server_cpus,
@@ -148,6 +153,21 @@ def start_servers(a: argparse.Namespace, layout: Layout) -> dict[str, Server]:
                 ),
             )
         )
+    if a.spegel_patches:
+        patched = [sys.executable, "-m", "bench.experiments.spegel_patched", "--patches", a.spegel_patches]
+        wanted.append(
+            (
+                f"spegel-py+{a.spegel_patches}",
+                Spegel(
+                    "spegel-patched",
+                    "127.0.0.66",
+                    command=patched,
+                    layout=layout.root,
+                    extra=shlex.split(a.spegel_args),
+                    cpus=a.server_cpus,
+                ),
+            )
+        )
     if a.spegel_noevict_args:
         extra = shlex.split(a.spegel_args) + shlex.split(a.spegel_noevict_args)
         wanted.append(
@@ -156,7 +176,7 @@ def start_servers(a: argparse.Namespace, layout: Layout) -> dict[str, Server]:
                 Spegel(
                     "spegel-noevict",
                     "127.0.0.65",
-                    binary=a.spegel_bin,
+                    command=[a.spegel_bin],
                     layout=layout.root,
                     extra=extra,
                     cpus=a.server_cpus,
@@ -176,6 +196,11 @@ def start_servers(a: argparse.Namespace, layout: Layout) -> dict[str, Server]:
 def stop_servers(servers: dict[str, Server]) -> None:
     for server in servers.values():
         server.stop()
+
+
+def evicts(label: str) -> bool:
+    """Whether this server runs spegel-py's page-cache eviction (and its delayed second pass)."""
+    return label.startswith("spegel-py") and label != "spegel-py-noevict"
 
 
 def rss_mib(server: Server) -> dict[str, float]:
@@ -217,7 +242,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         cpus=a.client_cpus,
                     )
                     runs[label].append(rec)
-                    if label == "spegel-py":
+                    if evicts(label):
                         time.sleep(a.quiesce)  # a fixed delay of the server under test, not a race
                     print(f"  {name:>11} round {r + 1} {label:<18} {rec['MiBps']:8.0f} MiB/s", flush=True)
             hot[name] = {lb: summarize(v) for lb, v in runs.items()}
@@ -235,9 +260,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             **rss_mib(spegel),
         }
         if not a.skip_cold:
-            cold_labels = ["nginx", "spegel-py"] + (
-                ["spegel-py-noevict"] if "spegel-py-noevict" in servers else []
-            )
+            cold_labels = [lb for lb in servers if lb not in ("nginx-auto", "aiohttp")]
             paths, files = [b.url_path() for b in cold], [b.path for b in cold]
             result["cold"] = {}
             for conc in [int(c) for c in a.cold_concurrency.split(",")]:
@@ -256,7 +279,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         f"  {rec['MiBps']:6.0f} MiB/s",
                         flush=True,
                     )
-                    if label == "spegel-py":
+                    if evicts(label):
                         time.sleep(a.quiesce)
     finally:
         stop_servers(servers)

@@ -182,15 +182,16 @@ class Spegel(Server):
     name = "spegel-py"
 
     def __init__(
-        self, label: str, host: str, *, binary: str, layout: str, extra: list[str], cpus: str = ""
+        self, label: str, host: str, *, command: list[str], layout: str, extra: list[str], cpus: str = ""
     ) -> None:
         super().__init__(label, host, cpus=cpus)
-        self.binary, self.layout, self.extra = binary, layout, extra
+        """``command``: how to invoke spegel-py (its console script, or an experiment wrapper)."""
+        self.command, self.layout, self.extra = command, layout, extra
         self.metrics_port = free_port(host)
 
     def argv(self) -> list[str]:
         return [
-            self.binary,
+            *self.command,
             "registry",
             "--content-store",
             "oci-layout",

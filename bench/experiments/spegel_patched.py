@@ -1,0 +1,84 @@
+"""Run ``spegel-py`` with proposed changes monkeypatched in, so the benchmark can measure a fix
+next to the product as it is, in the same run, before the module's owner adopts it.
+
+Usage: ``python -m bench.experiments.spegel_patched --patches align[,cork] registry ...``
+(everything after the patch list goes to spegel-py's own CLI). Not product code: each patch
+names the module it stands in for.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+# Largest page-cache folio on x86-64 with 4 KiB pages (PMD order): ext4 on this kernel caches
+# file data in folios of up to 2 MiB, and fadvise(DONTNEED) skips any folio that is not wholly
+# inside the advised range.
+FOLIO = 2 << 20
+
+
+def align_eviction() -> None:
+    """spegel_py/registry/pagecache.py: advise whole 2 MiB-aligned blocks.
+
+    The start is rounded down (the folio straddling the previous boundary is wholly behind the
+    send offset by now) and the end is rounded down (the folio around the limit is not).
+    """
+    from spegel_py.registry import pagecache
+
+    original = pagecache.PageCacheCoordinator.evict
+
+    def evict(
+        self: pagecache.PageCacheCoordinator, fd: int, offset: int, length: int, *args: Any, **kw: Any
+    ) -> None:
+        start = offset & ~(FOLIO - 1)
+        end = (offset + length) & ~(FOLIO - 1)
+        original(self, fd, start, end - start, *args, **kw)
+
+    setattr(pagecache.PageCacheCoordinator, "evict", evict)  # noqa: B010 - replacing it is the experiment
+
+
+def cork() -> None:
+    """spegel_py/registry/content.py: TCP_CORK around the body, as nginx's ``tcp_nopush``."""
+    from spegel_py.registry import content
+
+    original = getattr(content, "send_range")  # noqa: B009 - an import of content's, not its API
+
+    def setopt(fd: int, opt: int, value: int) -> None:
+        s = socket.socket(fileno=os.dup(fd))
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, opt, value)
+        finally:
+            s.close()
+
+    async def send_range(sock_fd: int, fd: int, offset: int, count: int, stream: object = None) -> None:
+        setopt(sock_fd, socket.TCP_CORK, 1)
+        try:
+            await original(sock_fd, fd, offset, count, stream)
+        finally:
+            try:
+                setopt(sock_fd, socket.TCP_CORK, 0)
+            except OSError:
+                pass
+
+    setattr(content, "send_range", send_range)  # noqa: B010 - replacing it is the experiment
+
+
+PATCHES: dict[str, Callable[[], None]] = {"align": align_eviction, "cork": cork}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] != "--patches":
+        print(__doc__, file=sys.stderr)
+        return 2
+    for name in filter(None, argv[1].split(",")):
+        PATCHES[name]()
+    from spegel_py.cli import main as spegel_main
+
+    return spegel_main(argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
