@@ -8,12 +8,13 @@ is absent is skipped, never treated as an error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from spegel_py.errors import ContentNotFoundError, ContentTooLargeError, InvalidDigestError
+from spegel_py.errors import ContentNotFoundError, InvalidDigestError
 from spegel_py.oci.digest import Digest
-from spegel_py.store.base import ContentStore, Descriptor, read_blob
+from spegel_py.store.base import ContentStore, Descriptor
 
 DEFAULT_LIMIT = 4 << 20  # manifests and indexes are small; a bigger "manifest" is not parsed
 _MAX_DEPTH = 8  # an index of indexes is legal; a cycle cannot be (digests), but stay bounded
@@ -56,12 +57,20 @@ def _children(doc: dict[str, Any], kind: str) -> list[tuple[Digest, str | None]]
     return out
 
 
-async def _parse(store: ContentStore, digest: Digest, limit: int) -> dict[str, Any] | None:
+async def _read(store: ContentStore, digest: Digest, limit: int) -> tuple[int, dict[str, Any] | None]:
+    """Size and parsed JSON object of a blob (``None`` if over ``limit`` or not a JSON object).
+
+    One ``open`` answers both presence and size, so a document costs one store round trip.
+    """
+    async with await store.open(digest) as blob:
+        if blob.size > limit:
+            return blob.size, None
+        data = b"".join([chunk async for chunk in blob.chunks()])
     try:
-        doc = json.loads(await read_blob(store, digest, limit=limit))
-    except (ContentTooLargeError, ValueError):  # a layer, or not JSON: a leaf
-        return None
-    return doc if isinstance(doc, dict) else None
+        doc = json.loads(data)
+    except ValueError:  # a layer or other binary blob: a leaf
+        return len(data), None
+    return len(data), doc if isinstance(doc, dict) else None
 
 
 async def image_content(
@@ -72,30 +81,48 @@ async def image_content(
     Each blob appears once. Media types come from the parent's descriptor (or the document's own
     ``mediaType``), since stores such as containerd do not record them. Returns ``[]`` if the
     root itself is absent. Blobs larger than ``limit`` bytes are never read, only stat'ed.
+    Siblings are looked up concurrently (a manifest's layers are independent round trips); a
+    store failure (``StoreUnavailableError``) cancels the rest of the walk and propagates.
     """
-    found: dict[Digest, Descriptor] = {}
+    seen: set[Digest] = set()
 
-    async def visit(digest: Digest, declared: str | None, depth: int, *, parse: bool) -> None:
-        if digest in found:
-            return
+    async def visit(digest: Digest, declared: str | None, depth: int, *, parse: bool) -> list[Descriptor]:
+        if digest in seen:
+            return []
+        seen.add(digest)
+        doc: dict[str, Any] | None = None
         try:
-            desc = await store.stat(digest)
-            # Config and layer blobs (a manifest's children) are leaves: never read them.
-            doc = await _parse(store, digest, limit) if parse and depth < _MAX_DEPTH else None
+            if parse and depth < _MAX_DEPTH:
+                size, doc = await _read(store, digest, limit)
+            else:  # config and layer blobs (a manifest's children) are leaves: never read them
+                size = (await store.stat(digest)).size
         except ContentNotFoundError:  # not pulled for this platform, or collected meanwhile
-            return
-        kind = _kind(doc, declared) if doc is not None else None
-        media_type = declared or desc.media_type
+            return []
+        media_type = declared
         if doc is not None and isinstance(doc.get("mediaType"), str):
             media_type = doc["mediaType"]
-        found[digest] = Descriptor(digest, desc.size, media_type)
-        if doc is not None and kind is not None:
-            try:
-                children = _children(doc, kind)
-            except (KeyError, TypeError):  # shape check passed on mediaType alone: malformed body
-                return
-            for child, child_type in children:
-                await visit(child, child_type, depth + 1, parse=kind == "index")
+        found = [Descriptor(digest, size, media_type)]
+        kind = _kind(doc, declared) if doc is not None else None
+        if doc is None or kind is None:
+            return found
+        try:
+            children = _children(doc, kind)
+        except (KeyError, TypeError):  # the mediaType said manifest/index but the body is malformed
+            return found
+        # gather rather than a TaskGroup: callers match StoreUnavailableError, not an ExceptionGroup
+        tasks = [
+            asyncio.create_task(
+                visit(child, child_type, depth + 1, parse=kind == "index"), name=f"walk {child}"
+            )
+            for child, child_type in children
+        ]
+        try:
+            for result in await asyncio.gather(*tasks):
+                found.extend(result)
+        finally:  # on failure, stop the siblings and wait for them: nothing outlives the walk
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return found
 
-    await visit(digest, None, 0, parse=True)
-    return list(found.values())
+    return await visit(digest, None, 0, parse=True)

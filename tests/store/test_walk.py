@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
+from spegel_py.errors import StoreUnavailableError
 from spegel_py.oci.digest import Digest
+from spegel_py.store.base import Descriptor
 from spegel_py.store.memory import MemoryStore
 from spegel_py.store.walk import (
     DOCKER_LIST,
@@ -120,3 +123,27 @@ async def test_documents_over_the_limit_are_not_parsed() -> None:
     store.add_blob(body)
     found = await image_content(store, Digest.of(body), limit=1000)
     assert [d.digest for d in found] == [Digest.of(body)]
+
+
+class FailingStore(MemoryStore):
+    """Answers like a memory store, except that one digest's lookup fails as if containerd were down."""
+
+    def __init__(self, failing: Digest) -> None:
+        super().__init__()
+        self.failing = failing
+
+    async def stat(self, digest: Digest) -> Descriptor:
+        if digest == self.failing:
+            raise StoreUnavailableError("containerd is restarting")
+        return await super().stat(digest)
+
+
+async def test_store_failure_propagates_as_itself() -> None:
+    probe = MemoryStore()
+    root, present = manifest(probe, "x", OCI_MANIFEST)
+    leaf = next(d for d in present if d != Digest.parse(str(root["digest"])))  # a config or layer
+    store = FailingStore(leaf)
+    manifest(store, "x", OCI_MANIFEST)
+    with pytest.raises(StoreUnavailableError):
+        await image_content(store, Digest.parse(str(root["digest"])))
+    assert {t for t in asyncio.all_tasks() if t is not asyncio.current_task()} == set()
