@@ -144,13 +144,32 @@ class OciLayoutStore:
     async def subscribe(self) -> AsyncIterator[Event]:
         if self._closed.is_set():
             return
+        stamps = await asyncio.to_thread(self._stamps)
         known = await asyncio.to_thread(self._images_sync)
         yield Event(EventKind.RESYNC)  # everything after `known` was taken is reported below
         while not await self._wait_closed(self._poll_interval):
+            current_stamps = await asyncio.to_thread(self._stamps)
+            if current_stamps == stamps:  # no index.json added, removed or rewritten: nothing to parse
+                continue
+            stamps = current_stamps
             current = await asyncio.to_thread(self._images_sync)
             for event in _diff(known, current):
                 yield event
             known = current
+
+    def _stamps(self) -> frozenset[tuple[str, int, int, int]]:
+        """``(path, inode, size, mtime_ns)`` of every layout's ``index.json``: cheap change detection.
+
+        Writers replace ``index.json`` (new inode) or rewrite it (new mtime); either shows here.
+        """
+        out = set()
+        for layout, _ in self._layouts():
+            try:
+                st = os.stat(layout / "index.json")
+            except OSError:
+                continue
+            out.add((str(layout), st.st_ino, st.st_size, st.st_mtime_ns))
+        return frozenset(out)
 
     async def _wait_closed(self, seconds: float) -> bool:
         try:

@@ -210,3 +210,19 @@ async def test_closed_store_refuses_calls(node: ContainerdNode) -> None:
     with pytest.raises(StoreUnavailableError):
         await store.stat(Digest.of(b"x"))
     assert [e async for e in store.subscribe()] == []
+
+
+async def test_names_by_digest_and_image_ids(
+    node: ContainerdNode, store: ContainerdStore, tmp_path: Path
+) -> None:
+    """``repo@sha256:..`` names are images with tag None; CRI-style ``sha256:<id>`` names are not images."""
+    image = small_image()
+    await asyncio.to_thread(import_small, node, "spegel-test", tmp_path)
+    by_digest = f"example.com/test/small@{image.root}"
+    ctr(node, "spegel-test", "images", "tag", image.name, by_digest)
+    ctr(node, "spegel-test", "images", "tag", image.name, f"sha256:{'c' * 64}")
+    images = {i.name: i for i in await store.list_images()}
+    assert set(images) == {image.name, by_digest}
+    assert images[by_digest].reference.tag is None
+    assert images[by_digest].reference.digest == image.root
+    assert images[by_digest].digest == image.root
