@@ -1,0 +1,44 @@
+# spegel-py: `make demo` and `make test` are all a fresh Debian machine (as root) needs.
+#   make deps    Debian packages (scripts/install-deps.sh; idempotent)
+#   make venv    .venv with spegel-py and its test extra (re-run only when pyproject.toml changes)
+#   make lint    ruff, mypy (strict), import contracts
+#   make test    deps + venv + lint + the whole pytest suite (PYTEST_ARGS=... to pass options)
+#   make demo    the local multi-node demo (scripts/demo.py)
+#   make clean   caches, built test images and the virtualenv
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv lint test demo clean
+
+all: test
+
+deps:
+	scripts/install-deps.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	if [ -f .importlinter ]; then $(VENV)/bin/lint-imports; fi
+
+# pytest exit status 5 means "no tests collected": not a failure of the code under test.
+test: deps venv lint
+	$(VENV)/bin/pytest -ra $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest: no tests collected"; status=0; fi; exit $$status
+
+demo: deps venv
+	$(VENV)/bin/python scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info .work/cache
+	find . -name __pycache__ -type d -not -path './tests/interop/node_modules/*' -prune -exec rm -rf {} +
