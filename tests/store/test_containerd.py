@@ -226,3 +226,16 @@ async def test_names_by_digest_and_image_ids(
     assert images[by_digest].reference.tag is None
     assert images[by_digest].reference.digest == image.root
     assert images[by_digest].digest == image.root
+
+
+async def test_wrong_content_path_gives_not_found(node: ContainerdNode, tmp_path: Path) -> None:
+    """containerd knows the blob, the configured directory does not hold it: a 404, never a crash."""
+    image = small_image()
+    await asyncio.to_thread(import_small, node, "spegel-test", tmp_path)
+    store = ContainerdStore(str(node.socket), "spegel-test", str(tmp_path / "elsewhere"))
+    try:
+        assert (await store.stat(image.root)).size == len(image.blobs[image.root])
+        with pytest.raises(ContentNotFoundError):
+            await store.open(image.root)
+    finally:
+        await store.close()

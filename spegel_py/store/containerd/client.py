@@ -4,11 +4,16 @@ Metadata (images, content presence) comes from containerd over gRPC; bytes come 
 the blob files under ``--containerd-content-path`` (a path on the same host), so blobs go out with
 ``sendfile``. No lease is ever taken: an open file descriptor keeps a blob readable to the end of
 one request even if containerd's GC deletes it meanwhile, and pins nothing afterwards.
+
+Events: containerd 1.6 publishes image create/update/delete and content delete, but no content
+create, and its garbage collector removes blobs after an image delete *without* content-delete
+events; consumers re-check content after image deletes (the advertiser does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -39,6 +44,8 @@ _StubFactory = Callable[[grpc.aio.Channel], Any]
 _IMAGES = cast(_StubFactory, images_pb2_grpc.ImagesStub)
 _CONTENT = cast(_StubFactory, content_pb2_grpc.ContentStub)
 _EVENTS = cast(_StubFactory, events_pb2_grpc.EventsStub)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +138,14 @@ class ContainerdStore:
 
     async def open(self, digest: Digest) -> FileBlob:
         await self.stat(digest)
-        return FileBlob.open(blob_path(self._blobs, digest), digest)
+        path = blob_path(self._blobs, digest)
+        try:
+            return FileBlob.open(path, digest)
+        except ContentNotFoundError:
+            # Collected since Info answered (rare), or --containerd-content-path is wrong (then
+            # every open lands here): say so, since clients only ever see a 404.
+            log.warning("containerd lists %s but %s cannot be opened", digest, path)
+            raise
 
     async def subscribe(self) -> AsyncIterator[Event]:
         if self._closed.is_set():

@@ -24,6 +24,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),  # retries would stretch a call past its deadline's intent
+    # Images.List answers in one message; grpc's 4 MiB default is ~15k images with CRI's labels
+    ("grpc.max_receive_message_length", 64 << 20),
 ]
 
 
