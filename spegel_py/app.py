@@ -70,14 +70,14 @@ async def build_store(settings: RegistrySettings) -> ContentStore:
         from spegel_py.store.ocilayout import OciLayoutStore
 
         return OciLayoutStore(settings.oci_layout_path, registry=settings.oci_layout_registry)
-    try:
-        from spegel_py.store.containerd import ContainerdStore  # type: ignore[attr-defined,unused-ignore]
-    except ImportError as exc:  # the store is developed in parallel; say so instead of a traceback
-        raise ConfigurationError("the containerd content store is not available in this build") from exc
-    store: ContentStore = ContainerdStore(
-        settings.containerd_sock, settings.containerd_namespace, settings.containerd_content_path
+    from spegel_py.store.containerd import ContainerdStore
+
+    return ContainerdStore(
+        settings.containerd_sock,
+        settings.containerd_namespace,
+        settings.containerd_content_path,
+        rpc_timeout=settings.store_timeout,
     )
-    return store
 
 
 def metrics_application(metrics: Metrics) -> web.Application:
@@ -92,8 +92,10 @@ def metrics_application(metrics: Metrics) -> web.Application:
     return app
 
 
-async def _start(stack: AsyncExitStack, app: web.Application, address: str, shutdown_timeout: float) -> None:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+async def _start(stack: AsyncExitStack, app: web.Application, address: str) -> web.AppRunner:
+    # In-flight requests are drained before cleanup (RegistryServer.drain): what is left for
+    # aiohttp's own shutdown are idle keep-alive connections, so its bound can be short.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     host, port = split_address(address)
@@ -101,6 +103,7 @@ async def _start(stack: AsyncExitStack, app: web.Application, address: str, shut
         await web.TCPSite(runner, host, port, reuse_address=True).start()
     except OSError as exc:
         raise ConfigurationError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+    return runner
 
 
 async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
@@ -122,12 +125,19 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
             store, metrics=metrics, coordinator=coordinator, store_timeout=settings.store_timeout
         )
         # Registered after the store: cleanup runs in reverse, so servers drain before it closes.
-        await _start(stack, server.application(), settings.registry_addr, settings.shutdown_timeout)
-        await _start(stack, metrics_application(metrics), settings.metrics_addr, settings.shutdown_timeout)
+        registry = await _start(stack, server.application(), settings.registry_addr)
+        await _start(stack, metrics_application(metrics), settings.metrics_addr)
         addresses = {"registry_addr": settings.registry_addr, "metrics_addr": settings.metrics_addr}
         log.info("serving", extra={**addresses, "content_store": settings.content_store})
         await stop.wait()
         log.info("shutting down", extra={"drain_timeout_s": settings.shutdown_timeout})
+        for site in list(registry.sites):  # stop accepting first, then drain what is in flight
+            await site.stop()
+        try:
+            await server.drain(settings.shutdown_timeout)
+        except asyncio.CancelledError:  # a second signal: cancel what is in flight right away
+            await server.drain(0)
+            raise
     if supervisor.failure is not None:
         raise supervisor.failure
 

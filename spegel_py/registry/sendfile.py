@@ -50,11 +50,21 @@ async def flush(transport: asyncio.WriteTransport, drain: Callable[[], Awaitable
         transport.set_write_buffer_limits(high=high, low=low)
 
 
-async def send_range(sock_fd: int, fd: int, offset: int, count: int, stream: Stream | None = None) -> None:
+async def send_range(
+    sock_fd: int,
+    fd: int,
+    offset: int,
+    count: int,
+    stream: Stream | None = None,
+    *,
+    stall_timeout: float = 60.0,
+) -> None:
     """Send ``count`` bytes of ``fd`` from ``offset`` into the (non-blocking) socket ``sock_fd``.
 
-    Raises ``ConnectionResetError`` when the client goes away and ``ContentNotFoundError`` if the
-    file turns out shorter than promised; the caller must then abort the connection.
+    Raises ``ConnectionResetError`` when the client goes away or accepts no byte for
+    ``stall_timeout`` seconds (a reader that stalls must not hold a descriptor forever), and
+    ``ContentNotFoundError`` if the file turns out shorter than promised; the caller must then
+    abort the connection.
     """
     if count <= 0:
         return
@@ -97,10 +107,26 @@ async def send_range(sock_fd: int, fd: int, offset: int, count: int, stream: Str
             loop.add_writer(out, pump)
             registered = True
 
+    watched = position
+    timer: asyncio.TimerHandle | None = None
+
+    def watchdog() -> None:
+        nonlocal watched, timer
+        if done.done():
+            return
+        if position == watched:
+            done.set_exception(ConnectionResetError(errno.ETIMEDOUT, "client stopped reading"))
+            return
+        watched = position
+        timer = loop.call_later(stall_timeout, watchdog)
+
+    timer = loop.call_later(stall_timeout, watchdog)
     try:
         pump()
         await done
     finally:
+        if timer is not None:
+            timer.cancel()
         if registered:
             loop.remove_writer(out)
         os.close(out)

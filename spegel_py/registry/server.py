@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -68,6 +68,7 @@ class RegistryServer:
         self._mirror = mirror
         self._router = router
         self._timeout = store_timeout
+        self._inflight: set[asyncio.Task[Any]] = set()
 
     def application(self) -> web.Application:
         app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
@@ -77,6 +78,9 @@ class RegistryServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         """Metrics around :meth:`_route`; the single entry point of every request."""
         handler = _handler_name(request.raw_path)
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
         metrics = self._metrics
         inflight = metrics.http_requests_inflight.labels(handler)
         inflight.inc()
@@ -90,10 +94,26 @@ class RegistryServer:
                 size = response.content_length or 0
             return response
         finally:
+            if task is not None:
+                self._inflight.discard(task)
             inflight.dec()
             labels = (handler, request.method, str(status))
             metrics.http_request_duration.labels(*labels).observe(loop.time() - started)
             metrics.http_response_size.labels(*labels).observe(size)
+
+    async def drain(self, grace: float) -> None:
+        """Let in-flight requests finish for up to ``grace`` seconds, then cancel the rest.
+
+        Call after the listeners stopped. aiohttp's own shutdown cannot interrupt a handler that
+        waits on a client which stopped reading, so the bound is enforced here.
+        """
+        pending = {task for task in self._inflight if not task.done()}
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]

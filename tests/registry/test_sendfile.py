@@ -1,0 +1,94 @@
+"""The zero-copy sender on its own: exact bytes, a stalled reader, a file shorter than promised."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from spegel_py.errors import ContentNotFoundError
+from spegel_py.registry.pagecache import PageCacheCoordinator
+from spegel_py.registry.sendfile import send_range
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    yield a, b  # type: ignore[misc]
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def blob(tmp_path: Path) -> tuple[int, bytes]:
+    data = os.urandom(8 * MiB)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    yield fd, data  # type: ignore[misc]
+    os.close(fd)
+
+
+async def _read_all(sock: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    out = bytearray()
+    while len(out) < n:
+        out += await loop.sock_recv(sock, 1 << 20)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("offset", "count"), [(0, 8 * MiB), (1, 100), (3 * MiB + 7, 2 * MiB), (8 * MiB - 1, 1)]
+)
+async def test_sends_exactly_the_range(
+    pair: tuple[socket.socket, socket.socket], blob: tuple[int, bytes], offset: int, count: int
+) -> None:
+    server, client = pair
+    fd, data = blob
+    coordinator = PageCacheCoordinator(settle=0)
+    stream = coordinator.open(fd, offset, offset + count)
+    reader = asyncio.ensure_future(_read_all(client, count))
+    await send_range(server.fileno(), fd, offset, count, stream)
+    stream.close()
+    assert await asyncio.wait_for(reader, 10) == data[offset : offset + count]
+    assert stream.offset == offset + count
+
+
+async def test_a_reader_that_stalls_is_dropped(
+    pair: tuple[socket.socket, socket.socket], blob: tuple[int, bytes]
+) -> None:
+    server, _ = pair  # the client never reads
+    fd, _ = blob
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(send_range(server.fileno(), fd, 0, 8 * MiB, stall_timeout=0.2), 10)
+
+
+async def test_a_reader_that_leaves_is_reported(
+    pair: tuple[socket.socket, socket.socket], blob: tuple[int, bytes]
+) -> None:
+    server, client = pair
+    fd, _ = blob
+    client.close()
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(send_range(server.fileno(), fd, 0, 8 * MiB), 10)
+
+
+async def test_a_file_shorter_than_promised_is_an_error(
+    pair: tuple[socket.socket, socket.socket], blob: tuple[int, bytes]
+) -> None:
+    server, client = pair
+    fd, _ = blob
+    reader = asyncio.ensure_future(_read_all(client, 8 * MiB))
+    try:
+        with pytest.raises(ContentNotFoundError):
+            await asyncio.wait_for(send_range(server.fileno(), fd, 0, 9 * MiB), 10)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)

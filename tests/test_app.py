@@ -1,0 +1,235 @@
+"""The real ``spegel-py registry`` process over an OCI layout: serves, drains on SIGTERM, exits.
+
+Every process started here is stopped by its pid in a ``finally``, also when an assertion fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SPEGEL = os.path.join(os.path.dirname(sys.executable), "spegel-py")
+MiB = 1 << 20
+REGISTRY = "127.0.0.1:5000"
+
+
+def _blob(root: Path, data: bytes) -> dict[str, object]:
+    digest = hashlib.sha256(data).hexdigest()
+    path = root / "blobs" / "sha256" / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def make_layout(root: Path, layer_size: int) -> dict[str, str]:
+    """One image, ``<root>/test/app`` tagged ``v1``: a config, one layer of ``layer_size`` bytes."""
+    layout = root / "test" / "app"
+    layout.mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    config = _blob(layout, json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {}}).encode())
+    layer = _blob(layout, b"\x1f\x8b" + os.urandom(layer_size - 2))
+    manifest_doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+    }
+    manifest = _blob(layout, json.dumps(manifest_doc).encode())
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                **manifest,
+                "annotations": {"org.opencontainers.image.ref.name": "v1"},
+            }
+        ],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    return {"manifest": str(manifest["digest"]), "layer": str(layer["digest"])}
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    base: str
+    metrics: str
+    host: str
+    port: int
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _wait_ready(daemon: Daemon, deadline_s: float = 20.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        assert daemon.proc.poll() is None, daemon.proc.stderr.read() if daemon.proc.stderr else ""
+        try:
+            if _get(daemon.base + "/readyz", timeout=1)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)  # polling a condition with a deadline
+    raise AssertionError("spegel-py never became ready")
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    root = tmp_path / "layouts"
+    return root, make_layout(root, 64 * MiB)
+
+
+@pytest.fixture
+def daemon(layout: tuple[Path, dict[str, str]]) -> Iterator[Daemon]:
+    root, _ = layout
+    host = "127.0.0.23"
+    port, mport = _free_port(host), _free_port(host)
+    argv = [SPEGEL, "registry", "--content-store", "oci-layout", "--oci-layout-path", str(root),
+            "--oci-layout-registry", REGISTRY, "--registry-addr", f"{host}:{port}",
+            "--metrics-addr", f"{host}:{mport}", "--shutdown-timeout", "3s"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    d = Daemon(proc, f"http://{host}:{port}", f"http://{host}:{mport}", host, port)
+    try:
+        _wait_ready(d)
+        yield d
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_serves_content_and_metrics(daemon: Daemon, layout: tuple[Path, dict[str, str]]) -> None:
+    _, digests = layout
+    status, body = _get(f"{daemon.base}/v2/test/app/manifests/v1?ns=127.0.0.1%3A5000")
+    assert status == 200 and hashlib.sha256(body).hexdigest() == digests["manifest"].split(":")[1]
+    status, body = _get(f"{daemon.base}/v2/test/app/blobs/{digests['layer']}")
+    assert status == 200 and hashlib.sha256(body).hexdigest() == digests["layer"].split(":")[1]
+    status, text = _get(daemon.metrics + "/metrics")
+    assert status == 200
+    assert b'http_requests_inflight{handler="blob"}' in text
+    assert b"process_resident_memory_bytes" in text
+    assert _get(daemon.base + "/livez")[0] == 200
+
+
+def _start_download(daemon: Daemon, digest: str) -> tuple[socket.socket, int]:
+    """A GET of the layer whose body is flowing (1 MiB read), left unread from then on."""
+    sock = socket.create_connection((daemon.host, daemon.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(f"GET /v2/test/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    got = 0
+    while got < MiB:
+        chunk = sock.recv(65536)
+        assert chunk
+        got += len(chunk)
+    return sock, got
+
+
+def _drain(sock: socket.socket) -> int:
+    total = 0
+    while chunk := sock.recv(1 << 20):
+        total += len(chunk)
+    return total
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(
+    daemon: Daemon, layout: tuple[Path, dict[str, str]]
+) -> None:
+    _, digests = layout
+    sock, first = _start_download(daemon, digests["layer"])
+    try:
+        daemon.proc.send_signal(signal.SIGTERM)
+        # new connections are refused once draining begins
+        deadline = time.monotonic() + 5
+        refused = False
+        while time.monotonic() < deadline and not refused:
+            try:
+                socket.create_connection((daemon.host, daemon.port), timeout=1).close()
+                time.sleep(0.02)
+            except OSError:
+                refused = True
+        assert refused
+        assert daemon.proc.poll() is None  # still sending the in-flight body
+        received = _drain(sock) + first
+    finally:
+        sock.close()
+    assert received > 64 * MiB  # the whole body plus the headers arrived
+    assert daemon.proc.wait(10) == 0
+
+
+def test_sigterm_with_a_stalled_client_exits_within_the_drain_bound(
+    daemon: Daemon, layout: tuple[Path, dict[str, str]]
+) -> None:
+    _, digests = layout
+    sock, _ = _start_download(daemon, digests["layer"])
+    try:
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(10) == 0
+        assert time.monotonic() - started < 3 + 3  # --shutdown-timeout 3s plus start-up slack
+    finally:
+        sock.close()
+
+
+def test_second_signal_forces_exit(daemon: Daemon, layout: tuple[Path, dict[str, str]]) -> None:
+    _, digests = layout
+    sock, _ = _start_download(daemon, digests["layer"])
+    try:
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # wait until the drain has begun (listener closed)
+            try:
+                socket.create_connection((daemon.host, daemon.port), timeout=1).close()
+                time.sleep(0.02)
+            except OSError:
+                break
+        daemon.proc.send_signal(signal.SIGINT)
+        assert daemon.proc.wait(10) == 130
+        assert time.monotonic() - started < 2.0  # well before the 3 s drain bound
+    finally:
+        sock.close()
+
+
+def test_address_in_use_is_a_clean_error(layout: tuple[Path, dict[str, str]]) -> None:
+    root, _ = layout
+    host = "127.0.0.24"
+    with socket.socket() as busy:
+        busy.bind((host, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [SPEGEL, "registry", "--content-store", "oci-layout", "--oci-layout-path", str(root),
+             "--registry-addr", f"{host}:{port}", "--metrics-addr", f"{host}:{_free_port(host)}"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    record = json.loads(out.stderr.strip().splitlines()[-1])
+    assert record["level"] == "ERROR" and "cannot listen" in record["error"]

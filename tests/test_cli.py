@@ -1,0 +1,123 @@
+"""The CLI: every REFERENCE flag exists with its env var, and bad input is one line + exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from spegel_py import __version__
+from spegel_py.cli import build_parser, main
+
+SPEGEL = os.path.join(os.path.dirname(sys.executable), "spegel-py")
+
+# REFERENCE.md section 1: every flag of `registry`, and its env var.
+REGISTRY_FLAGS = {
+    "--registry-addr": "REGISTRY_ADDR",
+    "--router-addr": "ROUTER_ADDR",
+    "--metrics-addr": "METRICS_ADDR",
+    "--containerd-sock": "CONTAINERD_SOCK",
+    "--containerd-namespace": "CONTAINERD_NAMESPACE",
+    "--containerd-content-path": "CONTAINERD_CONTENT_PATH",
+    "--data-dir": "DATA_DIR",
+    "--mirrored-registries": "MIRRORED_REGISTRIES",
+    "--registry-filters": "REGISTRY_FILTERS",
+    "--mirror-resolve-timeout": "MIRROR_RESOLVE_TIMEOUT",
+    "--mirror-resolve-retries": "MIRROR_RESOLVE_RETRIES",
+    "--debug-web-enabled": "DEBUG_WEB_ENABLED",
+    "--bootstrap-kind": "BOOTSTRAP_KIND",
+    "--dns-bootstrap-domain": "DNS_BOOTSTRAP_DOMAIN",
+    "--http-bootstrap-addr": "HTTP_BOOTSTRAP_ADDR",
+    "--http-bootstrap-url": "HTTP_BOOTSTRAP_URL",
+    "--static-bootstrap-peers": "STATIC_BOOTSTRAP_PEERS",
+    # spegel-py additions
+    "--content-store": "CONTENT_STORE",
+    "--oci-layout-path": "OCI_LAYOUT_PATH",
+    "--page-cache-eviction": "PAGE_CACHE_EVICTION",
+    "--page-cache-eviction-lag": "PAGE_CACHE_EVICTION_LAG",
+    "--log-level": "LOG_LEVEL",
+}
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SPEGEL, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_registry_help_lists_every_flag_and_env_var() -> None:
+    out = _run("registry", "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())  # argparse wraps lines
+    for flag, env in REGISTRY_FLAGS.items():
+        assert flag in text, flag
+        assert f"env {env}" in text, env
+
+
+def test_top_level_help_lists_commands() -> None:
+    out = _run("--help")
+    assert out.returncode == 0 and "registry" in out.stdout and "version" in out.stdout
+    assert "--log-level" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv", [["version"], ["--log-level", "DEBUG", "version"], ["version", "--log-level=warn"]]
+)
+def test_version(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv, {}) == 0
+    assert capsys.readouterr().out.strip() == __version__
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["registry", "--mirror-resolve-timeout", "soon"], {}),
+        (["registry", "--registry-addr", "nowhere"], {}),
+        (["registry", "--page-cache-eviction", "perhaps"], {}),
+        (["registry", "--page-cache-eviction-lag", "lots"], {}),
+        (["registry", "--content-store", "oci-layout"], {}),
+        (["registry"], {"MIRROR_RESOLVE_RETRIES": "many"}),
+        (["registry"], {"LOG_LEVEL": "LOUD"}),
+        (["registry", "--no-such-flag"], {}),
+        (["no-such-command"], {}),
+        ([], {}),
+        (["--log-level", "LOUD", "version"], {}),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], env: dict[str, str]) -> None:
+    out = _run(*argv, env={**os.environ, **env})
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("spegel-py") and "error" in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_flags_are_generated_from_settings() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["registry", "--debug-web-enabled", "--mirrored-registries", "a", "b"])
+    assert args.debug_web_enabled == "true"  # a bare boolean flag means true
+    assert args.mirrored_registries == ["a", "b"]
+    args = parser.parse_args(["registry", "--debug-web-enabled=false"])
+    assert args.debug_web_enabled == "false"
+
+
+def test_the_harness_command_line_parses() -> None:
+    """The exact command the cluster harness runs must be accepted."""
+    parser = build_parser()
+    args = parser.parse_args(
+        [
+            "registry",
+            "--registry-addr",
+            "127.0.0.11:5000",
+            "--metrics-addr",
+            "127.0.0.11:9090",
+            "--containerd-sock",
+            "/run/x.sock",
+            "--containerd-namespace",
+            "k8s.io",
+            "--containerd-content-path",
+            "/var/x",
+        ]
+    )
+    assert args.registry_addr == "127.0.0.11:5000" and args.containerd_content_path == "/var/x"
