@@ -124,8 +124,11 @@ class BlobStream:
         """Send bytes ``[start, end)`` of the blob; read (and hash) all of it."""
         assert self._buffer is not None
         hasher = self._new_hasher(self._digest)
-        half = len(self._buffer) // 2
-        halves = (self._buffer[:half], self._buffer[half : 2 * half])
+        if hasher.offloaded:  # one half may still be read by the hashing thread
+            half = len(self._buffer) // 2
+            halves = (self._buffer[:half], self._buffer[half : 2 * half])
+        else:
+            halves = (self._buffer, self._buffer)
         turn = 0
         pos = 0
         held = b""

@@ -95,18 +95,33 @@ class PeerResponse:
             return n
         if self._conn is None:
             raise PeerError("response already released")
-        loop = asyncio.get_running_loop()
+        sock = self._conn.sock
         try:
-            async with asyncio.timeout(stall_timeout):
-                n = await loop.sock_recv_into(self._conn.sock, buf[:want])
-        except TimeoutError as exc:
-            raise PeerTimeoutError(f"peer silent for {stall_timeout:.3f}s mid-body") from exc
+            # Fast path: bytes already waiting cost one syscall, no timer and no future. It
+            # still yields once so that one fast stream cannot keep the event loop to itself.
+            n = sock.recv_into(buf[:want])
+        except BlockingIOError:
+            n = -1
         except OSError as exc:
             raise PeerError(f"peer connection failed mid-body: {exc}") from exc
+        if n >= 0:
+            await asyncio.sleep(0)
+        else:
+            n = await self._wait_recv(sock, buf[:want], stall_timeout)
         if n == 0:
             raise PeerError(f"peer closed the connection with {self._remaining} body bytes missing")
         self._remaining -= n
         return n
+
+    async def _wait_recv(self, sock: socket.socket, buf: memoryview, stall_timeout: float) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(stall_timeout):
+                return await loop.sock_recv_into(sock, buf)
+        except TimeoutError as exc:
+            raise PeerTimeoutError(f"peer silent for {stall_timeout:.3f}s mid-body") from exc
+        except OSError as exc:
+            raise PeerError(f"peer connection failed mid-body: {exc}") from exc
 
     async def read_all(self, *, limit: int, stall_timeout: float) -> bytes:
         """Read the whole body (at most ``limit`` bytes, else :class:`PeerError`)."""
@@ -324,10 +339,12 @@ def _content_length(headers: dict[str, str]) -> int | None:
 class StreamHasher:
     """Hashes a stream's chunks in order, on a worker thread when ``executor`` is given.
 
-    Why a thread: sha256 costs about as much CPU as moving the bytes through two sockets
-    (measured: ~0.9 ms per MiB here), and ``hashlib`` releases the GIL, so hashing chunk *i* on
-    a worker while the event loop sends it and receives chunk *i+1* roughly doubles what one
-    stream can relay. Contract: after :meth:`update` returns, the worker may still be reading
+    Why a thread may help: sha256 costs about as much CPU as moving the bytes through two sockets
+    (~0.9 ms per MiB here) and ``hashlib`` releases the GIL, so hashing chunk *i* on a worker
+    while the event loop sends it and receives chunk *i+1* can use a second core. Measured on a
+    busy 2-core machine it cost more CPU than it saved (thread hand-offs per chunk), so the
+    mirror's default is to hash on the loop; the option is for nodes with cores to spare.
+    Contract: after :meth:`update` returns, the worker may still be reading
     ``chunk`` until the next :meth:`update` or :meth:`hexdigest` returns; so a caller alternates
     between two halves of its buffer and never writes into the half passed last.
     """
@@ -336,6 +353,11 @@ class StreamHasher:
         self._hasher = hasher
         self._executor = executor
         self._pending: asyncio.Future[None] | None = None
+
+    @property
+    def offloaded(self) -> bool:
+        """True when hashing runs on a worker thread (callers must alternate buffer halves)."""
+        return self._executor is not None
 
     async def update(self, chunk: memoryview) -> None:
         """Wait for the previous chunk's hash, then start hashing ``chunk`` (see class doc)."""

@@ -67,9 +67,10 @@ async def test_hedging_picks_the_fast_peer(cluster: Cluster, blob: Callable[[int
     assert mirror.stats.hedged == 1
 
 
+@pytest.mark.parametrize("hash_threads", [0, 1], ids=["hash-on-loop", "hash-thread"])
 @pytest.mark.parametrize("run", range(20))
 async def test_resume_after_a_peer_dies_mid_blob(
-    cluster: Cluster, blob: Callable[[int], bytes], run: int
+    cluster: Cluster, blob: Callable[[int], bytes], run: int, hash_threads: int
 ) -> None:
     data = blob(BIG)
     digest = digest_of(data)
@@ -78,7 +79,9 @@ async def test_resume_after_a_peer_dies_mid_blob(
     cut = min(cut, BIG - 1)
     dying = await cluster.peer({digest: data}, die_after=cut)
     healthy = await cluster.peer({digest: data})
-    front, mirror = await cluster.mirror([dying.peer, healthy.peer], hedge_delay=1.0)
+    front, mirror = await cluster.mirror(
+        [dying.peer, healthy.peer], hedge_delay=1.0, hash_threads=hash_threads
+    )
     status, body, _ = await get(cluster.session(), f"{front.url}/v2/a/blobs/{digest}")
     assert status == 200
     assert len(body) == len(data)
@@ -101,15 +104,18 @@ async def test_stream_breaks_off_when_no_provider_can_resume(
     assert mirror.stats.aborted == 1
 
 
+@pytest.mark.parametrize("hash_threads", [0, 1], ids=["hash-on-loop", "hash-thread"])
 @pytest.mark.parametrize("run", range(20))
 async def test_corrupt_blob_never_reaches_the_client_whole(
-    cluster: Cluster, blob: Callable[[int], bytes], run: int
+    cluster: Cluster, blob: Callable[[int], bytes], run: int, hash_threads: int
 ) -> None:
     data = blob(BIG - run * 1000)
     digest = digest_of(data)
     corrupt = await cluster.peer({digest: data}, corrupt=True)
     healthy = await cluster.peer({digest: data})
-    front, mirror = await cluster.mirror([corrupt.peer, healthy.peer], hedge_delay=1.0)
+    front, mirror = await cluster.mirror(
+        [corrupt.peer, healthy.peer], hedge_delay=1.0, hash_threads=hash_threads
+    )
     session = cluster.session()
     url = f"{front.url}/v2/a/blobs/{digest}"
     received = b""
