@@ -10,15 +10,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from conformance import images as test_images
-from conformance.images import multi_arch_image, small_image
+from conformance.store_images import StoreImage, multi_arch_image, small_image
 
 from spegel_py.oci.filters import RegistryFilter
 from spegel_py.routing.advertiser import AdvertisedCounts, Advertiser
 from spegel_py.routing.base import Router
 from spegel_py.routing.memory import MemoryNetwork, MemoryRouter
+from spegel_py.store.base import ContentStore
 from spegel_py.store.memory import MemoryStore
 
 WITHIN = 5.0  # seconds: every condition below is met in milliseconds; this only bounds a failure
@@ -34,22 +35,22 @@ async def eventually(condition: Callable[[], bool], *, within: float = WITHIN) -
         await asyncio.sleep(0.005)
 
 
-def add(store: MemoryStore, image: test_images.TestImage, name: str | None = None) -> None:
+def add(store: MemoryStore, image: StoreImage, name: str | None = None) -> None:
     """Store an image's present blobs and tag it, as a pull would (content first, then the image)."""
     for digest in image.present:
         store.add_blob(image.blobs[digest], image.media_types[digest])
     store.tag(name or image.name, image.root)
 
 
-def keys_of(image: test_images.TestImage, name: str | None = None) -> set[str]:
-    ref = test_images.TestImage(name or image.name, image.root, image.root_media_type).reference
+def keys_of(image: StoreImage, name: str | None = None) -> set[str]:
+    ref = StoreImage(name or image.name, image.root, image.root_media_type).reference
     tag = {f"{ref.name}:{ref.tag}"} if ref.tag else set()
     return {str(d) for d in image.present} | tag
 
 
 @dataclass
 class Node:
-    store: MemoryStore
+    store: ContentStore
     advertiser: Advertiser
     router: Router
     observer: Router  # another node of the same network, to look keys up from outside
@@ -73,7 +74,7 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def running(store: MemoryStore, **options: object) -> AsyncIterator[Node]:
+async def running(store: ContentStore, **options: object) -> AsyncIterator[Node]:
     network = MemoryNetwork()
     router = MemoryRouter(network, peer_id="advertiser", host="10.0.0.1")
     observer = MemoryRouter(network, peer_id="observer", host="10.0.0.2")
@@ -287,3 +288,35 @@ async def test_resync_after_events_were_lost() -> None:
         await eventually(lambda: node.advertiser.advertised() == keys_of(multi))
         assert await node.providers(small.name) == []
         assert await node.advertised_by_me(multi.name)
+
+
+@pytest.mark.integration
+async def test_follows_a_real_containerd(
+    containerd_node: Callable[..., object], tmp_path: Path
+) -> None:
+    """Imports, a second tag and deletes on a real containerd 1.6 (ctr), seen through its events."""
+    from conformance.store_adapters import ContainerdAdapter
+
+    ctrd = ContainerdAdapter(containerd_node(1), tmp_path)
+    small, multi = small_image(), multi_arch_image()
+    await ctrd.add(small)  # present before the advertiser starts: found by the initial sync
+    try:
+        async with running(ctrd.store, recheck_after=(0.5, 2.0)) as node:
+            await eventually(lambda: node.advertiser.advertised() == keys_of(small), within=20)
+            await ctrd.add(multi)  # a pull while running: content events, then the image event
+            both = keys_of(small) | keys_of(multi)
+            await eventually(lambda: node.advertiser.advertised() == both, within=20)
+            await ctrd.retag(small, "example.com/test/small:v2")
+            await eventually(lambda: "example.com/test/small:v2" in node.advertiser.advertised(), within=20)
+            await ctrd.delete(multi)  # removes the image, then GC removes its blobs (no content events)
+            expected = keys_of(small) | {"example.com/test/small:v2"}
+            await eventually(lambda: node.advertiser.advertised() == expected, within=20)
+            assert await node.providers(multi.name) == []
+            assert await node.advertised_by_me(str(small.layers[0]))
+            assert node.advertiser.counts() == {
+                "example.com": AdvertisedCounts(
+                    images=2, image_tags=2, image_digests=0, content_digests=len(small.present)
+                )
+            }
+    finally:
+        await ctrd.store.close()
