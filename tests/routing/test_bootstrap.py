@@ -13,7 +13,9 @@ from spegel_py.routing.bootstrap import (
     Bootstrapper,
     DNSBootstrapper,
     HTTPBootstrapper,
+    KubernetesBootstrapper,
     StaticBootstrapper,
+    build_bootstrapper,
     id_document,
     parse_id_document,
 )
@@ -163,3 +165,25 @@ async def test_http_unreachable_is_a_routing_error(id_server: tuple[str, dict[st
         await HTTPBootstrapper(url.replace("/id", "/nothing-here")).peers()
     with pytest.raises(RoutingError):
         await HTTPBootstrapper("http://127.0.0.42:1/id", timeout=2).peers()
+
+
+# -- selection by --bootstrap-kind -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kind", "options", "expected"),
+    [
+        ("", {}, type(None)),
+        ("static", {"static_peers": ["/ip4/10.0.0.1/tcp/5001"]}, StaticBootstrapper),
+        ("dns", {"dns_domain": "spegel.spegel.svc"}, DNSBootstrapper),
+        ("http", {"http_url": "http://10.0.0.1:5002/id"}, HTTPBootstrapper),
+        ("kubernetes", {"kubernetes_namespace": "spegel", "kubernetes_selector": "app=spegel"},
+         KubernetesBootstrapper),
+    ],
+)
+def test_build_bootstrapper(kind: str, options: dict[str, object], expected: type) -> None:
+    assert isinstance(build_bootstrapper(kind, router_port=5001, **options), expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["static", "dns", "http", "kubernetes", "consul"])
+def test_build_bootstrapper_needs_its_options(kind: str) -> None:
+    with pytest.raises(ConfigurationError):
+        build_bootstrapper(kind, router_port=5001)

@@ -18,8 +18,10 @@ pay for it.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
+from spegel_py.errors import ConfigurationError
 from spegel_py.routing.bootstrap.dns import DNSBootstrapper
 from spegel_py.routing.bootstrap.http import HTTPBootstrapper, id_document, parse_id_document
 from spegel_py.routing.bootstrap.kubernetes import KubernetesBootstrapper
@@ -36,12 +38,60 @@ class Bootstrapper(Protocol):
         ...
 
 
+KINDS = ("", "static", "dns", "http", "kubernetes")
+
+
+def build_bootstrapper(
+    kind: str,
+    *,
+    router_port: int,
+    static_peers: Sequence[str] = (),
+    dns_domain: str = "",
+    http_url: str = "",
+    kubernetes_namespace: str = "",
+    kubernetes_selector: str = "",
+    kubernetes_configuration: Any | None = None,
+    pod_name: str | None = None,
+) -> Bootstrapper | None:
+    """The bootstrapper ``--bootstrap-kind`` names (``""``: none, the node waits to be dialled).
+
+    Checks that the options the kind needs are set; raises :class:`ConfigurationError` if not.
+    """
+    if kind == "":
+        return None
+    if kind == "static":
+        if not static_peers:
+            raise ConfigurationError("--bootstrap-kind=static needs --static-bootstrap-peers")
+        return StaticBootstrapper(static_peers)
+    if kind == "dns":
+        if not dns_domain:
+            raise ConfigurationError("--bootstrap-kind=dns needs --dns-bootstrap-domain")
+        return DNSBootstrapper(dns_domain, port=router_port)
+    if kind == "http":
+        if not http_url:
+            raise ConfigurationError("--bootstrap-kind=http needs --http-bootstrap-url")
+        return HTTPBootstrapper(http_url)
+    if kind == "kubernetes":
+        if not kubernetes_namespace or not kubernetes_selector:
+            raise ConfigurationError("--bootstrap-kind=kubernetes needs a namespace and a label selector")
+        return KubernetesBootstrapper(
+            namespace=kubernetes_namespace,
+            label_selector=kubernetes_selector,
+            port=router_port,
+            configuration=kubernetes_configuration,
+            self_name=pod_name,
+        )
+    raise ConfigurationError(f"unknown bootstrap kind {kind!r}; expected one of {', '.join(KINDS[1:])}")
+
+
 __all__ = [
+    "KINDS",
     "Bootstrapper",
     "DNSBootstrapper",
     "HTTPBootstrapper",
     "KubernetesBootstrapper",
     "StaticBootstrapper",
+    "build_bootstrapper",
     "id_document",
     "parse_id_document",
 ]
