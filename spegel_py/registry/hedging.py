@@ -136,11 +136,15 @@ class Hedger(Generic[T]):
         """Race attempts until one succeeds; :class:`NoProviderError` when none can."""
         loop = asyncio.get_running_loop()
         running: dict[asyncio.Task[T], Peer] = {}
-        started_at = loop.time()
-        hedge_at = started_at
+        hedge_at = loop.time()
+        # While nothing runs and no untried provider is known, wait for the lookup to yield one
+        # only until this time: a lookup that keeps searching must not hold a 404 back.
+        idle_until: float | None = None
         try:
             while True:
                 now = loop.time()
+                if running:
+                    idle_until = None
                 if not running or now >= hedge_at:
                     peer = providers.take()
                     if peer is not None:
@@ -151,8 +155,12 @@ class Hedger(Generic[T]):
                         continue
                     if not running and providers.exhausted:
                         raise NoProviderError(f"no peer could serve {providers.key}")
-                    if not running and self.started == 0 and now - started_at >= self._first_provider_timeout:
-                        raise NoProviderError(f"no provider of {providers.key} found in time")
+                    if not running:
+                        idle_until = (
+                            idle_until if idle_until is not None else now + self._first_provider_timeout
+                        )
+                        if now >= idle_until:
+                            raise NoProviderError(f"no (further) provider of {providers.key} found in time")
                 waits: set[asyncio.Future[object]] = set(running)  # type: ignore[arg-type]  # Task[T] is a Future
                 provider_wait: asyncio.Task[None] | None = None
                 if not providers.exhausted and (not running or now >= hedge_at):
@@ -160,10 +168,9 @@ class Hedger(Generic[T]):
                     waits.add(provider_wait)  # type: ignore[arg-type]  # Task[None] is a Future
                 if running:
                     timeout = max(0.0, hedge_at - now) if now < hedge_at else None
-                elif not self.started:
-                    timeout = max(0.0, started_at + self._first_provider_timeout - now)
                 else:
-                    timeout = None
+                    assert idle_until is not None
+                    timeout = max(0.0, idle_until - now)
                 try:
                     done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 finally:

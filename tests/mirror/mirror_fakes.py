@@ -127,9 +127,13 @@ class FakePeer:
 class FakeRouter:
     """Yields a fixed provider list for every key (or per-key lists); counts lookups."""
 
-    def __init__(self, peers: Iterable[Peer] = (), by_key: dict[str, list[Peer]] | None = None) -> None:
+    def __init__(
+        self, peers: Iterable[Peer] = (), by_key: dict[str, list[Peer]] | None = None, *, linger: bool = False
+    ) -> None:
+        """``linger``: after the last provider, keep the lookup open (a DHT still searching)."""
         self.peers = list(peers)
         self.by_key = by_key or {}
+        self.linger = linger
         self.lookups: list[str] = []
 
     def ready(self) -> bool:
@@ -145,6 +149,8 @@ class FakeRouter:
         self.lookups.append(key)
         for peer in self.by_key.get(key, self.peers)[:limit]:
             yield peer
+        if self.linger:
+            await asyncio.Event().wait()  # until the mirror closes the lookup
 
     async def close(self) -> None:
         return None

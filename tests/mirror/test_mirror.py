@@ -147,15 +147,18 @@ async def test_corrupt_small_content_is_caught_before_anything_is_sent(
     assert mirror.stats.corrupt == 1 and mirror.health.avoided(corrupt.peer)
 
 
+@pytest.mark.parametrize("linger", [False, True], ids=["lookup-ends", "lookup-keeps-searching"])
 async def test_all_stale_providers_give_404_within_100ms(
-    cluster: Cluster, blob: Callable[[int], bytes]
+    cluster: Cluster, blob: Callable[[int], bytes], linger: bool
 ) -> None:
+    from mirror_fakes import FakeRouter
+
     data = blob(1000)
     digest = digest_of(data)
     lost = await cluster.peer({})  # lost the content: answers 404
     gone = await cluster.peer({digest: data}, missing=True)
     providers = [cluster.dead_peer(), lost.peer, cluster.dead_peer(), gone.peer]
-    front, _ = await cluster.mirror(providers)
+    front, _ = await cluster.mirror(FakeRouter(providers, linger=linger))
     session = cluster.session()
     for kind in ("blobs", "manifests", "blobs"):  # the last one is answered by the negative cache
         started = time.perf_counter()
