@@ -130,6 +130,7 @@ class Advertiser:
         self._wake = asyncio.Event()
         self._ended = False
         self._batches = 0
+        self._failures = 0
 
     # -- observation ----------------------------------------------------------------------------
     def advertised(self) -> frozenset[str]:
@@ -140,6 +141,11 @@ class Advertiser:
     def batches(self) -> int:
         """How many batches were applied successfully (tests wait on it rather than sleeping)."""
         return self._batches
+
+    @property
+    def failures(self) -> int:
+        """How many batches failed (store or router unavailable) and were retried."""
+        return self._failures
 
     def counts(self) -> dict[str, AdvertisedCounts]:
         """Per-registry counts of what is advertised, for the ``spegel_advertised_*`` gauges."""
@@ -232,6 +238,7 @@ class Advertiser:
             try:
                 await self._apply(batch)
             except (StoreUnavailableError, RoutingError) as exc:
+                self._failures += 1
                 log.warning("advertising failed, retrying in %.1fs: %s", self._retry_interval, exc)
                 self._pending.merge(batch)
                 await self._pause(self._retry_interval)

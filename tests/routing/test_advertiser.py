@@ -320,3 +320,29 @@ async def test_follows_a_real_containerd(
             }
     finally:
         await ctrd.store.close()
+
+
+@pytest.mark.integration
+async def test_recovers_when_containerd_restarts(
+    containerd_node: Callable[..., object], tmp_path: Path
+) -> None:
+    """While containerd is down batches fail and are retried; once it is back the subscription
+    yields RESYNC and what changed meanwhile is advertised."""
+    from conformance.store_adapters import ContainerdAdapter
+
+    ctrd = ContainerdAdapter(containerd_node(1), tmp_path)
+    small, multi = small_image(), multi_arch_image()
+    await ctrd.add(small)
+    try:
+        async with running(ctrd.store, retry_interval=0.2, resync_interval=0.3) as node:
+            await eventually(lambda: node.advertiser.advertised() == keys_of(small), within=20)
+            await asyncio.to_thread(ctrd.node.stop)
+            await eventually(lambda: node.advertiser.failures > 0, within=20)  # a resync hit the outage
+            assert node.advertiser.advertised() == keys_of(small)  # a failure withdraws nothing
+            await asyncio.to_thread(ctrd.node.start)
+            await ctrd.add(multi)
+            both = keys_of(small) | keys_of(multi)
+            await eventually(lambda: node.advertiser.advertised() == both, within=30)
+            assert node.task is not None and not node.task.done()
+    finally:
+        await ctrd.store.close()
