@@ -9,8 +9,9 @@ spegel-py lookup must see records other nodes pushed to it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,39 @@ async def test_mixed_network_of_two_js_and_one_py(tmp_path: Path) -> None:
         assert js_a.peer_id in {p.peer_id for p in await lookup(router, "sha256:" + "01" * 32)}
         assert router.peer_id in await js_b.find_providers("sha256:" + "02" * 32)
         assert router.peer_id in await js_a.find_providers("sha256:" + "02" * 32)
+
+
+async def test_js_finds_what_the_advertiser_announces(tmp_path: Path) -> None:
+    """End to end: a store's image -> advertiser -> spegel-py's libp2p router -> found by js."""
+    from conformance.store_images import small_image
+
+    from spegel_py.routing.advertiser import Advertiser
+    from spegel_py.store.memory import MemoryStore
+
+    store = MemoryStore()
+    image = small_image()
+    for digest in image.present:
+        store.add_blob(image.blobs[digest], image.media_types[digest])
+    store.tag(image.name, image.root)
+    async with (
+        js_peers(JS_IPS[0]) as (js,),
+        py_router(tmp_path, "py", PY_IP, [js.addr]) as router,
+    ):
+        await connected(router, js)
+        advertiser = Advertiser(store, router)
+        task = asyncio.create_task(advertiser.run(), name="advertiser")
+        try:
+            await wait_for(_async(lambda: len(advertiser.advertised()) == len(image.present) + 1), within=10)
+            for key in [image.name, str(image.root), *(str(d) for d in image.layers)]:
+                assert router.peer_id in await js.find_providers(key), key
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _async(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return condition()
+
+    return check
