@@ -26,6 +26,7 @@ from spegel_py.errors import (
     ContentNotFoundError,
     ImageNotFoundError,
     InvalidInputError,
+    NotFoundError,
     StoreUnavailableError,
 )
 from spegel_py.oci.digest import Digest
@@ -95,14 +96,26 @@ class ContainerdStore:
             self._stubs = _Stubs(channel, _IMAGES(channel), _CONTENT(channel), _EVENTS(channel))
         return self._stubs
 
+    async def _unary(self, method: Any, request: Any, not_found: type[NotFoundError], what: str) -> Any:
+        """Call ``method`` (a stub's bound RPC) with the deadline and namespace; translate failures."""
+        try:
+            return await method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, not_found, what) from exc
+        except asyncio.CancelledError as exc:
+            # close() cancels calls in flight, and grpc reports that as CancelledError: unless
+            # our own task is being cancelled, that is an unavailable store, not a cancellation.
+            task = asyncio.current_task()
+            if self._closed.is_set() and task is not None and not task.cancelling():
+                raise StoreUnavailableError("containerd store closed during the call") from exc
+            raise
+
     async def list_images(self) -> list[Image]:
         """Images whose names are registry references; CRI's ``sha256:<id>`` aliases are skipped."""
-        try:
-            response: images_pb2.ListImagesResponse = await self._connect().images.List(
-                images_pb2.ListImagesRequest(), metadata=self._metadata, timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, ImageNotFoundError, "images") from exc
+        request = images_pb2.ListImagesRequest()
+        response: images_pb2.ListImagesResponse = await self._unary(
+            self._connect().images.List, request, ImageNotFoundError, "images"
+        )
         images = []
         for image in response.images:
             try:
@@ -116,24 +129,21 @@ class ContainerdStore:
         if reference.tag is None:
             raise ImageNotFoundError(f"{reference} has no tag to resolve")
         name = f"{reference.name}:{reference.tag}"
+        request = images_pb2.GetImageRequest(name=name)
+        response: images_pb2.GetImageResponse = await self._unary(
+            self._connect().images.Get, request, ImageNotFoundError, name
+        )
         try:
-            response: images_pb2.GetImageResponse = await self._connect().images.Get(
-                images_pb2.GetImageRequest(name=name), metadata=self._metadata, timeout=self._timeout
-            )
             return Digest.parse(response.image.target.digest)
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, ImageNotFoundError, name) from exc
         except InvalidInputError as exc:
             raise ImageNotFoundError(f"{name} points to an unsupported digest") from exc
 
     async def stat(self, digest: Digest) -> Descriptor:
         """Presence in *this namespace* (containerd's view), not merely a file on disk."""
-        try:
-            response: content_pb2.InfoResponse = await self._connect().content.Info(
-                content_pb2.InfoRequest(digest=str(digest)), metadata=self._metadata, timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, ContentNotFoundError, str(digest)) from exc
+        request = content_pb2.InfoRequest(digest=str(digest))
+        response: content_pb2.InfoResponse = await self._unary(
+            self._connect().content.Info, request, ContentNotFoundError, str(digest)
+        )
         return Descriptor(digest, response.info.size)
 
     async def open(self, digest: Digest) -> FileBlob:
