@@ -32,6 +32,16 @@ NodeFactory = Callable[..., ContainerdNode]
 RegistryFactory = Callable[..., SpegelRegistry]
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """On a failed test, attach the log tails of the processes it started to the report."""
+    report: pytest.TestReport = yield  # type: ignore[misc]  # pytest's wrapper protocol
+    group = getattr(item, "funcargs", {}).get("processes")
+    if report.when == "call" and report.failed and isinstance(group, ProcessGroup) and group.pids:
+        report.sections.append(("harness process logs", group.tails()))
+    return report
+
+
 # -- processes ---------------------------------------------------------------------------------
 @pytest.fixture
 def processes() -> Iterator[ProcessGroup]:

@@ -88,6 +88,8 @@ class ContainerdNode:
         self.config_path = workdir / "config.toml"
         self.log_path = workdir / "containerd.log"
         self.content_path = self.root / "io.containerd.content.v1.content"
+        if len(f"{self.socket}.ttrpc") >= 108:  # sun_path is 108 bytes; containerd would fail obscurely
+            raise HarnessError(f"unix socket path too long: {self.socket} (use a shorter workdir)")
         # inside its own namespace any loopback port is free; on the host ask the kernel
         self.metrics_addr = "127.0.0.1:1338" if netns else f"{self.ip}:{free_port(self.ip)}"
 
