@@ -136,7 +136,9 @@ async def test_recovers_after_containerd_is_killed_and_restarted(
         # the subscription survived: it re-subscribed and says events may have been lost
         resync = await next_event(events, lambda e: True)
         assert resync.kind is EventKind.RESYNC
-        ctr(node, "spegel-test", "images", "tag", small_image().name, "example.com/test/small:again")
+        await asyncio.to_thread(
+            ctr, node, "spegel-test", "images", "tag", small_image().name, "example.com/test/small:again"
+        )
         created = await next_event(events, lambda e: e.kind is EventKind.IMAGE_CREATE)
         assert created.key == "example.com/test/small:again"
 
@@ -156,7 +158,7 @@ async def test_containerd_not_running_yet(node: ContainerdNode, tmp_path: Path) 
 
 
 @pytest.fixture
-def silent_socket() -> Iterator[str]:
+def silent_server() -> Iterator[tuple[str, socket.socket]]:
     """A unix socket that accepts connections (the kernel's backlog) but never answers."""
     with tempfile.TemporaryDirectory(prefix="sp-") as directory:  # short: sun_path is 108 bytes
         path = os.path.join(directory, "silent.sock")
@@ -164,9 +166,15 @@ def silent_socket() -> Iterator[str]:
         try:
             server.bind(path)
             server.listen(16)
-            yield path
+            server.setblocking(False)
+            yield path, server
         finally:
             server.close()
+
+
+@pytest.fixture
+def silent_socket(silent_server: tuple[str, socket.socket]) -> str:
+    return silent_server[0]
 
 
 @pytest.mark.parametrize("call", ["list_images", "resolve", "stat", "open"])
@@ -219,8 +227,8 @@ async def test_names_by_digest_and_image_ids(
     image = small_image()
     await asyncio.to_thread(import_small, node, "spegel-test", tmp_path)
     by_digest = f"example.com/test/small@{image.root}"
-    ctr(node, "spegel-test", "images", "tag", image.name, by_digest)
-    ctr(node, "spegel-test", "images", "tag", image.name, f"sha256:{'c' * 64}")
+    await asyncio.to_thread(ctr, node, "spegel-test", "images", "tag", image.name, by_digest)
+    await asyncio.to_thread(ctr, node, "spegel-test", "images", "tag", image.name, f"sha256:{'c' * 64}")
     images = {i.name: i for i in await store.list_images()}
     assert set(images) == {image.name, by_digest}
     assert images[by_digest].reference.tag is None
@@ -239,3 +247,19 @@ async def test_wrong_content_path_gives_not_found(node: ContainerdNode, tmp_path
             await store.open(image.root)
     finally:
         await store.close()
+
+
+async def test_close_during_a_call_is_unavailable_not_cancelled(
+    silent_server: tuple[str, socket.socket], tmp_path: Path
+) -> None:
+    """A request in flight at shutdown gets a store error it can answer with, not a CancelledError."""
+    path, server = silent_server
+    store = ContainerdStore(path, "k8s.io", str(tmp_path), rpc_timeout=30.0)
+    call = asyncio.create_task(store.stat(Digest.of(b"x")), name="stat-in-flight")
+    async with asyncio.timeout(DEADLINE):  # grpc has connected: the call waits for an answer
+        connection, _ = await asyncio.get_running_loop().sock_accept(server)
+    with connection:
+        await store.close()
+        async with asyncio.timeout(DEADLINE):
+            with pytest.raises(StoreUnavailableError):
+                await call

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import subprocess
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from pathlib import Path
 
 import pytest
 from conformance.store_images import multi_arch_image, small_image, write_layout
+from harness.require import require
 
 from spegel_py.errors import ContentNotFoundError
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.reference import Reference
 from spegel_py.store.base import Event, EventKind
 from spegel_py.store.ocilayout import OciLayoutStore, image_reference
+from spegel_py.store.walk import image_content
 
 DEADLINE = 10.0
 
@@ -139,3 +143,25 @@ async def test_poller_reports_a_moved_tag_and_new_layouts(tmp_path: Path) -> Non
         await store.close()
         async with asyncio.timeout(DEADLINE):
             assert [e async for e in events] == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("image_kind", ["small", "multi"])
+async def test_layouts_written_by_skopeo(tmp_path: Path, image_kind: str) -> None:
+    """What ``skopeo copy ... oci:DIR:TAG`` really writes is served: names, blobs, the whole graph."""
+    skopeo = require("skopeo")
+    partial = small_image() if image_kind == "small" else multi_arch_image()
+    image = dataclasses.replace(partial, present=set(partial.blobs))  # `copy --all` needs every platform
+    source = tmp_path / "source"
+    write_layout(source, [image], ref_names="tag")
+    target = tmp_path / "served" / "team" / image_kind
+    target.parent.mkdir(parents=True)  # skopeo creates the layout directory, not its parents
+    for tag in ("v1", "latest"):
+        argv = [skopeo, "copy", "--quiet", "--all", f"oci:{source}:v1", f"oci:{target}:{tag}"]
+        await asyncio.to_thread(subprocess.run, argv, check=True, capture_output=True, timeout=120)
+    store = OciLayoutStore(tmp_path / "served", registry="127.0.0.1:5000")
+    names = sorted(i.name for i in await store.list_images())
+    assert names == [f"127.0.0.1:5000/team/{image_kind}:latest", f"127.0.0.1:5000/team/{image_kind}:v1"]
+    root = await store.resolve(Reference.parse(names[0]))
+    assert root == image.root  # skopeo keeps the bytes (and so the digests) of an OCI source
+    assert {d.digest for d in await image_content(store, root)} == image.present
