@@ -209,9 +209,18 @@ class ContainerdNode:
         rows = [line.split() for line in out[1:] if line.strip()]
         return {row[0]: row[2] for row in rows if len(row) >= 3}
 
-    def remove_image(self, ref: str) -> None:
-        """Delete the image record and, synchronously, the content GC frees."""
-        self.ctr("images", "rm", "--sync", ref)
+    def remove_image(self, ref: str, *, only_this_name: bool = False) -> list[str]:
+        """Delete an image and let GC free its content (synchronously); return the names removed.
+
+        The CRI plugin adds a digest-named alias (``sha256:<config digest>``) for every image in
+        ``k8s.io`` that pins the same content; unless ``only_this_name``, every name pointing at
+        the same target is removed too, so the blobs are really gone afterwards.
+        """
+        images = self.images()
+        target = images.get(ref)
+        names = [ref] if only_this_name or target is None else [n for n, d in images.items() if d == target]
+        self.ctr("images", "rm", "--sync", *names)
+        return names
 
     def blob_path(self, digest: str) -> Path:
         algorithm, _, hexdigest = digest.partition(":")

@@ -168,6 +168,20 @@ def test_nodes_start_stop_restart_by_pid(
         one.ctr("version", timeout=5)
 
 
+def test_remove_image_frees_its_content(
+    containerd_node: Callable[..., ContainerdNode], upstream: UpstreamRegistry, test_images: ImageSet
+) -> None:
+    node, small = containerd_node(5), test_images.small
+    ref = upstream.ref(small)
+    node.pull(ref)
+    # the CRI plugin adds its alias in reaction to the image event, so possibly after the pull
+    wait_until(lambda: list(node.images().values()).count(small.digest) == 2, 10, "the CRI's alias")
+    removed = node.remove_image(ref)
+    assert ref in removed and len(removed) == 2  # the name and the CRI's sha256:<config> alias
+    assert not any(d == small.digest for d in node.images().values())
+    assert not any(node.has_blob(d) for d in small.blobs)
+
+
 def test_pull_failure_raises_with_ctr_output(
     containerd_node: Callable[..., ContainerdNode], upstream: UpstreamRegistry
 ) -> None:
