@@ -8,8 +8,9 @@ the removals (a set difference), so a moved tag keeps its tag key while its dige
 Why it re-lists instead of trusting events: containerd's garbage collector deletes blobs
 without content-delete events, a pull emits a burst of content events before its image event,
 and a reconnect may lose events (the store then yields ``RESYNC``). So events only say *that*
-something changed; every batch re-lists the images (one cheap call), re-walks the images whose
-root moved or whose content may have changed, and bursts are debounced into one batch. After an
+something changed; every batch re-lists the images (one cheap call), re-walks the images that
+are new, named in an image event, moved to another root or lost a blob, and bursts are
+debounced into one batch. After an
 image delete or update the whole node is re-checked a few times (GC runs later), and
 periodically anyway, so nothing stays advertised that the node can no longer serve.
 """
@@ -58,6 +59,7 @@ class _Entry:
 
     root: Digest
     registry: str
+    shared: bool  # passes the registry filter
     tag_key: str | None
     digests: frozenset[str]
 
@@ -71,16 +73,16 @@ class _Pending:
     """Changes noted since the last batch."""
 
     full: bool = False  # re-walk every image
-    images: bool = False  # image records changed: re-list (always done) and walk new roots
-    content_created: bool = False  # an image may have gained blobs: re-walk every image
+    images: set[str] = field(default_factory=set)  # names in image events: re-walk these
+    content_created: set[str] = field(default_factory=set)
     content_deleted: set[str] = field(default_factory=set)
 
     def any(self) -> bool:
-        return self.full or self.images or self.content_created or bool(self.content_deleted)
+        return self.full or bool(self.images or self.content_created or self.content_deleted)
 
     def urgent(self) -> bool:
-        """Anything but created content (cheap to apply, or a withdrawal that should be prompt)."""
-        return self.full or self.images or bool(self.content_deleted)
+        """Anything but created content alone (a pull in progress, whose image event will follow)."""
+        return self.full or bool(self.images or self.content_deleted)
 
     def merge(self, other: _Pending) -> None:
         self.full |= other.full
@@ -94,7 +96,7 @@ class Advertiser:
 
     Options (keyword-only, seconds): ``debounce`` how long a batch collects events after the
     first one (bounds the delay too); ``content_debounce`` the same for batches of created content
-    alone (a pull in progress), which re-walk every image and so run less often;
+    alone (a pull in progress: its image event follows and cuts the wait to ``debounce``);
     ``recheck_after`` delays after an image delete/update at which everything is re-walked, to
     catch blobs collected without events; ``resync_interval`` how often everything is re-walked
     regardless; ``retry_interval`` the wait after the store
@@ -190,11 +192,11 @@ class Advertiser:
         if kind is EventKind.RESYNC:
             self._pending.full = True
         elif kind is EventKind.CONTENT_CREATE:
-            self._pending.content_created = True
+            self._pending.content_created.add(event.key)
         elif kind is EventKind.CONTENT_DELETE:
             self._pending.content_deleted.add(event.key)
         else:
-            self._pending.images = True
+            self._pending.images.add(event.key)
             if kind in (EventKind.IMAGE_DELETE, EventKind.IMAGE_UPDATE):
                 self._schedule_rechecks()
         self._wake.set()
@@ -279,10 +281,13 @@ class Advertiser:
             old = self._entries.get(name)
             if (
                 batch.full
-                or batch.content_created
+                or name in batch.images  # an update may mean new content under the same root
                 or old is None
                 or old.root != image.digest
                 or not old.digests.isdisjoint(batch.content_deleted)
+                # created content can complete an image whose root was missing; other images that
+                # gain blobs without an image event are caught by re-checks and periodic resyncs
+                or (batch.content_created and old.shared and not old.digests)
             ):
                 todo.append(image)
         walked = await self._walk_all(todo)
@@ -330,5 +335,5 @@ class Advertiser:
             digests = content[image.digest] if shared(image) else frozenset()
             # A tag is servable only if its root manifest or index is present.
             tag_key = f"{ref.name}:{ref.tag}" if ref.tag is not None and digests else None
-            out[image.name] = _Entry(image.digest, ref.registry, tag_key, digests)
+            out[image.name] = _Entry(image.digest, ref.registry, shared(image), tag_key, digests)
         return out

@@ -178,6 +178,33 @@ async def test_content_delete_event_withdraws_the_blob() -> None:
         await eventually(lambda: node.advertiser.advertised() == frozenset())
 
 
+async def test_second_platform_pulled_later_is_advertised() -> None:
+    """Pulling another platform of an index re-creates the same image record (an update event,
+    same root): the new manifest and layers become servable and are announced."""
+    store = MemoryStore()
+    multi = multi_arch_image()
+    add(store, multi)
+    async with running(store, recheck_after=()) as node:  # no re-checks: the event alone must do it
+        await eventually(lambda: node.advertiser.advertised() == keys_of(multi))
+        for digest in set(multi.blobs) - multi.present:
+            store.add_blob(multi.blobs[digest], multi.media_types[digest])
+        store.tag(multi.name, multi.root)
+        everything = {str(d) for d in multi.blobs} | {multi.name}
+        await eventually(lambda: node.advertiser.advertised() == everything)
+
+
+async def test_content_without_an_image_event_is_found_by_the_periodic_resync() -> None:
+    store = MemoryStore()
+    multi = multi_arch_image()
+    add(store, multi)
+    async with running(store, resync_interval=0.3) as node:
+        await eventually(lambda: node.advertiser.advertised() == keys_of(multi))
+        for digest in set(multi.blobs) - multi.present:  # e.g. `ctr content fetch`: no image event
+            store.add_blob(multi.blobs[digest], multi.media_types[digest])
+        everything = {str(d) for d in multi.blobs} | {multi.name}
+        await eventually(lambda: node.advertiser.advertised() == everything)
+
+
 async def test_tag_without_its_root_is_not_advertised() -> None:
     store = MemoryStore()
     small = small_image()
@@ -250,12 +277,17 @@ async def test_counts_per_registry() -> None:
         add(store, image)
     add(store, a, "example.com/x/a:2")  # same content, second tag: digests counted once
     async with running(store) as node:
-        await eventually(lambda: node.advertiser.advertised() == keys_of(a) | keys_of(b) | keys_of(c)
-                         | keys_of(a, "example.com/x/a:2"))
+        await eventually(
+            lambda: (
+                node.advertiser.advertised()
+                == keys_of(a) | keys_of(b) | keys_of(c) | keys_of(a, "example.com/x/a:2")
+            )
+        )
         assert node.advertiser.counts() == {
             "example.com": AdvertisedCounts(images=3, image_tags=3, image_digests=0, content_digests=8),
-            "127.0.0.1:5000": AdvertisedCounts(images=1, image_tags=1, image_digests=0,
-                                               content_digests=len(c.present)),
+            "127.0.0.1:5000": AdvertisedCounts(
+                images=1, image_tags=1, image_digests=0, content_digests=len(c.present)
+            ),
         }
 
 
@@ -291,9 +323,7 @@ async def test_resync_after_events_were_lost() -> None:
 
 
 @pytest.mark.integration
-async def test_follows_a_real_containerd(
-    containerd_node: Callable[..., object], tmp_path: Path
-) -> None:
+async def test_follows_a_real_containerd(containerd_node: Callable[..., object], tmp_path: Path) -> None:
     """Imports, a second tag and deletes on a real containerd 1.6 (ctr), seen through its events."""
     from conformance.store_adapters import ContainerdAdapter
 
