@@ -1,0 +1,579 @@
+"""The provider-record exchange of Spegel's DHT, on py-libp2p's host, in the trio thread.
+
+Wire-compatible with go-libp2p-kad-dht on ``/spegel/kad/1.0.0``: the same messages, keys and
+XOR distance. What differs from py-libp2p's stock KadDHT is how messages travel (REFERENCE
+section 5): ADD_PROVIDER messages are pipelined on one long-lived stream per peer with no reply,
+requests share a small pool of long-lived streams, records expire after ``record_ttl`` and are
+reprovided every ``reprovide_interval``, and nothing rate-limits records silently.
+
+Placement is Kademlia's: a key's records go to the ``k`` peers closest to it, and a lookup asks
+the closest peers first (``alpha`` at a time), so a Go Spegel node finds our records where it
+looks, and we find its. The routing table holds every verified peer (see :mod:`.table`), so
+in clusters of up to a few hundred nodes a lookup needs one round of queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr  # type: ignore[import-untyped]  # py-multiaddr ships no type information
+import trio
+import trio.lowlevel
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+
+from spegel_py.errors import RoutingError
+from spegel_py.routing.base import Peer
+from spegel_py.routing.libp2p import wire
+from spegel_py.routing.libp2p.host import TrackedTCP, dial, split_p2p
+from spegel_py.routing.libp2p.keys import kad_id
+from spegel_py.routing.libp2p.providers import ProviderStore
+from spegel_py.routing.libp2p.streams import READ_SIZE, ProvideSender, RequestPool, reset_quietly
+from spegel_py.routing.libp2p.table import RoutingTable, addr_ip, addr_port, tcp_addr
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = TProtocol("/spegel/kad/1.0.0")
+CLOSE_TIMEOUT = 5.0  # seconds the host may take to close its connections and listeners
+_YIELD_EVERY = 4096  # keys encoded between checkpoints, so a big advertise never stalls trio
+
+
+@dataclass(frozen=True, slots=True)
+class DhtOptions:
+    """Tuning of the exchange; the defaults are Spegel's (go-libp2p-kad-dht) where it has one."""
+
+    k: int = 20  # peers that store each record (Kademlia's bucket size)
+    alpha: int = 3  # requests in flight per lookup
+    record_ttl: float = 19 * 60.0  # seconds a received record stays valid (Spegel: 19 min)
+    reprovide_interval: float = 15 * 60.0  # seconds between re-sends of our records (Spegel: 15 min)
+    refresh_interval: float = 30.0  # seconds between FIND_NODE walks that learn new peers
+    request_timeout: float = 2.0  # seconds one GET_PROVIDERS / FIND_NODE may take
+    streams_per_peer: int = 4  # long-lived request streams per peer
+    dial_concurrency: int = 16  # peers dialled at once when many are learned
+    dial_timeout: float = 3.0  # seconds a dial may take (also the longest a close waits for one)
+
+
+@dataclass(slots=True)
+class LookupStats:
+    found: int = 0
+    queried: int = 0
+    hops: int = 0  # rounds of queries until the last provider came (0: answered locally)
+
+
+class DhtNode:
+    """The DHT: serves the protocol, sends records, answers lookups. All methods run in trio."""
+
+    def __init__(self, host: IHost, tcp: TrackedTCP, *, registry_port: int, options: DhtOptions) -> None:
+        self.host = host
+        self._tcp = tcp
+        self.options = options
+        self._port = registry_port
+        self._id = host.get_id().to_bytes()
+        self.table = RoutingTable(self._id)
+        self.store = ProviderStore(ttl=options.record_ttl)
+        self._addrs: dict[bytes, tuple[bytes, ...]] = {}  # peer -> binary multiaddrs, kept as hints
+        self._advertised: dict[bytes, None] = {}  # our keys, in order
+        self._peers: dict[bytes, Peer] = {}  # provider -> Peer as last yielded
+        self._conn_ips: dict[bytes, str] = {}  # peer -> IP its connection came from (a fallback)
+        self._source_ip: str | None = None  # our listen IP: outgoing connections come from it
+        self._kth: dict[bytes, int] = {}  # key -> distance of its k-th closest peer at last provide
+        self._senders: dict[bytes, ProvideSender] = {}
+        self._pools: dict[bytes, RequestPool] = {}
+        self._dialing: set[bytes] = set()
+        self._dials: dict[object, trio.Event] = {}  # dials in progress, by peer id or address
+        self._nursery: trio.Nursery | None = None
+        self._stop = trio.Event()
+        self._dial_limit = trio.CapacityLimiter(options.dial_concurrency)
+        self._self_info = wire.PeerInfo(self._id, ())
+        self._add_head, self._add_tail = wire.add_provider_prefix(wire.encode_peer(self._self_info))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def serve(
+        self, listen: list[multiaddr.Multiaddr], *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen, serve the protocol and run the background tasks until cancelled.
+
+        ``task_status`` is trio's; typed Any because the installed trio-stubs (from trio_typing,
+        a libp2p dependency) shadow trio's own annotations and lack ``TaskStatus``.
+        """
+        async with self.host.run(listen):
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._set_self_addrs()
+                    self.host.set_stream_handler(PROTOCOL, self._handle)
+                    self.host.get_network().register_notifee(_Notifee(self))
+                    nursery.start_soon(self._maintain, name="dht-maintain")
+                    task_status.started()
+                    try:
+                        await self._stop.wait()
+                    finally:
+                        for s in self._senders.values():
+                            s.close()
+                        for p in self._pools.values():
+                            p.close()
+                        nursery.cancel_scope.cancel()
+            finally:
+                # Only now, with no dial left in flight (dials are shielded, see _dial): py-libp2p
+                # leaves listener and connection sockets to the garbage collector when its
+                # service is merely cancelled, and fails to register (and leaks) a connection
+                # that completes after it stopped; closing the host releases them.
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                    while self._dials:  # dials started from outside the nursery (bootstrap)
+                        await next(iter(self._dials.values())).wait()
+                    try:
+                        await self.host.close()
+                    except Exception:  # closing is best effort; the process may be going away
+                        log.debug("host close failed", exc_info=True)
+                self._tcp.close_leftovers()
+
+    async def stop(self) -> None:
+        """Make :meth:`serve` return after an orderly shutdown (cancelling it leaks sockets)."""
+        self._stop.set()
+
+    def _set_self_addrs(self) -> None:
+        addrs = []
+        for a in self.host.get_addrs():
+            maddr, _ = split_p2p(str(a))
+            raw = bytes(maddr.to_bytes())
+            if addr_ip(raw) is not None:
+                addrs.append(raw)
+        self._self_info = wire.PeerInfo(self._id, tuple(addrs))
+        ips = {addr_ip(a) for a in addrs}
+        self._source_ip = ips.pop() if len(ips) == 1 else None
+        self._add_head, self._add_tail = wire.add_provider_prefix(wire.encode_peer(self._self_info))
+
+    def listen_multiaddrs(self) -> list[str]:
+        pid = self.host.get_id().to_base58()
+        return [f"{multiaddr.Multiaddr(a)}/p2p/{pid}" for a in self._self_info.addrs]
+
+    def _spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        if self._nursery is None or self._stop.is_set():
+            raise RoutingError("DHT is not running")
+        self._nursery.start_soon(fn, *args)
+
+    # -- peers -----------------------------------------------------------------------------
+
+    async def connect(self, addr: str) -> bytes | None:
+        """Dial ``addr`` (``/p2p/<id>`` optional), verify it speaks the DHT, learn its peers."""
+        maddr, pid = split_p2p(addr)
+        if pid is not None and (pid.to_bytes() == self._id or pid.to_bytes() in self.table):
+            return pid.to_bytes()
+        remote = await self._dial(maddr, pid)
+        rb = remote.to_bytes()
+        if rb == self._id:
+            return None
+        self._note_addrs(rb, (bytes(maddr.to_bytes()),))
+        await self._walk(remote, self._id)
+        return rb
+
+    async def _dial(self, maddr: multiaddr.Multiaddr, pid: ID | None) -> ID:
+        """One dial per peer (or bare address) at a time: a second concurrent dial would open a
+        second connection, which py-libp2p rejects (one per peer) and leaves unclosed."""
+        key: object = pid.to_bytes() if pid is not None else str(maddr)
+        while (busy := self._dials.get(key)) is not None:
+            await busy.wait()
+            if pid is not None and self.host.get_network().connections.get(pid):
+                return pid
+        done = self._dials[key] = trio.Event()
+        try:
+            async with self._dial_limit:
+                # shielded: py-libp2p closes a half-made connection in an unshielded cleanup, so
+                # a cancelled dial leaks its socket; a deadline bounds the wait instead
+                with trio.CancelScope(shield=True), trio.move_on_after(self.options.dial_timeout) as scope:
+                    return await dial(self.host, maddr, pid, self._source_ip)
+                if scope.cancelled_caught:
+                    raise RoutingError(f"dial {maddr} timed out")
+                raise RoutingError(f"dial {maddr} did not finish")
+        finally:
+            del self._dials[key]
+            done.set()
+
+    async def _walk(self, peer: ID, target: bytes) -> None:
+        """FIND_NODE ``target`` at ``peer``; the reply verifies it, and names peers to dial."""
+        reply = await self._request(peer, wire.Message(wire.FIND_NODE, key=target))
+        self._admit(peer)
+        for info in reply.closer:
+            if info.id != self._id and info.id not in self.table and info.id not in self._dialing:
+                self._note_addrs(info.id, info.addrs)
+                self._spawn(self._dial_learned, info)
+
+    async def _dial_learned(self, info: wire.PeerInfo) -> None:
+        self._dialing.add(info.id)
+        try:
+            for raw in info.addrs:
+                if addr_ip(raw) is None:
+                    continue
+                try:
+                    with trio.fail_after(self.options.request_timeout * 2):
+                        await self._dial(multiaddr.Multiaddr(raw), ID(info.id))
+                        await self._walk(ID(info.id), self._id)
+                    return
+                except (RoutingError, trio.TooSlowError) as exc:
+                    log.debug("dial of learned peer %s failed: %s", ID(info.id), exc)
+        finally:
+            self._dialing.discard(info.id)
+
+    def _note_addrs(self, peer: bytes, addrs: Iterable[bytes], conn_ip: str | None = None) -> None:
+        """Remember where ``peer`` listens: its addresses, unspecified IPs replaced by the connection's."""
+        clean: list[bytes] = []
+        for a in addrs:
+            if addr_ip(a) is not None:
+                clean.append(bytes(a))
+            elif conn_ip is not None and (port := addr_port(a)) is not None:
+                clean.append(tcp_addr(conn_ip, port))
+        if clean:
+            t = tuple(clean)
+            if self._addrs.get(peer) != t:
+                self._addrs[peer] = t
+                entry = self.table.get(peer)
+                if entry is not None:
+                    entry.addrs = t
+
+    def _admit(self, peer: ID) -> None:
+        """Add a peer that has spoken the protocol; a new peer gets the records it should store."""
+        rb = peer.to_bytes()
+        if rb == self._id or self._stop.is_set():
+            return
+        _, new = self.table.add(rb, peer.to_base58(), self._addrs.get(rb, ()))
+        if not new:
+            return
+        sender = ProvideSender(self.host, peer, PROTOCOL)
+        self._senders[rb] = sender
+        self._spawn(sender.run)
+        if self._advertised:
+            self._spawn(self._push_to_new_peer, rb)
+
+    def _drop(self, peer: ID) -> None:
+        rb = peer.to_bytes()
+        if self.table.remove(rb) is None:
+            return
+        sender = self._senders.pop(rb, None)
+        if sender is not None:
+            sender.close()
+        pool = self._pools.pop(rb, None)
+        if pool is not None:
+            pool.close()
+
+    def _pool(self, peer: ID) -> RequestPool:
+        rb = peer.to_bytes()
+        pool = self._pools.get(rb)
+        if pool is None:
+            pool = RequestPool(
+                self.host, peer, PROTOCOL, self._spawn, max_streams=self.options.streams_per_peer
+            )
+            self._pools[rb] = pool
+        return pool
+
+    async def _request(self, peer: ID, msg: wire.Message) -> wire.Message:
+        with trio.fail_after(self.options.request_timeout):
+            return await self._pool(peer).request(wire.encode(msg))
+
+    # -- advertising -----------------------------------------------------------------------
+
+    async def provide(self, keys: list[bytes]) -> None:
+        """Advertise ``keys`` (multihashes): remember them and send them to their closest peers."""
+        new = [k for k in keys if k not in self._advertised]
+        for k in new:
+            self._advertised[k] = None
+        await self._send(new)
+
+    async def withdraw(self, keys: Iterable[bytes]) -> None:
+        """Stop advertising: no more reprovides, no more self in our answers; remote copies expire."""
+        for k in keys:
+            self._advertised.pop(k, None)
+            self._kth.pop(k, None)
+
+    async def _send(self, keys: list[bytes]) -> None:
+        k = self.options.k
+        head, tail = self._add_head, self._add_tail
+        for start in range(0, len(keys), _YIELD_EVERY):
+            batch = keys[start : start + _YIELD_EVERY]
+            peers = self.table.peers()
+            if len(peers) <= k:  # every peer is among the k closest of every key
+                data = b"".join([head + key + tail for key in batch])
+                for e in peers:
+                    self._sender_enqueue(e.id, data)
+            else:
+                out: dict[bytes, list[bytes]] = {}
+                for key in batch:
+                    target = kad_id(key)
+                    closest = self.table.closest(target, k)
+                    self._kth[key] = closest[-1].kad ^ target
+                    msg = head + key + tail
+                    for e in closest:
+                        out.setdefault(e.id, []).append(msg)
+                for pid, msgs in out.items():
+                    self._sender_enqueue(pid, b"".join(msgs))
+            await trio.lowlevel.checkpoint()
+
+    def _sender_enqueue(self, peer: bytes, data: bytes) -> None:
+        sender = self._senders.get(peer)
+        if sender is not None:
+            sender.enqueue(data)
+
+    async def _push_to_new_peer(self, peer: bytes) -> None:
+        """Records a newly seen peer should hold: those for which it is among the k closest."""
+        entry = self.table.get(peer)
+        if entry is None:
+            return
+        head, tail = self._add_head, self._add_tail
+        keys = list(self._advertised)
+        small = len(self.table) <= self.options.k
+        for start in range(0, len(keys), _YIELD_EVERY):
+            batch = keys[start : start + _YIELD_EVERY]
+            if not small:
+                kth = self._kth
+                batch = [key for key in batch if (kad_id(key) ^ entry.kad) < kth.get(key, 1 << 256)]
+            if batch:
+                self._sender_enqueue(peer, b"".join([head + key + tail for key in batch]))
+            await trio.lowlevel.checkpoint()
+
+    async def _maintain(self) -> None:
+        """Reprovide, expire records, and walk the table to learn peers that joined elsewhere."""
+        opts = self.options
+        next_reprovide = trio.current_time() + opts.reprovide_interval
+        while True:
+            await trio.sleep(min(opts.refresh_interval, opts.reprovide_interval, opts.record_ttl / 4))
+            self.store.expire()
+            if trio.current_time() >= next_reprovide:
+                next_reprovide = trio.current_time() + opts.reprovide_interval
+                await self._send(list(self._advertised))
+            peers = self.table.peers()
+            for e in random.sample(peers, min(3, len(peers))):
+                try:
+                    await self._walk(ID(e.id), self._id)
+                except (RoutingError, trio.TooSlowError) as exc:
+                    log.debug("refresh walk at %s failed: %s", e.b58, exc)
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def to_peer(self, pid: bytes, addrs: Iterable[bytes] = ()) -> Peer | None:
+        """A provider as the registry needs it: its IP and the (shared) registry port."""
+        for ip in (*map(addr_ip, addrs), *map(addr_ip, self._addrs.get(pid, ())), self._conn_ips.get(pid)):
+            if ip is not None:
+                peer = self._peers.get(pid)
+                if peer is None or peer.host != ip:  # cached: base58 encoding costs ~50 us
+                    peer = Peer(peer_id=ID(pid).to_base58(), host=ip, port=self._port)
+                    self._peers[pid] = peer
+                return peer
+        return None
+
+    def local_providers(self, key: bytes, limit: int) -> list[Peer]:
+        """Providers from this node's own records, safe to call from the asyncio thread.
+
+        Only reads: single dict lookups are atomic under the GIL, and if the trio thread changes
+        the key's record set mid-read (RuntimeError), the caller just asks the trio thread. This
+        skips two thread hand-offs when the answer is local (always, in clusters of <= k nodes).
+        """
+        try:
+            pids = self.store.get(key)
+        except RuntimeError:
+            return []
+        out = []
+        for pid in pids:
+            if pid != self._id and (peer := self.to_peer(pid)) is not None:
+                out.append(peer)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def find_providers(
+        self, key: bytes, limit: int, emit: Callable[[Peer], None], stats: LookupStats | None = None
+    ) -> LookupStats:
+        """Call ``emit`` for up to ``limit`` providers of ``key`` (never this node) as they are found.
+
+        Local records first; then the closest peers, ``alpha`` at a time, nearest first, until
+        ``limit`` providers are found or the ``k`` closest known peers have all answered. The
+        caller bounds the whole lookup with a deadline (cancellation).
+        """
+        st = stats if stats is not None else LookupStats()
+        seen = {self._id}
+
+        def offer(pid: bytes, addrs: Iterable[bytes] = ()) -> None:
+            if pid in seen or st.found >= limit:
+                return
+            peer = self.to_peer(pid, addrs)
+            if peer is not None:
+                seen.add(pid)
+                st.found += 1
+                emit(peer)
+
+        for pid in self.store.get(key):
+            offer(pid)
+        if st.found >= limit or limit <= 0:
+            return st
+        target = kad_id(key)
+        k = self.options.k
+        candidates = {e.id: (e.kad ^ target, 1) for e in self.table.closest(target, k)}
+        queried: set[bytes] = set()
+        changed = trio.Event()
+        inflight = 0
+
+        def next_candidate() -> tuple[bytes, int] | None:
+            ranked = sorted((d, pid) for pid, (d, _) in candidates.items())[:k]
+            for _, pid in ranked:
+                if pid not in queried:
+                    return pid, candidates[pid][1]
+            return None
+
+        async def worker() -> None:
+            nonlocal inflight, changed
+            while st.found < limit:
+                nxt = next_candidate()
+                if nxt is None:
+                    if inflight == 0:
+                        return
+                    ev = changed
+                    await ev.wait()
+                    continue
+                pid, depth = nxt
+                queried.add(pid)
+                inflight += 1
+                try:
+                    reply = await self._query(pid, key)
+                except (RoutingError, trio.TooSlowError) as exc:
+                    log.debug("GET_PROVIDERS at %s failed: %s", ID(pid), exc)
+                    reply = None
+                finally:
+                    inflight -= 1
+                st.queried += 1
+                if reply is not None:
+                    before = st.found
+                    for info in reply.providers:
+                        offer(info.id, info.addrs)
+                    if st.found > before:
+                        st.hops = max(st.hops, depth)
+                    for info in reply.closer:
+                        if info.id != self._id and info.id not in candidates:
+                            self._note_addrs(info.id, info.addrs)
+                            candidates[info.id] = (kad_id(info.id) ^ target, depth + 1)
+                changed.set()
+                changed = trio.Event()
+            nursery.cancel_scope.cancel()  # limit reached: stop the other workers
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.options.alpha):
+                nursery.start_soon(worker)
+        return st
+
+    async def _query(self, pid: bytes, key: bytes) -> wire.Message:
+        peer = ID(pid)
+        if pid not in self.table and not self.host.get_network().connections.get(peer):
+            addrs = [a for a in self._addrs.get(pid, ()) if addr_ip(a) is not None]
+            if not addrs:
+                raise RoutingError(f"no address for {peer}")
+            await self._dial(multiaddr.Multiaddr(addrs[0]), peer)
+        reply = await self._request(peer, wire.Message(wire.GET_PROVIDERS, key=key))
+        self._admit(peer)
+        return reply
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def _handle(self, stream: INetStream) -> None:
+        remote = stream.muxed_conn.peer_id
+        rb = remote.to_bytes()
+        remote_addr = stream.get_remote_address()
+        conn_ip = remote_addr[0] if remote_addr else None
+        if conn_ip is not None:
+            self._conn_ips[rb] = conn_ip
+        if rb not in self._addrs:
+            self._note_addrs(rb, self._peerstore_addrs(remote), conn_ip)
+        self._admit(remote)
+        deframer = wire.Deframer()
+        try:
+            while True:
+                data = await stream.read(READ_SIZE)
+                if not data:
+                    break
+                replies = [r for body in deframer.feed(data) if (r := self._dispatch(rb, conn_ip, body))]
+                if replies:
+                    await stream.write(b"".join(replies))
+        except Exception as exc:  # EOF, reset, bad bytes: this stream is over, the peer may open another
+            log.debug("DHT stream from %s ended: %s", remote, exc)
+        finally:
+            await reset_quietly(stream)
+
+    def _peerstore_addrs(self, peer: ID) -> list[bytes]:
+        try:
+            return [bytes(a.to_bytes()) for a in self.host.get_peerstore().addrs(peer)]
+        except Exception:  # unknown peer: py-libp2p raises PeerStoreError
+            return []
+
+    def _dispatch(self, remote: bytes, conn_ip: str | None, body: bytes) -> bytes | None:
+        msg = wire.decode(body)
+        if msg.type == wire.ADD_PROVIDER:
+            for info in msg.providers:
+                if info.id == remote:  # a peer may only announce itself (as go-libp2p-kad-dht)
+                    self.store.add(msg.key, remote)
+                    if info.addrs and self._addrs.get(remote) != info.addrs:
+                        self._note_addrs(remote, info.addrs, conn_ip)
+            return None
+        if msg.type == wire.GET_PROVIDERS:
+            providers = [self._info(p) for p in self.store.get(msg.key) if p != remote]
+            if msg.key in self._advertised:
+                providers.append(self._self_info)
+            reply = wire.Message(wire.GET_PROVIDERS, key=msg.key, providers=providers)
+            reply.closer = self._closer(msg.key, remote)
+            return wire.frame(wire.encode(reply))
+        if msg.type == wire.FIND_NODE:
+            reply = wire.Message(wire.FIND_NODE, key=msg.key, closer=self._closer(msg.key, remote))
+            return wire.frame(wire.encode(reply))
+        if msg.type == wire.PING:
+            return wire.frame(wire.encode(wire.Message(wire.PING)))
+        return None  # PUT_VALUE / GET_VALUE: Spegel stores no values; go answers nothing useful either
+
+    def _info(self, pid: bytes) -> wire.PeerInfo:
+        return wire.PeerInfo(pid, self._addrs.get(pid, ()))
+
+    def _closer(self, key: bytes, exclude: bytes) -> list[wire.PeerInfo]:
+        out = []
+        for e in self.table.closest(kad_id(key), self.options.k, exclude):
+            if not e.addrs:  # an inbound peer: identify has filled the peerstore by now, maybe
+                self._note_addrs(e.id, self._peerstore_addrs(ID(e.id)), self._conn_ips.get(e.id))
+            addrs = e.addrs or self._addrs.get(e.id, ())
+            if addrs:
+                out.append(wire.PeerInfo(e.id, addrs, wire.CONNECTED))
+        return out
+
+
+class _Notifee(INotifee):
+    """Drops a peer from the table when its connection closes (py-libp2p calls these in trio)."""
+
+    def __init__(self, node: DhtNode) -> None:
+        self._node = node
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        # py-libp2p 0.8.1 skips closing a muxed connection the remote already closed, which
+        # leaves its socket to the garbage collector; close the secured layer (the socket) here
+        secured = getattr(conn.muxed_conn, "secured_conn", None)
+        if secured is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                try:
+                    await secured.close()
+                except Exception:  # already closed: nothing to release
+                    log.debug("closing a dead connection", exc_info=True)
+        peer = conn.muxed_conn.peer_id
+        if not network.connections.get(peer):
+            self._node._drop(peer)
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass

@@ -1,0 +1,297 @@
+"""``Libp2pRouter``: the Router of spegel-py on a Spegel-compatible libp2p DHT.
+
+The libp2p host and the DHT (:mod:`.dht`) live in a trio thread (:mod:`.bridge`); this class is
+the asyncio face: it translates keys (:mod:`.keys`), shares lookups (:mod:`.lookups`), and runs
+the bootstrap loop (a :class:`Bootstrapper` gives multiaddrs; peers found there are dialled and
+walked for more). Lifecycle: ``await start()``, then use, then ``await close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from spegel_py.errors import RoutingError
+from spegel_py.routing.base import Peer
+from spegel_py.routing.libp2p.bridge import TrioThread
+from spegel_py.routing.libp2p.dht import DhtNode, DhtOptions, LookupStats
+from spegel_py.routing.libp2p.host import TrackedTCP, build_host, listen_addrs, peer_id_of
+from spegel_py.routing.libp2p.identity import load_or_create_seed
+from spegel_py.routing.libp2p.keys import multihash
+from spegel_py.routing.libp2p.lookups import Flight, LookupCache
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 10.0  # seconds each shutdown step may take before it is forced
+
+
+class Bootstrapper(Protocol):
+    """Where to find the first peers (DNS, static list, HTTP ``/id``, Kubernetes)."""
+
+    async def peers(self) -> list[str]:
+        """Multiaddr strings of other nodes, with or without ``/p2p/<id>`` (ids are learned on dial)."""
+        ...
+
+
+class Libp2pRouter:
+    """Implements :class:`spegel_py.routing.base.Router` on libp2p Kademlia (``/spegel/kad/1.0.0``)."""
+
+    def __init__(
+        self,
+        *,
+        listen_addrs: Sequence[str],
+        data_dir: Path | str,
+        registry_port: int,
+        bootstrap: Bootstrapper | None = None,
+        alone: bool = False,
+        record_ttl: float = 19 * 60.0,
+        reprovide_interval: float = 15 * 60.0,
+        lookup_timeout: float = 2.0,
+        cache_ttl: float = 5.0,
+        bootstrap_interval: float = 10.0,
+        refresh_interval: float = 30.0,
+        k: int = 20,
+        alpha: int = 3,
+    ) -> None:
+        """
+        ``listen_addrs``: multiaddrs like ``/ip4/10.0.0.5/tcp/5001``. ``data_dir``: holds
+        ``private.key``. ``registry_port``: every peer's registry port (Spegel assumes one port
+        cluster-wide). ``alone``: ready without peers (a single-node cluster).
+        ``record_ttl`` / ``reprovide_interval``: seconds a record we store stays valid / between
+        re-sends of ours (Spegel: 19 / 15 min). ``lookup_timeout``: seconds a lookup may run.
+        ``cache_ttl``: seconds a lookup result is reused. ``bootstrap_interval``: seconds between
+        bootstrap rounds while alone (6x that once the node has peers). ``refresh_interval``:
+        seconds between table walks. ``k`` / ``alpha``: Kademlia replication / parallelism.
+        """
+        if reprovide_interval >= record_ttl:
+            raise RoutingError("reprovide_interval must be shorter than record_ttl")
+        self._listen = list(listen_addrs)
+        self._seed = load_or_create_seed(Path(data_dir))
+        self.peer_id: str = peer_id_of(self._seed)
+        self._port = registry_port
+        self._bootstrap = bootstrap
+        self._alone = alone
+        self._lookup_timeout = lookup_timeout
+        self._bootstrap_interval = bootstrap_interval
+        self._options = DhtOptions(
+            k=k,
+            alpha=alpha,
+            record_ttl=record_ttl,
+            reprovide_interval=reprovide_interval,
+            refresh_interval=refresh_interval,
+        )
+        self._thread = TrioThread(name=f"libp2p-{self.peer_id[-6:]}")
+        self._node: DhtNode | None = None
+        self._main: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Future[object]] = set()
+        self._bootstrap_task: asyncio.Task[None] | None = None
+        self._cache = LookupCache(self._start_flight, ttl=cache_ttl)
+        self._state = "new"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the trio thread, listen, and begin bootstrapping. Raises RoutingError on failure."""
+        if self._state != "new":
+            raise RoutingError(f"router cannot start: it is {self._state}")
+        self._state = "starting"
+        addrs = listen_addrs(self._listen)
+        self._thread.start()
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+
+        async def run() -> None:
+            tcp = TrackedTCP()
+            node = DhtNode(build_host(self._seed, tcp), tcp, registry_port=self._port, options=self._options)
+            self._node = node
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(node.serve, addrs)
+                    loop.call_soon_threadsafe(_set_result, started)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_set_exception, started, exc)
+                raise
+
+        self._main = self._thread.submit(run)
+        self._main.add_done_callback(_consume)
+        try:
+            await started
+        except BaseException as exc:
+            await self.close()
+            raise RoutingError(f"libp2p host failed to start on {self._listen}: {exc}") from exc
+        self._state = "running"
+        if self._bootstrap is not None:
+            self._bootstrap_task = asyncio.create_task(self._bootstrap_loop(), name="libp2p-bootstrap")
+            self._bootstrap_task.add_done_callback(_consume)
+
+    async def close(self) -> None:
+        """Stop bootstrapping, lookups and the host; join the thread. Idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        pending: list[asyncio.Future[object]] = list(self._tasks)
+        if self._bootstrap_task is not None:
+            pending.append(self._bootstrap_task)  # type: ignore[arg-type]  # Task[None] is a Future
+        for fut in pending:
+            fut.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
+        main, node = self._main, self._node
+        if main is not None and not main.done():
+            if node is not None:
+                with contextlib.suppress(Exception):  # the thread may already be failing
+                    await self._thread.call(node.stop)
+            done, _ = await asyncio.wait([main], timeout=CLOSE_TIMEOUT)
+            if not done:  # an orderly stop hung: cancel it (may leave sockets to the GC)
+                main.cancel()
+                await asyncio.wait([main], timeout=CLOSE_TIMEOUT)
+        self._cache.clear()
+        self._thread.stop()
+
+    async def __aenter__(self) -> Libp2pRouter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- Router ----------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        if self._state != "running" or self._node is None:
+            return False
+        return self._alone or len(self._node.table) > 0
+
+    async def advertise(self, keys: Iterable[str]) -> None:
+        node = self._running()
+        await self._thread.call(node.provide, [multihash(k) for k in keys])
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        node = self._running()
+        await self._thread.call(node.withdraw, [multihash(k) for k in keys])
+
+    async def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
+        if self._state != "running" or limit <= 0:
+            return
+        flight = self._cache.peek(key, limit)
+        if flight is None:
+            node = self._running()
+            local = node.local_providers(multihash(key), limit)
+            if len(local) >= limit:
+                self._cache.put(key, local)
+                for peer in local:
+                    yield peer
+                return
+            flight = self._cache.get(key, limit)
+        async for peer in flight.follow(limit):
+            yield peer
+
+    # -- extras for bootstrap (`/id`) and tests --------------------------------------------
+
+    def listen_multiaddrs(self) -> list[str]:
+        """This node's addresses as ``/ip4/<ip>/tcp/<port>/p2p/<id>`` strings."""
+        return self._running().listen_multiaddrs()
+
+    def peer_count(self) -> int:
+        node = self._node
+        return len(node.table) if node is not None and self._state == "running" else 0
+
+    async def connect(self, addr: str) -> str | None:
+        """Dial one peer now (what a bootstrap round does for each address); returns its peer id."""
+        node = self._running()
+        pid = await self._thread.call(node.connect, addr)
+        return None if pid is None else _b58(pid)
+
+    async def lookup_stats(self, key: str, *, limit: int = 3) -> tuple[list[Peer], LookupStats]:
+        """An uncached lookup with its query statistics (benchmarks: hops, queries)."""
+        node = self._running()
+        loop = asyncio.get_running_loop()
+        found: list[Peer] = []
+        stats = LookupStats()
+
+        async def run() -> None:
+            with trio.move_on_after(self._lookup_timeout):
+                await node.find_providers(multihash(key), limit, found.append, stats)
+
+        await self._thread.call(run)
+        del loop
+        return found, stats
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _running(self) -> DhtNode:
+        if self._state != "running" or self._node is None:
+            raise RoutingError(f"router is {self._state}")
+        return self._node
+
+    def _start_flight(self, key: str, flight: Flight) -> None:
+        node = self._running()
+        loop = asyncio.get_running_loop()
+        timeout = self._lookup_timeout
+
+        def emit(peer: Peer) -> None:
+            loop.call_soon_threadsafe(flight.add, peer)
+
+        async def run() -> None:
+            with trio.move_on_after(timeout):
+                await node.find_providers(multihash(key), flight.limit, emit)
+
+        fut: asyncio.Future[object] = self._thread.submit(run)
+        self._tasks.add(fut)
+
+        def done(f: asyncio.Future[object]) -> None:
+            self._tasks.discard(f)
+            flight.finish()
+            _consume(f)
+
+        fut.add_done_callback(done)
+
+    async def _bootstrap_loop(self) -> None:
+        assert self._bootstrap is not None
+        node = self._running()
+        own = {a.split("/p2p/")[0] for a in node.listen_multiaddrs()}
+        while True:
+            try:
+                addrs = [a for a in await self._bootstrap.peers() if a.split("/p2p/")[0] not in own]
+            except Exception as exc:  # a bootstrap source failing must not stop the router
+                log.warning("bootstrap failed: %s", exc)
+                addrs = []
+            if addrs:
+                results = await asyncio.gather(
+                    *(self._thread.call(node.connect, a) for a in addrs), return_exceptions=True
+                )
+                for addr, res in zip(addrs, results, strict=True):
+                    if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
+                        log.debug("bootstrap peer %s: %s", addr, res)
+            await asyncio.sleep(self._bootstrap_interval * (6 if len(node.table) else 1))
+
+
+def _b58(pid: bytes) -> str:
+    from libp2p.peer.id import ID
+
+    return ID(pid).to_base58()
+
+
+def _set_result(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _set_exception(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(RoutingError(str(exc) or type(exc).__name__))
+
+
+def _consume(fut: asyncio.Future[object] | asyncio.Future[None]) -> None:
+    """Retrieve a background future's outcome so asyncio never warns; unexpected errors are logged."""
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is not None:
+        log.error("libp2p background task failed: %r", exc)
