@@ -180,12 +180,18 @@ class Advertiser:
             group.create_task(self._loop(), name="advertiser-apply")
 
     async def _follow(self) -> None:
+        events = self._store.subscribe()
         try:
-            async for event in self._store.subscribe():
+            async for event in events:
                 self._note(event)
         finally:
             self._ended = True
             self._wake.set()
+            # A cancelled run() ends the subscription (its stream) now, not at garbage collection.
+            # The Protocol types subscribe() as an AsyncIterator, so aclose() is looked up.
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def _note(self, event: Event) -> None:
         kind = event.kind
