@@ -99,8 +99,8 @@ class Advertiser:
     alone (a pull in progress: its image event follows and cuts the wait to ``debounce``);
     ``recheck_after`` delays after an image delete/update at which everything is re-walked, to
     catch blobs collected without events; ``resync_interval`` how often everything is re-walked
-    regardless; ``retry_interval`` the wait after the store
-    or router failed. ``registry_filter`` selects the images that are shared.
+    regardless; ``retry_interval`` the wait after the store or router failed.
+    ``registry_filter`` selects the images that are shared; ``walk`` lists an image's present blobs.
     """
 
     def __init__(
