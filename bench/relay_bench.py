@@ -41,9 +41,11 @@ class RelayNode(Server):
 
     name = "spegel-py-relay"
 
-    def __init__(self, label: str, host: str, *, peer: Server, pool: str, hash_threads: int) -> None:
+    def __init__(
+        self, label: str, host: str, *, peer: Server, pool: str, hash_threads: int, splice: str
+    ) -> None:
         super().__init__(label, host)
-        self.peer, self.pool, self.hash_threads = peer, pool, hash_threads
+        self.peer, self.pool, self.hash_threads, self.splice = peer, pool, hash_threads, splice
 
     def argv(self) -> list[str]:
         return [
@@ -57,6 +59,8 @@ class RelayNode(Server):
             self.pool,
             "--hash-threads",
             str(self.hash_threads),
+            "--splice",
+            self.splice,
         ]
 
 
@@ -87,7 +91,7 @@ class _StaticRouter:
         return None
 
 
-async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int) -> None:
+async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int, use_splice: bool) -> None:
     from aiohttp import web
 
     from spegel_py.metrics import Metrics
@@ -103,7 +107,7 @@ async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int) 
     mirror = Mirror(
         _StaticRouter(peer_host, int(peer_port)),
         pool=BufferPool(count=int(count), size=int(size)),
-        settings=MirrorSettings(hash_threads=hash_threads),
+        settings=MirrorSettings(hash_threads=hash_threads, splice=use_splice),
     )
     server = RegistryServer(
         MemoryStore(), metrics=Metrics(), coordinator=PageCacheCoordinator(), mirror=mirror
@@ -128,6 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--wide-mib", type=int, default=100, help="blob fetched by the concurrent streams")
     ap.add_argument("--streams", type=int, default=32, help="concurrent relayed streams")
     ap.add_argument("--pool", default="64x262144", help="relay buffer pool COUNTxSIZE (bytes)")
+    ap.add_argument("--splice", choices=("on", "off"), default="on", help="relay through kernel pipes")
     ap.add_argument("--hash-threads", type=int, default=0, help="relay's hashing threads (0: on the loop)")
     ap.add_argument(
         "--client",
@@ -172,7 +177,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "args": {k: v for k, v in vars(a).items() if k != "serve_relay"},
     }
     peer = Spegel("relay-peer", "127.0.0.71", binary=a.spegel_bin, layout=layout.root, extra=[])
-    relay = RelayNode("relay", "127.0.0.72", peer=peer, pool=a.pool, hash_threads=a.hash_threads)
+    relay = RelayNode(
+        "relay", "127.0.0.72", peer=peer, pool=a.pool, hash_threads=a.hash_threads, splice=a.splice
+    )
     servers = {"direct": peer, "relay": relay}
     try:
         peer.start()
@@ -224,7 +231,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.serve_relay:
-        asyncio.run(_serve_relay(*a.serve_relay, a.pool, a.hash_threads))
+        asyncio.run(_serve_relay(*a.serve_relay, a.pool, a.hash_threads, a.splice == "on"))
         return 0
     result = run(a)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)

@@ -13,6 +13,7 @@ before the last byte, so a client never receives a complete wrong body.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from spegel_py.errors import NotFoundError
 from spegel_py.oci.digest import Digest
+from spegel_py.registry import splice
 from spegel_py.registry.bufferpool import BufferPool
 from spegel_py.registry.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
 from spegel_py.registry.peerhealth import PeerHealth
@@ -110,7 +112,8 @@ class BlobStream:
             await response.prepare(request)
             sink = ResponseSink(request, response)
             try:
-                await self._relay(sink, start, end)
+                if not await self._relay_spliced(sink, start, end):
+                    await self._relay(sink, start, end)
             except (IntegrityError, ResumeFailedError, ConnectionError):
                 # The client connection is gone or was cut on purpose: it sees a short body.
                 sink.abort()
@@ -119,6 +122,86 @@ class BlobStream:
             return response
         finally:
             await self.aclose()
+
+    async def _relay_spliced(self, sink: ResponseSink, start: int, end: int) -> bool:
+        """Relay the whole blob through kernel pipes (:mod:`.splice`); False if not possible here."""
+        if not self._settings.splice or (start, end) != (0, self._total) or not splice.available():
+            return False
+        assert self._buffer is not None
+        fd = await sink.raw_fd()
+        if fd is None:
+            return False
+        try:
+            pipes = splice.PipePair(len(self._buffer))
+        except splice.SpliceUnavailableError:
+            os.close(fd)
+            return False
+        self._stats.spliced += 1
+        try:
+            await self._splice_loop(sink, fd, pipes, self._buffer)
+        finally:
+            pipes.close()
+            os.close(fd)
+        return True
+
+    async def _splice_loop(
+        self, sink: ResponseSink, fd: int, pipes: splice.PipePair, buf: memoryview
+    ) -> None:
+        """Per chunk: peer socket -> relay pipe, tee to the hashing pipe, hash, relay pipe -> client.
+
+        The pipes are empty at the top of every iteration, so a peer failure (which can only
+        happen while filling the relay pipe) leaves nothing half-sent: resume at ``pos``.
+        """
+        hasher = StreamHasher(self._digest.hasher(), None)
+        chunk_max = min(pipes.size, len(buf))
+        pos = 0
+        while pos < self._total:
+            try:
+                if self._resp is None:
+                    self._resp = await self._resume(pos)
+                early = self._resp.has_early  # bytes that came with the head: already in user space
+                stall = self._settings.stall_timeout
+                if early:
+                    n = await self._resp.readinto(buf[: self._total - pos], stall_timeout=stall)
+                else:
+                    want = min(chunk_max, self._total - pos)
+                    n = await self._resp.splice_to(pipes.relay_w, want, stall_timeout=stall)
+                    if pipes.tee(n) != n:
+                        raise OSError("tee copied fewer bytes than the pipe holds")
+                    pipes.read_hash_copy(buf, n)
+            except PeerError as exc:
+                if isinstance(exc, ResumeFailedError):
+                    raise
+                self._drop_peer(exc)
+                continue
+            await hasher.update(buf[:n])
+            pos += n
+            if pos == self._total:
+                await self._verify(sink, hasher)
+            if early:
+                await splice.send_all(fd, buf[:n])
+            else:
+                await splice.splice_out(pipes.relay_r, fd, n)
+            sink.sent += n
+        self._stats.bytes_relayed += sink.sent
+
+    def _drop_peer(self, exc: PeerError) -> None:
+        if self._resp is not None:
+            self._resp.release()
+            self._resp = None
+        if not isinstance(exc, PeerTimeoutError):
+            self._health.record_miss(self._peer, self._providers.key)
+
+    async def _verify(self, sink: ResponseSink, hasher: StreamHasher) -> None:
+        """Raise :class:`IntegrityError` (after cutting the client off) unless the digest matches."""
+        if await hasher.hexdigest() == self._digest.hex:
+            return
+        self._stats.corrupt += 1
+        self._stats.aborted += 1
+        for peer in self._contributors:
+            self._health.record_corruption(peer)
+        sink.abort()
+        raise IntegrityError(f"relayed bytes do not match {self._digest}")
 
     async def _relay(self, sink: ResponseSink, start: int, end: int) -> None:
         """Send bytes ``[start, end)`` of the blob; read (and hash) all of it."""
@@ -143,11 +226,7 @@ class BlobStream:
             except PeerError as exc:
                 if isinstance(exc, ResumeFailedError):
                     raise
-                if self._resp is not None:
-                    self._resp.release()
-                    self._resp = None
-                if not isinstance(exc, PeerTimeoutError):
-                    self._health.record_miss(self._peer, self._providers.key)
+                self._drop_peer(exc)
                 continue
             except BaseException:
                 sink.abort()
@@ -163,13 +242,7 @@ class BlobStream:
                 else:
                     await sink.write(piece)
             pos += n
-        if await hasher.hexdigest() != self._digest.hex:
-            self._stats.corrupt += 1
-            self._stats.aborted += 1
-            for peer in self._contributors:
-                self._health.record_corruption(peer)
-            sink.abort()
-            raise IntegrityError(f"relayed bytes do not match {self._digest}")
+        await self._verify(sink, hasher)
         await sink.write(memoryview(held))
         self._stats.bytes_relayed += sink.sent
 

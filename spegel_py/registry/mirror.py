@@ -68,6 +68,7 @@ class MirrorStats:
     corrupt: int = 0
     aborted: int = 0  # client responses killed mid-body (no provider left, or corruption)
     bytes_relayed: int = 0
+    spliced: int = 0  # blob responses relayed through kernel pipes
     last_success: float = 0.0  # wall-clock time of the last request served from a peer
 
 
@@ -93,6 +94,9 @@ class MirrorSettings:
     # Threads hashing relayed blobs next to the event loop (0: hash on the loop). Off by default:
     # on a busy 2-core node the per-chunk thread hand-offs cost more CPU than they saved.
     hash_threads: int = 0
+    # Relay whole-blob responses through kernel pipes (splice + tee) where Linux allows; the
+    # bytes are still hashed (from the tee'd copy) and the last chunk still held back.
+    splice: bool = True
 
 
 class Mirror:

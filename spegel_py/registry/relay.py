@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import os
 import socket
 import sys
 import time
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from spegel_py.errors import SpegelError
+from spegel_py.registry import splice
 from spegel_py.routing.base import Peer
 
 _MAX_HEAD = 16 * 1024  # a registry's response head is a few hundred bytes
@@ -122,6 +124,39 @@ class PeerResponse:
             raise PeerTimeoutError(f"peer silent for {stall_timeout:.3f}s mid-body") from exc
         except OSError as exc:
             raise PeerError(f"peer connection failed mid-body: {exc}") from exc
+
+    @property
+    def has_early(self) -> bool:
+        """True while body bytes that arrived with the head are waiting (read them first)."""
+        return bool(self._early)
+
+    async def splice_to(self, pipe_w: int, n: int, *, stall_timeout: float) -> int:
+        """Move up to ``n`` body bytes from the peer's socket into the (empty) pipe ``pipe_w``.
+
+        Same contract as :meth:`readinto`; call only when :attr:`has_early` is false.
+        """
+        if self._remaining <= 0:
+            return 0
+        if self._conn is None or self._early:
+            raise PeerError("response released, or early bytes not read first")
+        fd = self._conn.sock.fileno()
+        want = min(n, self._remaining)
+        while True:
+            try:
+                moved = os.splice(fd, pipe_w, want, flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
+                break
+            except BlockingIOError:
+                try:
+                    async with asyncio.timeout(stall_timeout):
+                        await splice.wait_fd(fd, write=False)
+                except TimeoutError as exc:
+                    raise PeerTimeoutError(f"peer silent for {stall_timeout:.3f}s mid-body") from exc
+            except OSError as exc:
+                raise PeerError(f"peer connection failed mid-body: {exc}") from exc
+        if moved == 0:
+            raise PeerError(f"peer closed the connection with {self._remaining} body bytes missing")
+        self._remaining -= moved
+        return moved
 
     async def read_all(self, *, limit: int, stall_timeout: float) -> bytes:
         """Read the whole body (at most ``limit`` bytes, else :class:`PeerError`)."""
@@ -399,6 +434,23 @@ class ResponseSink:
             return
         await self._response.write(bytes(data) if self._copy else data)
         self.sent += len(data)
+
+    async def raw_fd(self) -> int | None:
+        """Flush the response head and return a duplicate of the client socket for splicing.
+
+        ``None`` when that is not possible (no plain socket, or bytes still queued in the
+        transport); the caller then keeps using :meth:`write`. The caller closes the descriptor.
+        """
+        transport = self._request.transport
+        if transport is None or transport.get_extra_info("sslcontext") is not None:
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        await self._response.write(b"")  # aiohttp may hold the head back until the first write
+        if transport.get_write_buffer_size() != 0:
+            return None
+        return os.dup(sock.fileno())
 
     def abort(self) -> None:
         """Drop the client connection at once so it never sees the rest (or end) of the body."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -12,6 +13,13 @@ from conftest import Cluster
 from mirror_fakes import digest_of
 
 BIG = 3 * 1024 * 1024 + 123  # several relay buffers (64 KiB in tests), not a multiple of them
+# How a large blob moves: through a pooled buffer (hashing on the loop or on a thread), or
+# through kernel pipes (splice + tee).
+RELAY_MODES: dict[str, dict[str, Any]] = {
+    "buffer": {"splice": False, "hash_threads": 0},
+    "buffer-hash-thread": {"splice": False, "hash_threads": 1},
+    "splice": {"splice": True},
+}
 
 
 async def get(
@@ -67,10 +75,10 @@ async def test_hedging_picks_the_fast_peer(cluster: Cluster, blob: Callable[[int
     assert mirror.stats.hedged == 1
 
 
-@pytest.mark.parametrize("hash_threads", [0, 1], ids=["hash-on-loop", "hash-thread"])
+@pytest.mark.parametrize("mode", RELAY_MODES, ids=list(RELAY_MODES))
 @pytest.mark.parametrize("run", range(20))
 async def test_resume_after_a_peer_dies_mid_blob(
-    cluster: Cluster, blob: Callable[[int], bytes], run: int, hash_threads: int
+    cluster: Cluster, blob: Callable[[int], bytes], run: int, mode: str
 ) -> None:
     data = blob(BIG)
     digest = digest_of(data)
@@ -79,14 +87,13 @@ async def test_resume_after_a_peer_dies_mid_blob(
     cut = min(cut, BIG - 1)
     dying = await cluster.peer({digest: data}, die_after=cut)
     healthy = await cluster.peer({digest: data})
-    front, mirror = await cluster.mirror(
-        [dying.peer, healthy.peer], hedge_delay=1.0, hash_threads=hash_threads
-    )
+    front, mirror = await cluster.mirror([dying.peer, healthy.peer], hedge_delay=1.0, **RELAY_MODES[mode])
     status, body, _ = await get(cluster.session(), f"{front.url}/v2/a/blobs/{digest}")
     assert status == 200
     assert len(body) == len(data)
     assert body == data
     assert mirror.stats.resumed == 1
+    assert mirror.stats.spliced == (1 if mode == "splice" else 0)
     assert healthy.requests[-1][2] is not None and healthy.requests[-1][2].startswith("bytes=")
     resumed_at = int(healthy.requests[-1][2].removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_at <= cut
@@ -104,18 +111,16 @@ async def test_stream_breaks_off_when_no_provider_can_resume(
     assert mirror.stats.aborted == 1
 
 
-@pytest.mark.parametrize("hash_threads", [0, 1], ids=["hash-on-loop", "hash-thread"])
+@pytest.mark.parametrize("mode", RELAY_MODES, ids=list(RELAY_MODES))
 @pytest.mark.parametrize("run", range(20))
 async def test_corrupt_blob_never_reaches_the_client_whole(
-    cluster: Cluster, blob: Callable[[int], bytes], run: int, hash_threads: int
+    cluster: Cluster, blob: Callable[[int], bytes], run: int, mode: str
 ) -> None:
     data = blob(BIG - run * 1000)
     digest = digest_of(data)
     corrupt = await cluster.peer({digest: data}, corrupt=True)
     healthy = await cluster.peer({digest: data})
-    front, mirror = await cluster.mirror(
-        [corrupt.peer, healthy.peer], hedge_delay=1.0, hash_threads=hash_threads
-    )
+    front, mirror = await cluster.mirror([corrupt.peer, healthy.peer], hedge_delay=1.0, **RELAY_MODES[mode])
     session = cluster.session()
     url = f"{front.url}/v2/a/blobs/{digest}"
     received = b""
@@ -126,6 +131,7 @@ async def test_corrupt_blob_never_reaches_the_client_whole(
                 received += chunk
     assert len(received) < len(data)
     assert mirror.stats.corrupt == 1
+    assert mirror.stats.spliced == (1 if mode == "splice" else 0)
     assert mirror.health.avoided(corrupt.peer)
     # Next time the corrupt peer is skipped and the healthy one serves.
     status, body, _ = await get(session, url)
