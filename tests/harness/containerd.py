@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cri
 from .net import free_port
 from .netns import Netns
 from .procs import HarnessError, ProcessGroup, log_tail, wait_until
@@ -202,6 +203,16 @@ class ContainerdNode:
         start = time.monotonic()
         result = self.ctr(*args, ref, timeout=timeout)
         return PullResult(ref, time.monotonic() - start, result.stdout)
+
+    def cri_pull(self, ref: str, *, timeout: float = 300.0) -> PullResult:
+        """Pull through the CRI plugin, as the kubelet does: the daemon applies its own
+        ``config_path`` (this node's ``certs.d``) and fetches for the node's platform only."""
+        start = time.monotonic()
+        image_id = cri.pull(self.socket, ref, timeout=timeout)
+        return PullResult(ref, time.monotonic() - start, image_id)
+
+    def cri_images(self) -> list[cri.CriImage]:
+        return cri.images(self.socket)
 
     def images(self) -> dict[str, str]:
         """Image name -> target digest, as containerd lists them."""

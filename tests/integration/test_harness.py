@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from harness import (
@@ -180,6 +181,34 @@ def test_remove_image_frees_its_content(
     assert ref in removed and len(removed) == 2  # the name and the CRI's sha256:<config> alias
     assert not any(d == small.digest for d in node.images().values())
     assert not any(node.has_blob(d) for d in small.blobs)
+
+
+def test_cri_pull_applies_the_daemons_config_path(
+    containerd_node: Callable[..., ContainerdNode],
+    upstream: UpstreamRegistry,
+    test_images: ImageSet,
+    processes: ProcessGroup,
+    tmp_path: Path,
+) -> None:
+    """hosts.toml in the node's certs.d names an (empty) mirror; a CRI pull asks it first, gets
+    404, and falls back to the upstream: the daemon applied its own config_path."""
+    empty_mirror = UpstreamRegistry(tmp_path / "mirror", processes, host="127.0.0.31", name="empty-mirror")
+    empty_mirror.start()
+    node, small = containerd_node(6), test_images.small
+    ref = upstream.ref(small)
+    node.write_hosts_toml(upstream.addr, upstream.url, [empty_mirror.url])
+    mark = upstream.mark()
+    result = node.cri_pull(ref, timeout=120)
+    assert result.output.startswith("sha256:")  # the CRI image id (the config digest)
+    assert any(ref in image.repo_tags for image in node.cri_images())
+    assert node.images()[ref] == small.digest
+    assert all(node.has_blob(d) for d in small.blobs)
+    empty_mirror.stop()
+    upstream.stop()
+    asked = [r for r in empty_mirror.requests() if r.user_agent.startswith("containerd/")]
+    assert asked and asked[0].method == "HEAD" and asked[0].status == 404
+    assert asked[0].path == f"/v2/test/small/manifests/{small.tag}?ns={quote(upstream.addr, safe='')}"
+    assert any(r.path == f"/v2/test/small/manifests/{small.tag}" for r in upstream.requests(mark))
 
 
 def test_pull_failure_raises_with_ctr_output(

@@ -110,6 +110,31 @@ def test_containerd_pulls_through_spegel_with_upstream_stopped(
     assert upstream.requests(mark) == []
 
 
+@pytest.mark.parametrize("kind", ["small", "multi"])
+def test_cri_pull_through_the_daemons_config_path_with_upstream_stopped(
+    served: Served, upstream: UpstreamRegistry, containerd_node: Callable[..., ContainerdNode], kind: str
+) -> None:
+    """The kubelet's path: the daemon itself reads certs.d and pulls its platform from spegel-py."""
+    image = served.images[kind]
+    ref = served.ref(kind)
+    upstream.stop()
+    mark = upstream.mark()
+    node2 = containerd_node(2)
+    node2.write_hosts_toml(upstream.addr, upstream.url, [served.spegel.url], ["pull", "resolve"])
+    node2.cri_pull(ref, timeout=300)
+    assert node2.images()[ref] == image.digest
+    platform_manifest = image.platforms["linux/amd64"]
+    manifest = json.loads(image.blob_path(platform_manifest).read_bytes())
+    wanted = [
+        image.digest,
+        platform_manifest,
+        manifest["config"]["digest"],
+        *(layer["digest"] for layer in manifest["layers"]),
+    ]
+    assert [d for d in wanted if not node2.has_blob(d)] == []
+    assert upstream.requests(mark) == []
+
+
 def test_upstream_running_receives_no_request_during_a_mirrored_pull(
     served: Served, upstream: UpstreamRegistry, containerd_node: Callable[..., ContainerdNode]
 ) -> None:
