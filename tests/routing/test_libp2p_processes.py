@@ -1,0 +1,182 @@
+"""Several spegel-py libp2p nodes as separate processes on distinct loopback addresses.
+
+Each node is ``tests/routing/libp2p_node.py`` (one router per process, driven over stdin/stdout),
+listening on its own 127.0.0.x, so connections, identities and timing are as between machines.
+Records live 3 s and are reprovided every second, so expiry is observable within a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DRIVER = Path(__file__).with_name("libp2p_node.py")
+ROOT = Path(__file__).resolve().parents[2]
+REPLY_TIMEOUT = 30.0  # seconds a node may take to answer one command
+DEADLINE = 30.0  # seconds an eventual condition may take
+RECORD_TTL = 3.0
+LOOKUP_TIMEOUT = 1.5
+
+
+class Node:
+    def __init__(self, proc: asyncio.subprocess.Process, hello: dict[str, Any]) -> None:
+        self.proc = proc
+        self.peer_id: str = hello["peer_id"]
+        self.addrs: list[str] = hello["addrs"]
+        self._lock = asyncio.Lock()
+
+    async def ask(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        async with self._lock:
+            self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
+            await self.proc.stdin.drain()
+            line = await asyncio.wait_for(self.proc.stdout.readline(), REPLY_TIMEOUT)
+        if not line:
+            raise AssertionError(f"node {self.peer_id} exited")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    async def lookup(self, key: str, limit: int = 3) -> tuple[list[str], float]:
+        reply = await self.ask(op="lookup", key=key, limit=limit)
+        return [p[0] for p in reply["peers"]], reply["ms"]
+
+    async def stop(self) -> None:
+        """Terminate by pid (SIGTERM: orderly close), then SIGKILL if it does not exit in time."""
+        if self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def kill(self) -> None:
+        self.proc.kill()
+        await self.proc.wait()
+
+
+Spawn = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
+    nodes: list[Node] = []
+
+    async def start(ip: str, *bootstrap: Node, **opts: Any) -> Node:
+        args = [sys.executable, str(DRIVER), "--ip", ip, "--data-dir", str(tmp_path / ip)]
+        args += [
+            "--record-ttl",
+            str(opts.get("record_ttl", RECORD_TTL)),
+            "--reprovide",
+            str(opts.get("reprovide", 1.0)),
+        ]
+        args += ["--lookup-timeout", str(LOOKUP_TIMEOUT), "--cache-ttl", "0.2"]
+        if bootstrap:
+            args += ["--bootstrap", *[b.addrs[0] for b in bootstrap]]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
+        )
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), REPLY_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        if not line:
+            await proc.wait()
+            pytest.fail(f"node on {ip} failed to start")
+        node = Node(proc, json.loads(line))
+        nodes.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        await asyncio.gather(*(n.stop() for n in nodes))
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = DEADLINE) -> None:
+    end = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > end:
+            pytest.fail(f"condition not met within {within}s")
+        await asyncio.sleep(0.1)
+
+
+async def finds(node: Node, key: str, provider: Node) -> bool:
+    peers, _ = await node.lookup(key)
+    return provider.peer_id in peers
+
+
+async def test_late_joiner_finds_records_advertised_before_it_started(spawn: Spawn) -> None:
+    a = await spawn("127.0.0.31")
+    b = await spawn("127.0.0.32", a)
+    c = await spawn("127.0.0.33", a)
+    keys = [f"sha256:{i:064x}" for i in range(300)]
+    await a.ask(op="advertise", keys=keys[:150])
+    await b.ask(op="advertise", keys=keys[150:])
+    await eventually(lambda: finds(c, keys[0], a))
+    late = await spawn("127.0.0.34", c)  # knows only c; learns a and b through it
+    await eventually(lambda: finds(late, keys[-1], b))
+    for i, key in enumerate(keys):
+        peers, _ = await late.lookup(key)
+        assert peers == [(a if i < 150 else b).peer_id], key
+    assert (await late.ask(op="status"))["peers"] == 3
+
+
+async def test_killed_node_is_only_a_hint_and_lookups_stay_prompt(spawn: Spawn) -> None:
+    a = await spawn("127.0.0.41")
+    b = await spawn("127.0.0.42", a)
+    c = await spawn("127.0.0.43", a)
+    key = "sha256:" + "de" * 32
+    await b.ask(op="advertise", keys=[key])
+    await eventually(lambda: finds(c, key, b))
+    await b.kill()
+
+    async def b_dropped() -> bool:
+        return (await c.ask(op="status"))["peers"] == 1 and (await a.ask(op="status"))["peers"] == 1
+
+    await eventually(b_dropped)
+    for node in (a, c):  # b's record may still be returned (a hint) until it expires, but promptly
+        _, ms = await node.lookup(key)
+        assert ms < (LOOKUP_TIMEOUT + 0.5) * 1000
+        _, ms = await node.lookup("sha256:" + "00" * 32)
+        assert ms < (LOOKUP_TIMEOUT + 0.5) * 1000
+
+    async def expired() -> bool:
+        return (await c.lookup(key))[0] == [] and (await a.lookup(key))[0] == []
+
+    await eventually(expired, within=RECORD_TTL * 4)
+    assert (await c.ask(op="status"))["ready"]
+
+
+async def test_withdrawn_keys_stop_being_reprovided(spawn: Spawn) -> None:
+    a = await spawn("127.0.0.51")
+    b = await spawn("127.0.0.52", a)
+    kept, dropped = "registry.local/app:v1", "registry.local/app:v0"
+    await a.ask(op="advertise", keys=[kept, dropped])
+    await eventually(lambda: finds(b, dropped, a))
+    await a.ask(op="withdraw", keys=[dropped])
+    withdrawn_at = time.monotonic()
+
+    async def gone() -> bool:
+        return (await b.lookup(dropped))[0] == []
+
+    await eventually(gone, within=RECORD_TTL * 4)
+    # the kept key outlives several record lifetimes: it is being reprovided
+    while time.monotonic() - withdrawn_at < RECORD_TTL * 2:
+        assert await finds(b, kept, a)
+        await asyncio.sleep(0.2)
+    assert (await b.lookup(dropped))[0] == []
