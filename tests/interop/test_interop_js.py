@@ -143,3 +143,25 @@ def _async(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return condition()
 
     return check
+
+
+async def test_two_py_nodes_meet_through_a_js_node(tmp_path: Path) -> None:
+    """py_a and py_b bootstrap from the js node only: py_a's record reaches js (ADD_PROVIDER), and
+    py_b finds it, through js's GET_PROVIDERS answer or a peer js's FIND_NODE answers led it to."""
+    async with (
+        js_peers(JS_IPS[0]) as (js,),
+        py_router(tmp_path, "a", "127.0.0.36", [js.addr]) as py_a,
+        py_router(tmp_path, "b", "127.0.0.37", [js.addr]) as py_b,
+    ):
+        await connected(py_a, js)
+        await connected(py_b, js)
+        key = "sha256:" + "5e" * 32
+        await py_a.advertise([key])
+
+        async def js_holds_it() -> bool:
+            return py_a.peer_id in await js.find_providers(key, timeout_ms=1000)
+
+        await wait_for(js_holds_it, within=10)
+        peers = await lookup(py_b, key)
+        assert py_a.peer_id in {p.peer_id for p in peers}
+        assert next(p for p in peers if p.peer_id == py_a.peer_id).host == "127.0.0.36"
