@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
@@ -55,12 +57,23 @@ def image_reference(annotation: str, *, registry: str, repository: str | None) -
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """One layout directory, its blobs root, and its default repository (``None``: not usable)."""
+
+    path: Path
+    blobs: str
+    repository: str | None
+
+
 class OciLayoutStore:
     """Read-only :class:`~spegel_py.store.base.ContentStore` over a directory of OCI layouts.
 
     ``registry`` is the registry host given to images whose ``ref.name`` is not a full reference;
     ``repository`` names a root that is itself a layout (default: the root directory's name);
-    ``poll_interval`` (seconds) is how often subscriptions re-read the ``index.json`` files.
+    ``poll_interval`` (seconds) is how often subscriptions re-read the ``index.json`` files;
+    ``rescan_interval`` (seconds) is how long ``stat``/``open`` reuse the list of layout
+    directories (a layout added meanwhile may answer "not found" that long; 0: scan every call).
     """
 
     def __init__(
@@ -70,43 +83,56 @@ class OciLayoutStore:
         registry: str = "localhost",
         repository: str | None = None,
         poll_interval: float = 1.0,
+        rescan_interval: float = 1.0,
     ) -> None:
         self._root = Path(path)
         self._registry = registry
         self._repository = repository
         self._poll_interval = max(_MIN_POLL, poll_interval)
+        self._rescan_interval = rescan_interval
+        self._scanned: tuple[float, list[_Layout]] | None = None
         self._closed = asyncio.Event()
 
     # -- layouts ---------------------------------------------------------------------------------
-    def _layouts(self) -> Iterator[tuple[Path, str]]:
-        """``(layout directory, default repository)`` for every layout under the root, sorted."""
+    def _layouts(self, *, fresh: bool = False) -> list[_Layout]:
+        """Every layout under the root, sorted; rescanned when older than ``rescan_interval``.
 
-        def walk(directory: Path, parts: tuple[str, ...]) -> Iterator[tuple[Path, str]]:
-            if (directory / "oci-layout").is_file():
-                default = "/".join(parts) if parts else (self._repository or _repo_name(directory))
-                yield directory, default
-                return
-            if len(parts) >= _MAX_DEPTH:
-                return
+        Only *where to look* is reused between calls, never whether a blob exists: a layout
+        removed meanwhile just has no files left, one added meanwhile is found by the next scan.
+        """
+        cached = self._scanned
+        now = time.monotonic()
+        if not fresh and cached is not None and now - cached[0] < self._rescan_interval:
+            return cached[1]
+        layouts = list(self._scan(self._root, ()))
+        self._scanned = (now, layouts)
+        return layouts
+
+    def _scan(self, directory: Path, parts: tuple[str, ...]) -> Iterator[_Layout]:
+        if (directory / "oci-layout").is_file():
+            default = "/".join(parts) if parts else (self._repository or _repo_name(directory))
             try:
-                entries = sorted(os.scandir(directory), key=lambda e: e.name)
-            except OSError:  # vanished or unreadable: nothing to serve from it
-                return
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    yield from walk(Path(entry.path), (*parts, entry.name))
-
-        return walk(self._root, ())
+                repository: str | None = validate_name(default)
+            except InvalidInputError:
+                repository = None  # such a layout only serves entries that carry a full reference
+            yield _Layout(directory, str(directory / "blobs"), repository)
+            return
+        if len(parts) >= _MAX_DEPTH:
+            return
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:  # vanished or unreadable: nothing to serve from it
+            return
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._scan(Path(entry.path), (*parts, entry.name))
 
     def _images_sync(self) -> dict[str, Image]:
         images: dict[str, Image] = {}
-        for layout, default in self._layouts():
-            repository: str | None = default
-            try:
-                validate_name(default)
-            except InvalidInputError:
-                repository = None  # such a layout only serves entries that carry a full reference
-            for name, image in _read_index(layout, registry=self._registry, repository=repository):
+        for layout in self._layouts(fresh=True):
+            for name, image in _read_index(
+                layout.path, registry=self._registry, repository=layout.repository
+            ):
                 images[name] = image
         return images
 
@@ -125,8 +151,8 @@ class OciLayoutStore:
 
     def _find(self, digest: Digest) -> tuple[str, int]:
         """Path and size of the first layout's regular file for ``digest`` (symlinks never count)."""
-        for layout, _ in self._layouts():
-            path = blob_path(str(layout / "blobs"), digest)
+        for layout in self._layouts():
+            path = blob_path(layout.blobs, digest)
             try:
                 st = os.lstat(path)
             except OSError:
@@ -163,12 +189,12 @@ class OciLayoutStore:
         Writers replace ``index.json`` (new inode) or rewrite it (new mtime); either shows here.
         """
         out = set()
-        for layout, _ in self._layouts():
+        for layout in self._layouts(fresh=True):
             try:
-                st = os.stat(layout / "index.json")
+                st = os.stat(layout.path / "index.json")
             except OSError:
                 continue
-            out.add((str(layout), st.st_ino, st.st_size, st.st_mtime_ns))
+            out.add((str(layout.path), st.st_ino, st.st_size, st.st_mtime_ns))
         return frozenset(out)
 
     async def _wait_closed(self, seconds: float) -> bool:

@@ -165,3 +165,26 @@ async def test_layouts_written_by_skopeo(tmp_path: Path, image_kind: str) -> Non
     root = await store.resolve(Reference.parse(names[0]))
     assert root == image.root  # skopeo keeps the bytes (and so the digests) of an OCI source
     assert {d.digest for d in await image_content(store, root)} == image.present
+
+
+async def test_reused_layout_list_never_means_cached_existence(tmp_path: Path) -> None:
+    small, multi = small_image(), multi_arch_image()
+    write_layout(tmp_path / "a", [small])
+    store = OciLayoutStore(tmp_path, rescan_interval=3600)  # the list of layouts is reused...
+    assert (await store.stat(small.root)).size > 0
+    for path in (tmp_path / "a" / "blobs" / "sha256").iterdir():
+        path.unlink()
+    with pytest.raises(ContentNotFoundError):  # ...but every blob is looked up afresh
+        await store.stat(small.root)
+    write_layout(tmp_path / "b", [multi])
+    assert sorted(i.name for i in await store.list_images()) == [multi.name, small.name]  # always rescans
+    assert (await store.stat(multi.root)).size > 0  # and refreshes the reused list
+
+
+async def test_without_reuse_a_new_layout_is_found_at_once(tmp_path: Path) -> None:
+    small = small_image()
+    store = OciLayoutStore(tmp_path, rescan_interval=0)
+    with pytest.raises(ContentNotFoundError):
+        await store.stat(small.root)
+    write_layout(tmp_path / "a", [small])
+    assert (await store.stat(small.root)).size == len(small.blobs[small.root])
