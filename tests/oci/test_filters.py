@@ -16,8 +16,10 @@ from spegel_py.oci.filters import RegistryFilter, parse_registry_hosts
         (["_default"], None),
         (["https://docker.io", "*"], None),
         (["https://docker.io"], frozenset({"docker.io"})),
-        (["https://docker.io", "http://127.0.0.1:5000", "https://ghcr.io/"],
-         frozenset({"docker.io", "127.0.0.1:5000", "ghcr.io"})),
+        (
+            ["https://docker.io", "http://127.0.0.1:5000", "https://ghcr.io/"],
+            frozenset({"docker.io", "127.0.0.1:5000", "ghcr.io"}),
+        ),
     ],
 )
 def test_parse_registry_hosts(values: list[str], expected: frozenset[str] | None) -> None:

@@ -53,18 +53,30 @@ def resolver_of(answers: dict[str, list[str]]) -> Callable[[str], object]:
     ("answer", "limit", "expected"),
     [
         ([], 3, []),
-        (["10.0.0.3", "10.0.0.1", "10.0.0.2"], 3,
-         ["/ip4/10.0.0.1/tcp/5001", "/ip4/10.0.0.2/tcp/5001", "/ip4/10.0.0.3/tcp/5001"]),
+        (
+            ["10.0.0.3", "10.0.0.1", "10.0.0.2"],
+            3,
+            ["/ip4/10.0.0.1/tcp/5001", "/ip4/10.0.0.2/tcp/5001", "/ip4/10.0.0.3/tcp/5001"],
+        ),
         # sorted numerically (10.0.0.9 < 10.0.0.10), at most `limit` per family, duplicates once
-        (["10.0.0.10", "10.0.0.9", "10.0.0.9", "10.0.0.11", "fd00::2", "fd00::1", "fd00::3"], 2,
-         ["/ip4/10.0.0.9/tcp/5001", "/ip4/10.0.0.10/tcp/5001",
-          "/ip6/fd00::1/tcp/5001", "/ip6/fd00::2/tcp/5001"]),
+        (
+            ["10.0.0.10", "10.0.0.9", "10.0.0.9", "10.0.0.11", "fd00::2", "fd00::1", "fd00::3"],
+            2,
+            [
+                "/ip4/10.0.0.9/tcp/5001",
+                "/ip4/10.0.0.10/tcp/5001",
+                "/ip6/fd00::1/tcp/5001",
+                "/ip6/fd00::2/tcp/5001",
+            ],
+        ),
         (["fe80::1%eth0"], 3, ["/ip6/fe80::1/tcp/5001"]),
     ],
 )
 async def test_dns_records_to_multiaddrs(answer: list[str], limit: int, expected: list[str]) -> None:
     boot = DNSBootstrapper(
-        "spegel-bootstrap.spegel.svc.cluster.local.", port=5001, limit=limit,
+        "spegel-bootstrap.spegel.svc.cluster.local.",
+        port=5001,
+        limit=limit,
         resolver=resolver_of({"spegel-bootstrap.spegel.svc.cluster.local.": answer}),  # type: ignore[arg-type]
     )
     assert await boot.peers() == expected
@@ -89,8 +101,11 @@ async def test_dns_system_resolver_reads_etc_hosts() -> None:
     [
         ("text", ["/ip4/0.0.0.0/tcp/5001", "/ip4/10.0.0.1/tcp/5001"], f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"),
         ("text", [f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"], f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"),
-        ("json", ["/ip4/10.0.0.1/tcp/5001", "/ip6/fd00::1/tcp/5001"],
-         json.dumps([{"ID": PEER, "Addrs": ["/ip4/10.0.0.1/tcp/5001", "/ip6/fd00::1/tcp/5001"]}])),
+        (
+            "json",
+            ["/ip4/10.0.0.1/tcp/5001", "/ip6/fd00::1/tcp/5001"],
+            json.dumps([{"ID": PEER, "Addrs": ["/ip4/10.0.0.1/tcp/5001", "/ip6/fd00::1/tcp/5001"]}]),
+        ),
     ],
 )
 def test_id_document(fmt: str, addrs: list[str], expected: str) -> None:
@@ -106,11 +121,15 @@ def test_id_document_needs_a_dialable_address() -> None:
     ("body", "expected"),
     [
         (f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}\n", [f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"]),
-        (json.dumps([{"ID": PEER, "Addrs": ["/ip4/10.0.0.1/tcp/5001"]}]),
-         [f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"]),
+        (
+            json.dumps([{"ID": PEER, "Addrs": ["/ip4/10.0.0.1/tcp/5001"]}]),
+            [f"/ip4/10.0.0.1/tcp/5001/p2p/{PEER}"],
+        ),
         (json.dumps([{"ID": "", "Addrs": ["/ip4/10.0.0.1/tcp/5001"]}]), ["/ip4/10.0.0.1/tcp/5001"]),
-        (json.dumps([{"Addrs": [f"/ip4/10.0.0.{i}/tcp/1"]} for i in range(5)]),
-         ["/ip4/10.0.0.0/tcp/1", "/ip4/10.0.0.1/tcp/1", "/ip4/10.0.0.2/tcp/1"]),  # at most three entries
+        (
+            json.dumps([{"Addrs": [f"/ip4/10.0.0.{i}/tcp/1"]} for i in range(5)]),
+            ["/ip4/10.0.0.0/tcp/1", "/ip4/10.0.0.1/tcp/1", "/ip4/10.0.0.2/tcp/1"],
+        ),  # at most three entries
     ],
 )
 def test_parse_id_document(body: str, expected: list[str]) -> None:
@@ -175,8 +194,11 @@ async def test_http_unreachable_is_a_routing_error(id_server: tuple[str, dict[st
         ("static", {"static_peers": ["/ip4/10.0.0.1/tcp/5001"]}, StaticBootstrapper),
         ("dns", {"dns_domain": "spegel.spegel.svc"}, DNSBootstrapper),
         ("http", {"http_url": "http://10.0.0.1:5002/id"}, HTTPBootstrapper),
-        ("kubernetes", {"kubernetes_namespace": "spegel", "kubernetes_selector": "app=spegel"},
-         KubernetesBootstrapper),
+        (
+            "kubernetes",
+            {"kubernetes_namespace": "spegel", "kubernetes_selector": "app=spegel"},
+            KubernetesBootstrapper,
+        ),
     ],
 )
 def test_build_bootstrapper(kind: str, options: dict[str, object], expected: type) -> None:

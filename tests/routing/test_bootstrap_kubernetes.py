@@ -28,8 +28,16 @@ def cluster() -> list[dict[str, object]]:
 @pytest.mark.parametrize(
     ("self_name", "limit", "expected"),
     [
-        (None, 0, ["/ip4/10.0.0.10/tcp/5001", "/ip4/10.0.0.11/tcp/5001", "/ip6/fd00::11/tcp/5001",
-                   "/ip4/10.0.0.12/tcp/5001"]),
+        (
+            None,
+            0,
+            [
+                "/ip4/10.0.0.10/tcp/5001",
+                "/ip4/10.0.0.11/tcp/5001",
+                "/ip6/fd00::11/tcp/5001",
+                "/ip4/10.0.0.12/tcp/5001",
+            ],
+        ),
         ("spegel-a", 0, ["/ip4/10.0.0.11/tcp/5001", "/ip6/fd00::11/tcp/5001", "/ip4/10.0.0.12/tcp/5001"]),
         (None, 1, ["/ip4/10.0.0.10/tcp/5001"]),
     ],
@@ -38,8 +46,12 @@ async def test_running_pods_of_the_daemonset(self_name: str | None, limit: int, 
     async with FakeKubeApiServer(host="127.0.0.41") as api:
         api.pods = cluster()
         boot = KubernetesBootstrapper(
-            namespace="spegel", label_selector=SELECTOR, port=5001,
-            configuration=api.configuration(), self_name=self_name, limit=limit,
+            namespace="spegel",
+            label_selector=SELECTOR,
+            port=5001,
+            configuration=api.configuration(),
+            self_name=self_name,
+            limit=limit,
         )
         assert isinstance(boot, Bootstrapper)
         assert await boot.peers() == expected
