@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from fakes.kube_apiserver import FakeKubeApiServer, make_pod
 
@@ -109,3 +114,62 @@ async def test_outside_a_cluster_in_cluster_config_is_a_configuration_error(
     boot = KubernetesBootstrapper(namespace="spegel", label_selector=SELECTOR, port=5001)
     with pytest.raises(ConfigurationError):
         await boot.peers()
+
+
+async def test_libp2p_routers_meet_through_the_api_server(tmp_path: Path) -> None:
+    """Two spegel-py routers on one port (as in a DaemonSet), different IPs: each lists the pods,
+    dials the bare addresses (peer ids learned on dial) and finds the other's provider records."""
+    from spegel_py.routing.libp2p.router import Libp2pRouter
+
+    ips = ("127.0.0.51", "127.0.0.52")
+    port = _free_port_on(ips)
+    async with FakeKubeApiServer(host="127.0.0.41") as api:
+        api.pods = [make_pod(f"spegel-{i}", ip=ip, labels=LABELS) for i, ip in enumerate(ips)]
+        routers = [
+            Libp2pRouter(
+                listen_addrs=[f"/ip4/{ip}/tcp/{port}"],
+                data_dir=tmp_path / str(i),
+                registry_port=5000,
+                bootstrap=KubernetesBootstrapper(
+                    namespace="spegel", label_selector=SELECTOR, port=port,
+                    configuration=api.configuration(), self_name=f"spegel-{i}",
+                ),
+                bootstrap_interval=0.5,
+            )
+            for i, ip in enumerate(ips)
+        ]
+        try:
+            for router in routers:
+                await router.start()
+            await _eventually(lambda: all(r.ready() for r in routers))
+            await routers[0].advertise(["docker.io/library/nginx:1.25"])
+            found = [p async for p in routers[1].lookup("docker.io/library/nginx:1.25")]
+            assert [(p.peer_id, p.host) for p in found] == [(routers[0].peer_id, ips[0])]
+        finally:
+            for router in routers:
+                await router.close()
+
+
+def _free_port_on(ips: tuple[str, ...]) -> int:
+    """A TCP port free on every address (tried from the kernel's pick on the first)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind((ips[0], 0))
+            port = int(first.getsockname()[1])
+            try:
+                for ip in ips[1:]:
+                    with socket.socket() as other:
+                        other.bind((ip, port))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no common free port")
+
+
+async def _eventually(condition: Callable[[], bool], within: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            pytest.fail("condition not met in time")
+        await asyncio.sleep(0.02)
