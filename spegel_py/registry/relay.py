@@ -156,6 +156,7 @@ class PeerResponse:
         if moved == 0:
             raise PeerError(f"peer closed the connection with {self._remaining} body bytes missing")
         self._remaining -= moved
+        await asyncio.sleep(0)  # bytes were waiting: still let other streams and timers run
         return moved
 
     async def read_all(self, *, limit: int, stall_timeout: float) -> bytes:
