@@ -95,8 +95,10 @@ class MirrorSettings:
     # on a busy 2-core node the per-chunk thread hand-offs cost more CPU than they saved.
     hash_threads: int = 0
     # Relay whole-blob responses through kernel pipes (splice + tee) where Linux allows; the
-    # bytes are still hashed (from the tee'd copy) and the last chunk still held back.
-    splice: bool = True
+    # bytes are still hashed (from the tee'd copy) and the last chunk still held back. Off by
+    # default: bench/relay_bench.py measured no clear gain over the buffer path on 2 cores
+    # (relay CPU 1.76 vs 1.62 s/GiB), and it writes to the client socket behind aiohttp's back.
+    splice: bool = False
 
 
 class Mirror:

@@ -3,8 +3,10 @@
 Why: relaying through a user-space buffer costs two copies per byte (out of the peer's socket,
 into the client's) on top of hashing. ``splice(2)`` moves the bytes between the sockets through
 a pipe without copying them to user space, and ``tee(2)`` duplicates the pipe's contents into a
-second pipe, which is read (one copy) only to hash them. Measured on this 2-core machine in a
-prototype: about 1.3-1.8x the throughput of the copy path. Linux only; ``tee`` is not in
+second pipe, which is read (one copy) only to hash them. Measured on a busy 2-core machine: a
+bare prototype relayed 1.3-1.8x faster than recv_into + send, but inside the mirror
+(bench/relay_bench.py) the gain was within noise, so the mirror enables it only on request
+(``MirrorSettings.splice``). Linux only; ``tee`` is not in
 :mod:`os`, so it is called from libc through :mod:`ctypes`; where either is unavailable the
 mirror uses the buffer path (:func:`available` says which).
 
