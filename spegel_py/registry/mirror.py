@@ -1,21 +1,29 @@
 """The mirror path: serve a local miss from peers, fast, verified, and never hanging the client.
 
-The registry server calls :meth:`Mirror.fetch` for a request that missed locally and did not
-come from a peer (no ``X-Spegel-Mirrored: true``). The mirror looks the key up in the router,
-asks providers with ``X-Spegel-Mirrored: true`` (so they answer from local content only),
-hedges across them (:mod:`.hedging`), and returns once it has a good answer head, so a 404
-(containerd then falls back to the next host or upstream) comes before any byte is promised.
-Manifests, HEADs and small blobs are read and verified whole before the client sees anything;
-large blobs are relayed through a pooled buffer (:mod:`.relay`), hashed as they pass, continued
-from another provider with ``Range`` if a peer breaks off, and their last bytes are held back
-until the digest checks out: on a mismatch the client connection is dropped, so no client ever
-receives a complete wrong body.
+The registry server calls :meth:`Mirror.serve` (its ``Mirror`` seam) for a request that missed
+locally and did not come from a peer (no ``X-Spegel-Mirrored: true``). The mirror looks the key
+up in the router, asks providers with ``X-Spegel-Mirrored: true`` (so they answer from local
+content only), hedges across them (:mod:`.hedging`), and returns once it has a good answer head,
+so a 404 (containerd then falls back to the next host or upstream) comes before any byte is
+promised. Manifests, HEADs and small blobs are read and verified whole before the client sees
+anything; large blobs are relayed by :mod:`.blobstream` (pooled buffer or kernel pipes), hashed
+as they pass, continued from another provider with ``Range`` if a peer breaks off, and their
+last bytes are held back until the digest checks out: on a mismatch the client connection is
+dropped, so no client ever receives a complete wrong body.
 
 Tag policy (``resolve_tags`` / ``resolve_latest``): a tag is mutable, and a peer's copy of it may
 be older than upstream's. Tags are resolved by peers only when ``resolve_tags`` is on (the
 ``resolve`` capability in hosts.toml); ``:latest`` is never resolved by peers unless
-``resolve_latest`` is set, because it is the tag most likely to have moved. A tag that may not be
-resolved is a miss (404), and containerd asks upstream.
+``resolve_latest`` is set, because it is the tag most likely to have moved (Go Spegel's
+``--resolve-latest-tag`` defaults to true; spegel-py's default is the safer one). A tag that may
+not be resolved is a miss (404), and containerd asks upstream. The bytes of a tag's manifest are
+verified against the ``Docker-Content-Digest`` the peer reports, which must parse.
+
+Stale providers: a peer that refused, was unreachable within ``dial_timeout`` or answered 404 is
+remembered for the key (:mod:`.peerhealth`, seconds), and once every known provider failed the
+mirror waits for further ones only ``first_provider_timeout``; on loopback or a LAN a request
+whose providers are all dead or stale gets its 404 within 100 ms (a black-holed address costs
+one ``dial_timeout`` the first time). Slow peers are hedged around but not negative-cached.
 """
 
 from __future__ import annotations
