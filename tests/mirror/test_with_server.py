@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import Cluster
 from mirror_fakes import FakeRouter
 
 from spegel_py.metrics import Metrics
@@ -97,3 +98,19 @@ async def test_node_b_serves_node_a_content(nodes: tuple[Node, Node, FakeRouter]
         str(layer_digest),
         str(missing),
     ]
+
+
+async def test_resume_continues_from_a_real_registry_server(
+    nodes: tuple[Node, Node, FakeRouter], cluster: Cluster
+) -> None:
+    """The Range request a resume sends is answered by the real server in the form expected."""
+    a, b, router = nodes
+    layer = bytes(range(256)) * 12_000 + b"tail"
+    digest = a.store.add_blob(layer).digest
+    dying = await cluster.peer({str(digest): layer}, die_after=len(layer) // 3)
+    router.peers = [dying.peer, *router.peers]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{b.url}/v2/library/app/blobs/{digest}?ns=docker.io") as resp:
+            assert resp.status == 200
+            assert await resp.read() == layer
+    assert b.mirror is not None and b.mirror.stats.resumed == 1
