@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -48,6 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["py", "py-discard"],
         default="py-discard",
         help="cold-run client (see README)",
+    )
+    ap.add_argument(
+        "--quiet",
+        type=float,
+        default=0.85,
+        help="before each run wait (up to 60 s) until every CPU was this idle over 0.5 s; 0 = don't",
     )
     ap.add_argument(
         "--quiesce",
@@ -240,11 +247,17 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         streams,
                         sample_rss=label == "spegel-py" and streams > 1,
                         cpus=a.client_cpus,
+                        quiet=a.quiet,
                     )
                     runs[label].append(rec)
                     if evicts(label):
                         time.sleep(a.quiesce)  # a fixed delay of the server under test, not a race
-                    print(f"  {name:>11} round {r + 1} {label:<18} {rec['MiBps']:8.0f} MiB/s", flush=True)
+                    busy = " ".join(f"{c}={v['busy']:.2f}" for c, v in rec["cores"].items())
+                    print(
+                        f"  {name:>11} round {r + 1} {label:<18} {rec['MiBps']:8.0f} MiB/s"
+                        f"  idle before {rec['idle_before']}  busy {busy}",
+                        flush=True,
+                    )
             hot[name] = {lb: summarize(v) for lb, v in runs.items()}
             for lb in hot_labels:
                 if lb != "nginx":
@@ -272,6 +285,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         concurrency=conc,
                         discard=a.cold_client == "py-discard",
                         cpus=a.client_cpus,
+                        quiet=a.quiet,
                     )
                     result["cold"][f"{label} x{conc}"] = rec
                     print(
@@ -333,7 +347,15 @@ def main(argv: list[str] | None = None) -> int:
         print("needs root (cgroup and page-cache control)", file=sys.stderr)
         return 2
     a = parse_args(argv)
-    res = run(a)
+    os.makedirs(a.cache_dir, exist_ok=True)
+    with open(os.path.join(a.cache_dir, "lock"), "w") as lock:
+        # Runs share the blobs (and so their page cache): two at once would evict each other's.
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("another serve_bench run holds the blobs; waiting for it", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        res = run(a)
     out = table(res)
     print(out)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

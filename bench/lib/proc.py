@@ -7,6 +7,7 @@ CPU is utime + stime of every process in the tree (threads are included in a pro
 from __future__ import annotations
 
 import os
+import time
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -68,3 +69,50 @@ def tree_rss_kib(root: int) -> int:
         except OSError:
             continue
     return total
+
+
+def cpu_times() -> dict[str, list[int]]:
+    """Per-CPU jiffies from /proc/stat: ``{"cpu0": [user, nice, system, idle, iowait, irq,
+    softirq, steal, ...]}``. With the server and client pinned, the busy share of each core tells
+    whether a side was saturated, including softirq time (loopback's TCP receive work), which the
+    kernel may not charge to any process."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *values = line.split()
+                out[name] = [int(v) for v in values]
+    return out
+
+
+def busy_fractions(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """Share of each CPU's time between two :func:`cpu_times` readings spent busy, in softirq
+    and stolen by the hypervisor."""
+    out = {}
+    for cpu, b in before.items():
+        d = [x - y for x, y in zip(after[cpu], b, strict=False)]
+        total = sum(d[:8]) or 1
+        idle = d[3] + d[4]
+        out[cpu] = {
+            "busy": round((total - idle - d[7]) / total, 3),
+            "softirq": round(d[6] / total, 3),
+            "steal": round(d[7] / total, 3),
+        }
+    return out
+
+
+def wait_quiet(*, idle: float, window: float = 0.5, timeout: float = 60.0) -> float:
+    """Wait until every CPU was at least ``idle`` idle (0..1) over one ``window``; return the
+    lowest per-CPU idle share seen in the last window (lower than ``idle`` on timeout).
+
+    Other work on a small shared machine comes in bursts; starting each run in a lull keeps
+    most runs clean, and the value is recorded with the run so disturbed ones stay visible.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        before = cpu_times()
+        time.sleep(window)  # the measurement window itself
+        after = cpu_times()
+        lowest = min(1 - f["busy"] - f["steal"] for f in busy_fractions(before, after).values())
+        if lowest >= idle or time.monotonic() > deadline:
+            return round(lowest, 3)

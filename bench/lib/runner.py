@@ -101,17 +101,31 @@ CLIENTS = {"py": run_py_client, "py-discard": run_py_discard_client, "curl": run
 
 
 def hot_run(
-    client: str, server: Server, path: str, blob_file: str, streams: int, *, sample_rss: bool, cpus: str = ""
+    client: str,
+    server: Server,
+    path: str,
+    blob_file: str,
+    streams: int,
+    *,
+    sample_rss: bool,
+    cpus: str = "",
+    quiet: float = 0.0,
 ) -> dict[str, Any]:
-    """``streams`` concurrent GETs of one page-cached blob; server CPU and RSS around them."""
+    """``streams`` concurrent GETs of one page-cached blob; server CPU and RSS around them.
+
+    ``quiet``: first wait (bounded) for every CPU to be at least this idle (0 = don't wait).
+    """
     before = pagecache.resident_fraction([blob_file])
     if before < 1.0:
         pagecache.warm([blob_file])
+    idle = proc.wait_quiet(idle=quiet) if quiet > 0 else None
     sampler = Sampler(None, server.pids(), interval=0.005) if sample_rss else None
     cpu0 = server.cpu_seconds()
+    cores0 = proc.cpu_times()
     if sampler is not None:
         sampler.start()
     res = CLIENTS[client](server.addr, [path] * streams, concurrency=streams, cpus=cpus)
+    cores1 = proc.cpu_times()
     cpu1 = server.cpu_seconds()
     if sampler is not None:
         sampler.stop()
@@ -126,6 +140,8 @@ def hot_run(
         "client_cpu_seconds": res["client_cpu_seconds"],
         "resident_before": before,
         "resident_after": pagecache.resident_fraction([blob_file]),
+        "cores": proc.busy_fractions(cores0, cores1),
+        "idle_before": idle,
         "max_vmrss_kib": sampler.max_vmrss_kib if sampler is not None else None,
         "rss_samples": sampler.samples if sampler is not None else None,
     }
@@ -139,8 +155,10 @@ def cold_run(
     concurrency: int,
     discard: bool = True,
     cpus: str = "",
+    quiet: float = 0.0,
 ) -> dict[str, Any]:
     """Serve evicted blobs; sample the page cache charged to the server's cgroup throughout."""
+    idle = proc.wait_quiet(idle=quiet) if quiet > 0 else None
     for _ in range(5):  # a page still referenced (e.g. by a socket being torn down) survives once
         pagecache.evict(files)
         resident0 = pagecache.resident_fraction(files)
@@ -176,6 +194,7 @@ def cold_run(
         "vmrss_before_kib": rss0,
         "vmrss_peak_kib": sampler.max_vmrss_kib,
         "samples": sampler.samples,
+        "idle_before": idle,
         "series_MiB": _downsample(sampler.series, 50),
     }
 
