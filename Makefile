@@ -33,7 +33,7 @@ lint: venv
 
 # pytest exit status 5 means "no tests collected": not a failure of the code under test.
 test: deps venv lint
-	$(VENV)/bin/pytest -ra $(PYTEST_ARGS); status=$$?; \
+	$(VENV)/bin/pytest -ra --durations=15 $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest: no tests collected"; status=0; fi; exit $$status
 
 demo: deps venv
