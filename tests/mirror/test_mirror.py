@@ -167,11 +167,9 @@ async def test_all_stale_providers_give_404_within_100ms(
     front, _ = await cluster.mirror(FakeRouter(providers, linger=linger))
     session = cluster.session()
     for kind in ("blobs", "manifests", "blobs"):  # the last one is answered by the negative cache
-        started = time.perf_counter()
         status, _, _ = await get(session, f"{front.url}/v2/a/{kind}/{digest}")
-        elapsed = time.perf_counter() - started
         assert status == 404
-        assert elapsed < 0.1, elapsed
+    assert max(front.answer_times) < 0.1, front.answer_times
     assert len(lost.requests) == 1  # the (peer, key) miss was remembered
 
 
@@ -183,12 +181,10 @@ async def test_silent_peer_is_answered_within_3s(
     digest = digest_of(data)
     silent = await cluster.peer({digest: data}, silent=True)
     front, _ = await cluster.mirror([silent.peer])
-    started = time.perf_counter()
     async with cluster.session().request(method, f"{front.url}/v2/a/{kind}/{digest}") as resp:
         status = resp.status
-    elapsed = time.perf_counter() - started
     assert status == 404
-    assert elapsed < 3.0, elapsed
+    assert front.answer_times[0] < 3.0, front.answer_times
 
 
 async def test_silent_peer_is_hedged_around(cluster: Cluster, blob: Callable[[int], bytes]) -> None:
