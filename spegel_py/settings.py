@@ -196,8 +196,8 @@ class RegistrySettings:
         "(spegel-py) Drop served blob pages from the page cache behind each stream (bounds memory).",
         parse_bool, boolean=True)
     page_cache_eviction_lag: int = option(
-        "--page-cache-eviction-lag", "PAGE_CACHE_EVICTION_LAG", 8 << 20,
-        "(spegel-py) Bytes kept behind the send offset (still in socket buffers), e.g. 8MiB.", parse_size)
+        "--page-cache-eviction-lag", "PAGE_CACHE_EVICTION_LAG", 4 << 20,
+        "(spegel-py) Bytes kept cached behind the send offset (socket buffers still hold them).", parse_size)
     store_timeout: float = option("--store-timeout", "STORE_TIMEOUT", 2.0,
                                   "(spegel-py) Bound on each content-store call; past it: 503.",
                                   parse_duration)

@@ -102,7 +102,7 @@ def test_defaults_are_spegels() -> None:
     assert s.mirror_resolve_retries == 3
     assert s.debug_web_enabled is True
     assert s.mirrored_registries == () and s.registry_filters == ()
-    assert s.page_cache_eviction is True and s.page_cache_eviction_lag == 8 << 20
+    assert s.page_cache_eviction is True and s.page_cache_eviction_lag == 4 << 20
     assert load(GlobalSettings, {}, {}).log_level == "INFO"
 
 

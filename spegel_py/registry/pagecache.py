@@ -28,11 +28,12 @@ from spegel_py.registry.residency import GRANULE, resident_granules
 Advise = Callable[[int, int, int], None]
 Residency = Callable[[int, int], "bytes | None"]
 
-DEFAULT_LAG = 8 * 1024 * 1024
+DEFAULT_LAG = 4 * 1024 * 1024
+ALIGN = 2 * 1024 * 1024  # the largest page-cache folio on x86-64 (a PMD)
 # Eviction is batched: a stream advises only when at least this much became evictable.
 DEFAULT_STEP = 2 * 1024 * 1024
 # Pages still referenced by socket buffers when the last stream ends survive the first advice;
-# they are advised again after this delay, through a duplicated descriptor.
+# they are advised again (at 1/20, 1/4 and all of this delay) through a duplicated descriptor.
 DEFAULT_SETTLE = 1.0
 # Bound on files waiting for their delayed second pass (each holds one descriptor).
 MAX_SETTLING = 256
@@ -82,7 +83,16 @@ class Stream:
         for other in file.streams:
             if other is not self and other.end > self._evicted and other.offset < limit + coordinator.lag:
                 limit = min(limit, other.offset - coordinator.lag)
+        # Windows end on ALIGN boundaries: the page cache may hold a file in large folios (up to
+        # 2 MiB), and DONTNEED drops only folios that lie wholly inside the advised range.
+        limit -= limit % ALIGN
         if limit - self._evicted >= coordinator.step:
+            # The window advised reaches ``retry`` bytes further back than what is new: pages
+            # still referenced by socket buffers (a loopback receive queue can hold tens of MiB)
+            # survive one advice and are dropped by a later one, once the client has read them.
+            # Re-advising dropped pages is cheap: the kernel walks only pages still cached.
+            low = max(self.start, self._evicted - coordinator.retry)
+            coordinator.evict(self.fd, low, self._evicted - low, file.resident, count=False)
             coordinator.evict(self.fd, self._evicted, limit - self._evicted, file.resident)
             self._evicted = limit
 
@@ -116,6 +126,8 @@ class PageCacheCoordinator:
         self.enabled = enabled
         self.lag = lag
         self.step = step
+        # How far behind the newly evictable window each advice reaches again (see advance).
+        self.retry = 8 * lag
         self._settle = settle
         self._advise = advise
         self._residency = residency
@@ -194,15 +206,28 @@ class PageCacheCoordinator:
         except (RuntimeError, OSError):  # no loop (sync use) or out of descriptors: skip the 2nd pass
             return
 
+        # Passes at growing delays: on loopback a client's receive queue (up to tens of MiB)
+        # holds pages until the client reads them, often within milliseconds, rarely later.
+        delays = [self._settle / 20, self._settle / 4, self._settle]
+
         def again() -> None:
-            self._settling.pop(dup, None)
+            final = len(delays) == 1
             try:
                 for start, end in ranges:  # not counted: these bytes were counted on the first pass
                     self.evict(dup, start, end - start, resident, count=False)
             finally:
-                os.close(dup)
+                if final:
+                    self._settling.pop(dup, None)
+                    os.close(dup)
+                else:
+                    previous = delays.pop(0)
+                    self._settling[dup] = (loop.call_later(delays[0] - previous, again), final_pass)
 
-        self._settling[dup] = (loop.call_later(self._settle, again), again)
+        def final_pass() -> None:
+            delays[:] = delays[-1:]
+            again()
+
+        self._settling[dup] = (loop.call_later(delays[0], again), final_pass)
 
     def close(self) -> None:
         """Run pending second passes now and release their descriptors (at shutdown)."""

@@ -70,11 +70,14 @@ def test_one_stream_evicts_lag_behind_then_everything_at_close(blob_fd: int) -> 
     assert len(rec.calls) == 1
     stream.advance(40 * MiB)
     assert rec.covered() == 36 * MiB
+    # windows are advised again further behind (pages in socket buffers survive the first advice)
+    assert (0, 6 * MiB) in rec.spans()[1:] or any(lo == 0 and hi >= 6 * MiB for lo, hi in rec.spans()[2:])
     stream.close()
     assert rec.spans()[-1] == (0, 64 * MiB)  # last out: the whole range it read
     assert coord.in_flight(blob_fd) == 0
+    calls = len(rec.calls)
     stream.close()  # idempotent
-    assert rec.spans()[-1] == (0, 64 * MiB) and len(rec.calls) == 3
+    assert len(rec.calls) == calls
 
 
 def test_leader_does_not_evict_what_a_trailing_stream_still_needs(blob_fd: int) -> None:
