@@ -87,7 +87,9 @@ class MirrorSettings:
     resolve_tags: bool = True  # let peers resolve tags at all
     resolve_latest: bool = False  # ... including ``:latest`` (off: it moves the most)
     lookup_limit: int = 4  # providers asked from the router per key
-    first_provider_timeout: float = 0.05  # wait this long for the router's first provider
+    # Wait this long for the router's first (or, once all failed, next) provider; Go Spegel's
+    # --mirror-resolve-timeout defaults to 20ms too.
+    first_provider_timeout: float = 0.02
     hedge_delay: float = 0.03  # start another peer if none answered within this (~p80 on a LAN)
     dial_timeout: float = 0.2  # TCP connect to a peer
     # From request sent to response head, per peer. Slow peers are hedged around, not dropped:
