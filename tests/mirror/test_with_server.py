@@ -114,3 +114,39 @@ async def test_resume_continues_from_a_real_registry_server(
             assert resp.status == 200
             assert await resp.read() == layer
     assert b.mirror is not None and b.mirror.stats.resumed == 1
+
+
+async def test_mirror_finds_peers_through_a_memory_router(no_leaks: None) -> None:
+    """The whole seam with the project's own in-memory router: A advertises, B's mirror finds A."""
+    from spegel_py.routing.memory import MemoryNetwork, MemoryRouter
+
+    network = MemoryNetwork()
+    a = await start_node("127.0.0.2", MemoryStore(), None)
+    router_a = MemoryRouter(network, peer_id="a", host="127.0.0.2", port=a.port)
+    b_router = MemoryRouter(network, peer_id="b", host="127.0.0.3", port=0)
+    mirror = Mirror(b_router, client=PeerClient(), pool=BufferPool(count=2, size=64 * 1024))
+    b = await start_node("127.0.0.3", MemoryStore(), mirror)
+    try:
+        layer = bytes(range(256)) * 4096
+        manifest = b'{"schemaVersion":2}'
+        layer_digest = a.store.add_blob(layer).digest
+        manifest_digest = a.store.add_blob(manifest).digest
+        a.store.tag("docker.io/library/app:v2", manifest_digest)
+        await router_a.advertise([str(layer_digest), str(manifest_digest), "docker.io/library/app:v2"])
+        async with aiohttp.ClientSession() as session:
+            for path, expected in [
+                ("manifests/v2?ns=docker.io", manifest),
+                (f"blobs/{layer_digest}?ns=docker.io", layer),
+            ]:
+                async with session.get(f"{b.url}/v2/library/app/{path}") as resp:
+                    assert resp.status == 200
+                    assert await resp.read() == expected
+            await router_a.withdraw([str(layer_digest)])
+            async with session.get(f"{b.url}/v2/library/app/blobs/{layer_digest}?ns=docker.io") as resp:
+                assert resp.status == 404
+    finally:
+        for node in (b, a):
+            await node.runner.cleanup()
+        await mirror.close()
+        await router_a.close()
+        await b_router.close()
