@@ -177,3 +177,34 @@ async def test_many_requests_on_one_server_stay_correct(served: tuple[RawClient,
 
 async def test_registry_constant_matches_tags() -> None:
     assert REGISTRY == "127.0.0.1:5000"
+
+
+async def test_keep_alive_connection_serves_many_responses(served: tuple[RawClient, Content, object]) -> None:
+    """containerd reuses connections: a sendfile body must leave the connection clean for the next."""
+    import aiohttp
+
+    client, content, _ = served
+    base = f"http://{client.host}:{client.port}"
+    created: list[object] = []
+    trace = aiohttp.TraceConfig()
+
+    async def on_create(*_: object) -> None:
+        created.append(1)
+
+    trace.on_connection_create_end.append(on_create)
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+        for _ in range(2):
+            async with session.get(f"{base}/v2/x/blobs/{content.layer}") as resp:
+                assert resp.status == 200
+                assert hashlib.sha256(await resp.read()).hexdigest() == content.layer.hex
+            async with session.get(f"{base}/v2/test/small/manifests/v1{NS}") as resp:
+                assert resp.status == 200 and await resp.read() == content.data[content.manifest]
+            async with session.head(f"{base}/v2/x/blobs/{content.layer}") as resp:
+                assert resp.status == 200
+            ranged = {"Range": "bytes=-3"}
+            async with session.get(f"{base}/v2/x/blobs/{content.layer}", headers=ranged) as resp:
+                assert resp.status == 206 and await resp.read() == content.data[content.layer][-3:]
+            async with session.get(f"{base}/v2/x/blobs/sha256:{'0' * 64}") as resp:
+                assert resp.status == 404
+    assert len(created) == 1  # everything above went over one connection
