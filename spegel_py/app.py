@@ -180,3 +180,6 @@ def run_registry(settings: RegistrySettings) -> int:
     except SpegelError as exc:
         log.error("stopped on error", extra={"error": str(exc)})
         return EXIT_FAILURE
+    except Exception:  # a bug: report it as one JSON log line (with its traceback), exit 1
+        log.exception("crashed")
+        return EXIT_FAILURE
