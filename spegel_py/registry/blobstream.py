@@ -24,16 +24,10 @@ from spegel_py.oci.digest import Digest
 from spegel_py.registry import splice
 from spegel_py.registry.bufferpool import BufferPool
 from spegel_py.registry.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
+from spegel_py.registry.peerclient import PeerClient, PeerError, PeerResponse, PeerTimeoutError
 from spegel_py.registry.peerhealth import PeerHealth
 from spegel_py.registry.ranges import Unsatisfiable, parse_range
-from spegel_py.registry.relay import (
-    PeerClient,
-    PeerError,
-    PeerResponse,
-    PeerTimeoutError,
-    ResponseSink,
-    StreamHasher,
-)
+from spegel_py.registry.relay import ResponseSink, StreamHasher
 from spegel_py.routing.base import Peer
 
 if TYPE_CHECKING:  # annotations only: mirror.py imports this module

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from spegel_py.errors import NotFoundError, RoutingError
+from spegel_py.registry.peerclient import PeerError, PeerTimeoutError
 from spegel_py.registry.peerhealth import PeerHealth
-from spegel_py.registry.relay import PeerError, PeerTimeoutError
 from spegel_py.routing.base import Peer, Router
 
 T = TypeVar("T")

@@ -45,9 +45,10 @@ from spegel_py.oci.paths import DistributionPath, Kind
 from spegel_py.registry.blobstream import MIRRORED_HEADER, BlobStream
 from spegel_py.registry.bufferpool import BufferPool, BufferPoolExhaustedError
 from spegel_py.registry.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
+from spegel_py.registry.peerclient import PeerClient, PeerError, PeerResponse
 from spegel_py.registry.peerhealth import PeerHealth
 from spegel_py.registry.ranges import Unsatisfiable, parse_range
-from spegel_py.registry.relay import PeerClient, PeerError, PeerResponse, StreamHasher
+from spegel_py.registry.relay import StreamHasher
 from spegel_py.routing.base import Peer, Router
 
 

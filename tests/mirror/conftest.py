@@ -15,8 +15,8 @@ from mirror_fakes import FakePeer, FakeRouter, Front, Knobs
 
 from spegel_py.registry.bufferpool import BufferPool
 from spegel_py.registry.mirror import Mirror, MirrorSettings
+from spegel_py.registry.peerclient import PeerClient
 from spegel_py.registry.peerhealth import PeerHealth
-from spegel_py.registry.relay import PeerClient
 from spegel_py.routing.base import Peer
 
 

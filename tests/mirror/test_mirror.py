@@ -311,7 +311,7 @@ async def test_registry_filters_and_result_hook(
 
     from spegel_py.oci.filters import RegistryFilter
     from spegel_py.registry.mirror import Mirror, MirrorSettings
-    from spegel_py.registry.relay import PeerClient
+    from spegel_py.registry.peerclient import PeerClient
 
     data = blob(500)
     digest = digest_of(data)

@@ -18,7 +18,7 @@ from spegel_py.oci.digest import Digest
 from spegel_py.registry.bufferpool import BufferPool
 from spegel_py.registry.mirror import Mirror, MirrorSettings
 from spegel_py.registry.pagecache import PageCacheCoordinator
-from spegel_py.registry.relay import PeerClient
+from spegel_py.registry.peerclient import PeerClient
 from spegel_py.registry.server import RegistryServer
 from spegel_py.routing.base import Peer
 from spegel_py.store.memory import MemoryStore
