@@ -92,3 +92,42 @@ async def test_a_file_shorter_than_promised_is_an_error(
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_each_writable_event_sends_one_bounded_chunk(
+    pair: tuple[socket.socket, socket.socket], blob: tuple[int, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that drains as fast as we send must not let one body monopolise the event loop."""
+    import types
+
+    from spegel_py.registry import sendfile as module
+
+    calls: list[int] = []
+    ticks: list[int] = []
+
+    def always_complete(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        calls.append(count)
+        ticks.append(len(calls))
+        return count  # as if the socket never filled up
+
+    monkeypatch.setattr(
+        module, "os", types.SimpleNamespace(sendfile=always_complete, dup=os.dup, close=os.close)
+    )
+    server, _ = pair
+    fd, _ = blob
+    interleaved: list[int] = []
+    loop = asyncio.get_running_loop()
+    stop = False
+
+    def tick() -> None:
+        interleaved.append(len(calls))
+        if not stop:
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+    await send_range(server.fileno(), fd, 0, 64 * MiB)
+    stop = True
+    assert max(calls) <= module.CHUNK
+    assert len(calls) == 64 * MiB // module.CHUNK
+    # other callbacks ran between the chunks, not only before and after the whole body
+    assert len(set(interleaved)) >= len(calls) // 2
