@@ -14,6 +14,7 @@ in clusters of up to a few hundred nodes a lookup needs one round of queries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
@@ -163,14 +164,17 @@ class DhtNode:
     async def connect(self, addr: str) -> bytes | None:
         """Dial ``addr`` (``/p2p/<id>`` optional), verify it speaks the DHT, learn its peers."""
         maddr, pid = split_p2p(addr)
-        if pid is not None and (pid.to_bytes() == self._id or pid.to_bytes() in self.table):
-            return pid.to_bytes()
+        if pid is not None and pid.to_bytes() == self._id:
+            return None
+        # a known peer is walked again: a bootstrap round is also how a young node, whose first
+        # walk came back before the seed had identified its other peers, learns the cluster
         remote = await self._dial(maddr, pid)
         rb = remote.to_bytes()
         if rb == self._id:
             return None
         self._note_addrs(rb, (bytes(maddr.to_bytes()),))
         await self._walk(remote, self._id)
+        await self._walk(remote, random.randbytes(32))
         return rb
 
     async def _dial(self, maddr: multiaddr.Multiaddr, pid: ID | None) -> ID:
@@ -254,12 +258,29 @@ class DhtNode:
         rb = peer.to_bytes()
         if self.table.remove(rb) is None:
             return
+        if not self._stop.is_set() and self._addrs.get(rb):
+            # Two peers that dial each other at once can each close a different one of the two
+            # connections (py-libp2p keeps one per peer), leaving none; a dead peer simply
+            # fails this one attempt. Jitter keeps the two sides from colliding again.
+            with contextlib.suppress(RoutingError):
+                self._spawn(self._redial, peer)
         sender = self._senders.pop(rb, None)
         if sender is not None:
             sender.close()
         pool = self._pools.pop(rb, None)
         if pool is not None:
             pool.close()
+
+    async def _redial(self, peer: ID) -> None:
+        await trio.sleep(random.uniform(0.05, 1.0))
+        addrs = [a for a in self._addrs.get(peer.to_bytes(), ()) if addr_ip(a) is not None]
+        if not addrs or peer.to_bytes() in self.table:
+            return
+        try:
+            await self._dial(multiaddr.Multiaddr(addrs[0]), peer)
+            await self._walk(peer, self._id)
+        except (RoutingError, trio.TooSlowError) as exc:
+            log.debug("redial of %s failed: %s", peer, exc)
 
     def _pool(self, peer: ID) -> RequestPool:
         rb = peer.to_bytes()
@@ -347,10 +368,13 @@ class DhtNode:
                 await self._send(list(self._advertised))
             peers = self.table.peers()
             for e in random.sample(peers, min(3, len(peers))):
-                try:
-                    await self._walk(ID(e.id), self._id)
-                except (RoutingError, trio.TooSlowError) as exc:
-                    log.debug("refresh walk at %s failed: %s", e.b58, exc)
+                # our own id finds our neighbours; a random target finds peers elsewhere in the
+                # keyspace, so the table converges to the whole cluster
+                for target in (self._id, random.randbytes(32)):
+                    try:
+                        await self._walk(ID(e.id), target)
+                    except (RoutingError, trio.TooSlowError) as exc:
+                        log.debug("refresh walk at %s failed: %s", e.b58, exc)
 
     # -- lookups ---------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
+from libp2p.rcmgr.manager import ResourceLimits, ResourceManager
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
@@ -92,6 +93,23 @@ def build_host(seed: bytes, tcp: TCP) -> IHost:
         muxer_opt={TProtocol(YAMUX_ID): Yamux},
         connection_config=ConnectionConfig(max_connections_per_peer=1),
         transports=[tcp],
+        resource_manager=_resource_manager(),
+    )
+
+
+def _resource_manager() -> ResourceManager:
+    """py-libp2p's resource manager with its heuristics off (connection rate limits, circuit
+    breaker, memory guesses): they refuse streams and connections under bursts that are normal
+    here (every node dialling every node at start) and cost CPU per stream. Limits that matter
+    are ours: one connection per peer, a few streams each, bounded dial concurrency."""
+    return ResourceManager(
+        limits=ResourceLimits(max_connections=4096, max_memory_mb=4096, max_streams=65536),
+        enable_metrics=False,
+        enable_connection_tracking=False,
+        enable_memory_limits=False,
+        enable_circuit_breaker=False,
+        enable_graceful_degradation=False,
+        enable_rate_limiting=False,
     )
 
 
@@ -129,6 +147,8 @@ async def dial(
         try:
             await swarm.dial_addr(addr, peer_id, source)
         except Exception as exc:  # py-libp2p raises SwarmException, OSError, trio errors...
+            if swarm.connections.get(peer_id):  # the peer dialled us at the same moment and won
+                return peer_id
             raise RoutingError(f"dial {addr}/p2p/{peer_id} failed: {exc}") from exc
         return peer_id
     transport = swarm.transport_manager.transport_for_dialing(addr)
