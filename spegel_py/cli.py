@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="spegel-py", description="Node-local P2P OCI image mirror, compatible with Spegel.")
     _add_options(parser, GlobalSettings)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    registry = sub.add_parser("registry", help="Serve this node's content over the OCI distribution API.",
-                              description=RegistrySettings.__doc__)
+    summary = "Serve this node's content (and, once mirroring lands, its peers') over the OCI pull API."
+    registry = sub.add_parser("registry", help=summary, description=summary)
     _add_options(registry, GlobalSettings, suppress_default=True)
     _add_options(registry, RegistrySettings)
     version = sub.add_parser("version", help="Print the version.")

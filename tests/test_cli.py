@@ -121,3 +121,15 @@ def test_the_harness_command_line_parses() -> None:
         ]
     )
     assert args.registry_addr == "127.0.0.11:5000" and args.containerd_content_path == "/var/x"
+
+
+def test_flag_beats_env_beats_default_through_the_parser() -> None:
+    from spegel_py.settings import RegistrySettings, load
+
+    args = vars(build_parser().parse_args(["registry", "--metrics-addr", "127.0.0.9:1"]))
+    env = {"METRICS_ADDR": "127.0.0.8:2", "REGISTRY_ADDR": "127.0.0.8:3", "PAGE_CACHE_EVICTION": "false"}
+    settings = load(RegistrySettings, args, env)
+    assert settings.metrics_addr == "127.0.0.9:1"
+    assert settings.registry_addr == "127.0.0.8:3"
+    assert settings.page_cache_eviction is False
+    assert settings.router_addr == ":5001"
