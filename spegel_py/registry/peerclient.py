@@ -239,6 +239,8 @@ class PeerClient:
                 self.reuses_total += 1
                 return conn
             self._close(conn)
+        if self._slots.locked():
+            self._evict_one_idle()  # an idle socket to another peer must not block a new dial
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(dial_timeout):
@@ -304,6 +306,15 @@ class PeerClient:
         if len(early) > remaining:
             raise PeerError("peer sent more bytes than its Content-Length")
         return PeerResponse(status, headers, length, self, conn, early, remaining, keep_alive)
+
+    def _evict_one_idle(self) -> None:
+        oldest: _Conn | None = None
+        for idle in self._idle.values():
+            if idle and (oldest is None or idle[0].idle_since < oldest.idle_since):
+                oldest = idle[0]
+        if oldest is not None:
+            self._idle[oldest.peer_key].remove(oldest)
+            self._close(oldest)
 
     def _give_back(self, conn: _Conn, *, reusable: bool) -> None:
         if not reusable or self._closed:

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from conftest import Cluster
+from mirror_fakes import digest_of
 
 from spegel_py.registry.bufferpool import BufferPool, BufferPoolExhaustedError
 from spegel_py.registry.peerhealth import PeerHealth
@@ -87,3 +89,24 @@ def test_peer_health_is_bounded() -> None:
         health.record_miss(peer, key)
     assert health.usable(peer, "k1")  # the oldest miss was forgotten
     assert not health.usable(peer, "k4")
+
+
+async def test_peer_client_evicts_an_idle_connection_when_at_its_bound(cluster: Cluster) -> None:
+    from spegel_py.registry.peerclient import PeerClient
+
+    a = await cluster.peer({digest_of(b"x"): b"x"})
+    b = await cluster.peer({digest_of(b"x"): b"x"})
+    client = PeerClient(max_connections=1)
+    try:
+        for peer in (a.peer, b.peer, a.peer):
+            resp = await client.request(
+                peer, "GET", f"/v2/r/blobs/{digest_of(b'x')}", {}, dial_timeout=1, first_byte_timeout=1
+            )
+            assert resp.status == 200
+            assert await resp.read_all(limit=10, stall_timeout=1) == b"x"
+            resp.release()
+            assert client.open_connections == 1
+        assert client.dials_total == 3
+    finally:
+        await client.close()
+    assert client.open_connections == 0
