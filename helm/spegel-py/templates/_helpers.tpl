@@ -8,18 +8,18 @@ Names, labels and the few computed values every template shares.
 {{- end }}
 
 {{/*
-Full name of the release's objects. Truncated to 52 characters (not 63) so that suffixed names
-such as "<fullname>-bootstrap" and "<fullname>-cleanup-wait" still fit a DNS label.
+Full name of the release's objects. Truncated to 50 characters (not 63) so that suffixed names
+such as "<fullname>-cleanup-wait" (13 more) still fit a DNS label.
 */}}
 {{- define "spegel-py.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}

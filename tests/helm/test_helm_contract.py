@@ -1,0 +1,243 @@
+"""What the chart promises the node, with concrete values: the DaemonSet's containers, mounts and
+security, the Services containerd and the peers use, the uninstall hook, and that every selector
+selects what it should (a selector typo renders fine and breaks silently in a cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import helm_python as helm
+import pytest
+from helmsupport import CHART_DIR, NAMESPACE, Rendered, full_name, pod_specs, render
+
+Obj = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def defaults(chart: helm.Chart) -> Rendered:
+    return render(chart)
+
+
+def _main_pod(rendered: Rendered) -> Obj:
+    spec: Obj = rendered.named("DaemonSet", full_name())["spec"]["template"]["spec"]
+    return spec
+
+
+def _container(pod: Obj, name: str) -> Obj:
+    (found,) = [c for c in [*pod.get("initContainers", []), *pod["containers"]] if c["name"] == name]
+    return found
+
+
+def _arg(container: Obj, flag: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in container["args"] if a.split("=", 1)[0] == flag]
+
+
+def _mounts(container: Obj) -> dict[str, Obj]:
+    return {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+
+
+def _host_paths(pod: Obj) -> dict[str, Obj]:
+    return {v["name"]: v["hostPath"] for v in pod["volumes"] if "hostPath" in v}
+
+
+def test_init_container_configures_containerd_for_the_node_local_mirror(defaults: Rendered) -> None:
+    pod = _main_pod(defaults)
+    init = _container(pod, "configuration")
+    assert init["args"][0] == "configuration"
+    # hostPort first (no kube-proxy hop), then the NodePort; $(NODE_IP) is expanded by the kubelet.
+    assert _arg(init, "--mirror-targets") == ["http://$(NODE_IP):30021", "http://$(NODE_IP):30020"]
+    assert {"name": "NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}} in init["env"]
+    assert _arg(init, "--containerd-registry-config-path") == ["/etc/containerd/certs.d"]
+    assert _arg(init, "--mirrored-registries")[0] == "https://docker.io"
+    certs_d = _mounts(init)["/etc/containerd/certs.d"]
+    assert (
+        not certs_d.get("readOnly") and _host_paths(pod)[certs_d["name"]]["path"] == "/etc/containerd/certs.d"
+    )
+    # config.toml is read through its directory, read-only, at the path the flag names.
+    (config,) = _arg(init, "--containerd-config")
+    config_mount = _mounts(init)[config.rsplit("/", 1)[0]]
+    assert config_mount["readOnly"] is True
+    assert _host_paths(pod)[config_mount["name"]]["path"] == "/etc/containerd"
+
+
+def test_registry_container_serves_from_containerd_with_probes_and_identity(defaults: Rendered) -> None:
+    pod = _main_pod(defaults)
+    registry = _container(pod, "registry")
+    assert registry["args"][0] == "registry"
+    assert _arg(registry, "--registry-addr") == [":5000"]
+    assert _arg(registry, "--router-addr") == [":5001"]
+    assert _arg(registry, "--metrics-addr") == [":9090"]
+    assert _arg(registry, "--bootstrap-kind") == ["dns"]
+    assert _arg(registry, "--dns-bootstrap-domain") == [
+        f"{full_name('bootstrap')}.{NAMESPACE}.svc.cluster.local."
+    ]
+    ports = {p["name"]: p for p in registry["ports"]}
+    assert ports["registry"] == {
+        "name": "registry",
+        "containerPort": 5000,
+        "hostPort": 30021,
+        "protocol": "TCP",
+    }
+    assert ports["router"]["containerPort"] == 5001 and ports["metrics"]["containerPort"] == 9090
+    assert registry["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "registry"}
+    assert registry["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "registry"}
+    assert registry["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "registry"}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in registry["env"]}
+    assert env == {
+        "POD_IP": "status.podIP",
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+        "NODE_IP": "status.hostIP",
+    }
+    assert registry["resources"]["limits"]["memory"] == "256Mi"
+    assert "cpu" not in registry["resources"]["limits"]
+
+
+# flag -> (host path type, read-only in the registry container)
+HOST_MOUNTS = {
+    "--containerd-sock": ("Socket", False),
+    "--containerd-content-path": ("Directory", True),
+    "--data-dir": ("DirectoryOrCreate", False),
+}
+
+
+@pytest.mark.parametrize("flag", HOST_MOUNTS)
+def test_registry_host_paths_match_its_flags(defaults: Rendered, flag: str) -> None:
+    pod = _main_pod(defaults)
+    registry = _container(pod, "registry")
+    (path,) = _arg(registry, flag)
+    mount = _mounts(registry)[path]
+    host_path = _host_paths(pod)[mount["name"]]
+    kind, read_only = HOST_MOUNTS[flag]
+    assert host_path == {"path": path, "type": kind}
+    assert bool(mount.get("readOnly")) is read_only
+
+
+def test_containers_drop_every_capability_and_write_nothing_outside_mounts(defaults: Rendered) -> None:
+    for workload, pod in pod_specs(defaults):
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            context = container["securityContext"]
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["privileged"] is False, where
+            # Root only where host files owned by root are touched; cleanup-wait only probes.
+            assert context["runAsUser"] == (65534 if container["name"] == "cleanup-wait" else 0), where
+
+
+def test_registry_service_is_a_node_local_node_port(defaults: Rendered) -> None:
+    service = defaults.named("Service", full_name())
+    spec = service["spec"]
+    assert spec["type"] == "NodePort"
+    assert spec["internalTrafficPolicy"] == "Local" and spec["externalTrafficPolicy"] == "Local"
+    assert spec["ports"] == [
+        {"name": "registry", "port": 5000, "targetPort": "registry", "nodePort": 30020, "protocol": "TCP"}
+    ]
+
+
+def test_bootstrap_service_is_headless_and_lists_unready_pods(defaults: Rendered) -> None:
+    spec = defaults.named("Service", full_name("bootstrap"))["spec"]
+    assert spec["clusterIP"] == "None" and spec["publishNotReadyAddresses"] is True
+    assert [p["port"] for p in spec["ports"]] == [5001]
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize(
+    ("service", "workload"),
+    [("", ""), ("bootstrap", ""), ("metrics", ""), ("cleanup", "cleanup")],
+)
+def test_service_selectors_pick_exactly_their_pods(defaults: Rendered, service: str, workload: str) -> None:
+    selector = defaults.named("Service", full_name(service))["spec"]["selector"]
+    for daemonset in defaults.of_kind("DaemonSet"):
+        labels = daemonset["spec"]["template"]["metadata"]["labels"]
+        assert _selects(selector, labels) is (daemonset["metadata"]["name"] == full_name(workload))
+        # A DaemonSet's own selector must match its pods, and only its own.
+        for other in defaults.of_kind("DaemonSet"):
+            other_labels = other["spec"]["template"]["metadata"]["labels"]
+            same = other is daemonset
+            assert _selects(daemonset["spec"]["selector"]["matchLabels"], other_labels) is same
+
+
+def test_service_monitor_and_network_policy_select_the_right_objects(chart: helm.Chart) -> None:
+    rendered = render(chart, {"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True}})
+    (monitor,) = rendered.of_kind("ServiceMonitor")
+    services = [
+        s
+        for s in rendered.of_kind("Service")
+        if _selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
+    assert [s["metadata"]["name"] for s in services] == [full_name("metrics")]
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (policy,) = rendered.of_kind("NetworkPolicy")
+    main_labels = rendered.named("DaemonSet", full_name())["spec"]["template"]["metadata"]["labels"]
+    assert _selects(policy["spec"]["podSelector"]["matchLabels"], main_labels)
+    named_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule.get("ports", [])}
+    assert {"registry", "router", "metrics"} <= named_ports
+
+
+def test_kubernetes_bootstrap_selector_selects_this_daemonset(chart: helm.Chart) -> None:
+    rendered = render(chart, {"bootstrap": {"kind": "kubernetes"}})
+    registry = _container(_main_pod(rendered), "registry")
+    (selector,) = [a.split("=", 1)[1] for a in registry["args"] if a.startswith("--kubernetes-")]
+    wanted = dict(term.split("=", 1) for term in selector.split(","))
+    main_labels = rendered.named("DaemonSet", full_name())["spec"]["template"]["metadata"]["labels"]
+    cleanup_labels = rendered.named("DaemonSet", full_name("cleanup"))["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert _selects(wanted, main_labels) and not _selects(wanted, cleanup_labels)
+
+
+def test_cleanup_hook_waits_for_every_node_after_delete(defaults: Rendered) -> None:
+    hook_objects = [o for o in defaults.objects if "helm.sh/hook" in o["metadata"].get("annotations", {})]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in hook_objects) == [
+        ("DaemonSet", full_name("cleanup")),
+        ("Job", full_name("cleanup-wait")),
+        ("Service", full_name("cleanup")),
+    ]
+    weights = {}
+    for obj in hook_objects:
+        annotations = obj["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "post-delete"
+        assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+        weights[obj["kind"]] = int(annotations["helm.sh/hook-weight"])
+    assert weights["Job"] > weights["DaemonSet"]  # the waiter starts after the cleaners
+    cleanup_pod = defaults.named("DaemonSet", full_name("cleanup"))["spec"]["template"]["spec"]
+    (cleanup,) = cleanup_pod["containers"]
+    assert cleanup["args"][0] == "cleanup" and _arg(cleanup, "--addr") == [":8080"]
+    assert cleanup["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    service = defaults.named("Service", full_name("cleanup"))["spec"]
+    assert service["clusterIP"] == "None" and service["publishNotReadyAddresses"] is True
+    job_pod = defaults.named("Job", full_name("cleanup-wait"))["spec"]["template"]["spec"]
+    (wait,) = job_pod["containers"]
+    assert wait["args"][0] == "cleanup-wait"
+    assert _arg(wait, "--probe-endpoint") == [f"{full_name('cleanup')}.{NAMESPACE}.svc.cluster.local.:8080"]
+    # The release's ServiceAccount is gone when post-delete hooks run: the hook must not need it.
+    for pod in (cleanup_pod, job_pod):
+        assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("domain", ["cluster.local", "cluster.local.", "corp.example."])
+def test_cluster_domain_gets_exactly_one_trailing_dot(chart: helm.Chart, domain: str) -> None:
+    rendered = render(chart, {"clusterDomain": domain})
+    registry = _container(_main_pod(rendered), "registry")
+    (bootstrap,) = _arg(registry, "--dns-bootstrap-domain")
+    assert bootstrap.endswith(".svc." + domain.rstrip(".") + ".") and not bootstrap.endswith("..")
+
+
+def test_long_release_names_keep_suffixed_names_within_dns_label_limits(chart: helm.Chart) -> None:
+    rendered = render(chart, {}, name="r" * 53)  # Helm's longest release name
+    names = [o["metadata"]["name"] for o in rendered.objects]
+    assert max(len(n) for n in names) <= 63, names
+    assert len(set(names)) >= 5

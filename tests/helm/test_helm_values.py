@@ -1,0 +1,135 @@
+"""values.yaml and values.schema.json: documented, strict, and neither allows what the chart
+cannot render nor rejects what it can.
+
+Every value carries a ``# --`` comment (helm-docs style, the chart's only reference for users; a
+Kubernetes structure passed on whole, such as ``resources``, is documented once as a whole);
+every value is read by some template (no dead knobs); the schema rejects unknown keys and values
+the CLI would refuse later, on the node, where the failure is harder to see.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+from helmsupport import CHART_DIR, NAMESPACE, RELEASE
+
+_KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.\-/]+):(?: |$)")
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaf_paths(value, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix
+
+
+def _documented_keys(text: str) -> dict[str, bool]:
+    """Dotted path of every key in values.yaml -> whether a ``# --`` comment sits above it
+    (directly, or as the first line of the comment block right above it)."""
+    result: dict[str, bool] = {}
+    stack: list[tuple[int, str]] = []
+    comment: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped)
+            continue
+        match = _KEY.match(line)
+        if match is None:  # list items, blank lines and block scalars end a comment block
+            if not stripped.startswith("- "):
+                comment = []
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match["key"]))
+        result[".".join(k for _, k in stack)] = any(c.startswith("# --") for c in comment[:1])
+        comment = []
+    return result
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+def test_every_value_has_a_doc_comment() -> None:
+    text = (CHART_DIR / "values.yaml").read_text()
+    documented = _documented_keys(text)
+    leaves = set(_leaf_paths(yaml.safe_load(text)))
+    assert leaves <= set(documented), sorted(leaves - set(documented))
+    # A Kubernetes structure passed on whole (resources, securityContext) is documented as one.
+    missing = sorted(
+        path
+        for path in leaves
+        if not any(documented.get(".".join(path.split(".")[:n])) for n in range(1, path.count(".") + 2))
+    )
+    assert not missing, f"values without a '# --' comment: {missing}"
+
+
+def test_every_value_is_used_by_a_template() -> None:
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    templates = "\n".join(p.read_text() for p in (CHART_DIR / "templates").iterdir())
+    unused = []
+    for path in _leaf_paths(values):
+        # A value is used when its path is read, or when its parent object is passed on whole
+        # (toYaml .Values.resources): walk up until something matches.
+        parts = path.split(".")
+        if not any(
+            re.search(rf"\.Values\.{re.escape('.'.join(parts[:n]))}\b", templates)
+            for n in range(len(parts), 0, -1)
+        ):
+            unused.append(path)
+    assert not unused, f"values no template reads: {unused}"
+
+
+def test_defaults_satisfy_the_schema(chart: helm.Chart) -> None:
+    chart.validate_schema({})
+    assert chart.schema is not None and chart.schema["additionalProperties"] is False
+
+
+# Each must be rejected by the schema, so that install fails before anything reaches a node.
+INVALID: dict[str, dict[str, Any]] = {
+    "unknown-top-level-key": {"replicaCount": 3},
+    "unknown-nested-key": {"spegel": {"mirrorResolveTimout": "20ms"}},
+    "bad-bootstrap-kind": {"bootstrap": {"kind": "mdns"}},
+    "static-without-peers": {"bootstrap": {"kind": "static"}},
+    "http-without-url": {"bootstrap": {"kind": "http"}},
+    "duration-without-unit": {"spegel": {"mirrorResolveTimeout": "20"}},
+    "bad-log-level": {"spegel": {"logLevel": "TRACE"}},
+    "port-out-of-range": {"service": {"registry": {"nodePort": 70000}}},
+    "port-as-string": {"service": {"metrics": {"port": "9090"}}},
+    "bad-pull-policy": {"image": {"pullPolicy": "Sometimes"}},
+    "bad-digest": {"image": {"digest": "latest"}},
+    "registry-without-scheme": {"spegel": {"mirroredRegistries": ["docker.io"]}},
+    "relative-content-path": {"spegel": {"containerdContentPath": "var/lib/containerd"}},
+    "bad-dashboard-mode": {"grafanaDashboard": {"mode": "Both"}},
+    "toggle-not-boolean": {"serviceMonitor": {"enabled": "yes"}},
+    "bad-cidr": {"networkPolicy": {"apiServerCIDRs": ["10.0.0.1"]}},
+    "label-not-string": {"commonLabels": {"tier": 1}},
+}
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_schema_rejects_invalid_values(chart: helm.Chart, case: str) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(INVALID[case])
+    with pytest.raises(helm.HelmError, match="schema"):
+        chart.render(INVALID[case], name=RELEASE, namespace=NAMESPACE)
+
+
+def test_chart_version_matches_the_package() -> None:
+    import tomllib
+
+    from spegel_py import __version__
+
+    metadata = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    project = tomllib.loads((CHART_DIR.parents[1] / "pyproject.toml").read_text())["project"]
+    assert metadata["appVersion"] == project["version"] == __version__
