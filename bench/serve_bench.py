@@ -54,8 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quiet",
         type=float,
         default=0.85,
-        help="before each run wait (up to 60 s) until every CPU was this idle over 0.5 s; 0 = don't",
+        help="before each run wait until every CPU was this idle over 0.5 s; 0 = don't",
     )
+    ap.add_argument("--quiet-timeout", type=float, default=10.0, help="longest wait for --quiet, seconds")
     ap.add_argument(
         "--quiesce",
         type=float,
@@ -248,6 +249,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         sample_rss=label == "spegel-py" and streams > 1,
                         cpus=a.client_cpus,
                         quiet=a.quiet,
+                        quiet_timeout=a.quiet_timeout,
                     )
                     runs[label].append(rec)
                     if evicts(label):
@@ -286,6 +288,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         discard=a.cold_client == "py-discard",
                         cpus=a.client_cpus,
                         quiet=a.quiet,
+                        quiet_timeout=a.quiet_timeout,
                     )
                     result["cold"][f"{label} x{conc}"] = rec
                     print(

@@ -66,7 +66,33 @@ def cork() -> None:
     setattr(content, "send_range", send_range)  # noqa: B010 - replacing it is the experiment
 
 
-PATCHES: dict[str, Callable[[], None]] = {"align": align_eviction, "cork": cork}
+# nginx's sendfile_max_chunk default: bytes one connection may send before others get a turn.
+FAIR_CHUNK = 2 << 20
+
+
+def fair() -> None:
+    """spegel_py/registry/sendfile.py: at most FAIR_CHUNK per ``os.sendfile`` call, then back to
+    the event loop.
+
+    ``pump`` keeps calling sendfile while each call sends all it asked for, and asks for up to
+    1 GiB. When the client drains as fast as the server sends (a fast client, loopback, a
+    LAN), the socket never fills, so one call sends a whole blob while every other connection
+    waits: 32 streams are served one after another at single-stream speed. Capping each call
+    below what ``pump`` asked for makes it yield after every chunk; the level-triggered
+    writability registration brings it back in the next loop iteration, after the others.
+    """
+    import types
+
+    from spegel_py.registry import sendfile
+
+    def capped(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        return os.sendfile(out_fd, in_fd, offset, min(count, FAIR_CHUNK))
+
+    shim = types.SimpleNamespace(sendfile=capped, dup=os.dup, close=os.close)
+    setattr(sendfile, "os", shim)  # noqa: B010 - replacing it is the experiment
+
+
+PATCHES: dict[str, Callable[[], None]] = {"align": align_eviction, "cork": cork, "fair": fair}
 
 
 def main(argv: list[str]) -> int:
