@@ -6,6 +6,10 @@ Paths are parsed from the raw request line (:mod:`spegel_py.oci.paths`); store c
 by a timeout so a response always starts promptly (containerd waits forever on a silent mirror);
 presence is asked of the store on every request. Content that is missing locally goes to the
 :class:`~spegel_py.registry.base.Mirror`, if any, unless the request came from a peer.
+
+Tags resolve only with ``?ns=<registry>``, which containerd sends to mirrors. skopeo and podman
+(``registries.conf`` mirrors) send no ``ns``, so their tag requests get a 404 and they fall back
+to the next mirror or upstream; their requests by digest are served normally.
 """
 
 from __future__ import annotations

@@ -175,6 +175,7 @@ async def _wait_for(predicate, within: float = 10.0) -> bool:  # type: ignore[no
     return bool(predicate())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("eviction", [True, False])
 async def test_serving_a_cold_file_leaves_it_evicted_only_when_on(tmp_path: Path, eviction: bool) -> None:
     store = FileStore(tmp_path)
@@ -185,7 +186,10 @@ async def test_serving_a_cold_file_leaves_it_evicted_only_when_on(tmp_path: Path
     os.fsync(fd)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)
-    assert resident_fraction(path) < 0.05
+    if resident_fraction(path) >= 0.05:  # tmpfs and friends: the page cache is the file itself
+        if os.environ.get("CI") == "true":
+            pytest.fail("tmp_path is on a filesystem whose pages cannot be evicted")
+        pytest.skip("tmp_path is on a filesystem whose pages cannot be evicted")
     coord = PageCacheCoordinator(enabled=eviction, lag=4 * MiB, settle=0.2)
     runner, client = await start_server(store, coordinator=coord)
     try:
