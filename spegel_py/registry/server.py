@@ -142,7 +142,8 @@ class RegistryServer:
         except InvalidInputError as exc:
             return oci_error(ErrorCode.NAME_INVALID, f"invalid ns parameter: {exc}")
         if target.kind is None:
-            return web.json_response({})
+            # The version header is how Docker-era clients recognise a v2 registry.
+            return web.json_response({}, headers={"Docker-Distribution-API-Version": "registry/2.0"})
         try:
             return await self._serve(request, target, ns)
         except (StoreUnavailableError, TimeoutError, OSError) as exc:

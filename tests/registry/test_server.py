@@ -26,6 +26,7 @@ async def test_api_root(served: tuple[RawClient, Content, object]) -> None:
     for path in ("/v2/", "/v2"):
         got = await client.request("GET", path)
         assert (got.status, got.body) == (200, b"{}")
+        assert got.headers["docker-distribution-api-version"] == "registry/2.0"
     head = await client.request("HEAD", "/v2/")
     assert head.status == 200 and head.body == b""
 
