@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 BASE_IP = 100  # nodes use 127.0.0.100 + i
@@ -134,7 +135,7 @@ class StockNode:
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo
-        from libp2p.tools.async_service import background_trio_service
+        from libp2p.tools.anyio_service import background_trio_service
 
         from spegel_py.routing.libp2p.host import TrackedTCP, build_host
 
@@ -173,7 +174,7 @@ class StockNode:
         return await started
 
     def records(self) -> int:
-        return sum(d.provider_store.size() if hasattr(d.provider_store, "size") else 0 for d in self.dhts)
+        return sum(len(d.provider_store.providers) for d in self.dhts)
 
     def peers(self) -> list[int]:
         return [d.get_routing_table_size() for d in self.dhts]
@@ -260,6 +261,8 @@ async def node_main(args: argparse.Namespace) -> None:
         while missing and time.time() < deadline:
             passes += 1
             for i, k in list(missing):
+                if time.time() >= deadline:
+                    break
                 n, _ = await node.lookup(i, k, False)
                 if n:
                     missing.discard((i, k))
@@ -327,11 +330,11 @@ class Proc:
     ) -> None:
         self.p, self.addrs, self.ips, self.started = p, hello["addrs"], ips, started
 
-    async def ask(self, timeout: float = 900, **cmd: Any) -> dict[str, Any]:
+    async def ask(self, wait: float = 900, **cmd: Any) -> dict[str, Any]:
         assert self.p.stdin and self.p.stdout
         self.p.stdin.write(json.dumps(cmd).encode() + b"\n")
         await self.p.stdin.drain()
-        line = await asyncio.wait_for(self.p.stdout.readline(), timeout)
+        line = await asyncio.wait_for(self.p.stdout.readline(), wait)
         if not line:
             raise RuntimeError("node process exited")
         out: dict[str, Any] = json.loads(line)
@@ -340,7 +343,7 @@ class Proc:
     async def stop(self) -> None:
         if self.p.returncode is None:
             try:
-                await self.ask(op="exit", timeout=1)
+                await self.ask(op="exit", wait=1)
             except (RuntimeError, TimeoutError, json.JSONDecodeError, BrokenPipeError, ConnectionResetError):
                 pass
             try:
@@ -414,6 +417,14 @@ async def phase_a(impl: str, keys: int) -> dict[str, Any]:
         *(p.ask(op="advertise", idx=0, owner=i, start=0, count=keys) for i, p in enumerate(procs))
     )
     owners = owners_for(procs, nodes)
+    stored_at = None
+    if impl == "ours":  # every record has arrived (cheap to poll); the lookups below confirm it
+        while time.time() - last_start < CHECK_DEADLINE:
+            us = await asyncio.gather(*(p.ask(op="usage") for p in procs))
+            if all(u["records"] >= (nodes - 1) * keys for u in us):
+                stored_at = time.time()
+                break
+            await asyncio.sleep(0.05)
     checks = await asyncio.gather(
         *(
             p.ask(op="check", owners=owners[i], count=keys, deadline=CHECK_DEADLINE)
@@ -426,6 +437,7 @@ async def phase_a(impl: str, keys: int) -> dict[str, Any]:
         "nodes": nodes,
         "keys_per_node": keys,
         "settle_s": settled,
+        "stored_s": (stored_at - last_start) if stored_at else None,
         "findable_s": (max(done) - last_start) if all(done) else None,
         "missing": sum(c["missing"] for c in checks),
         "advertise_wall_s": max(a["wall"] for a in adv),
@@ -540,8 +552,7 @@ async def run_main(args: argparse.Namespace) -> None:
     results["load_after"] = os.getloadavg()
     text = json.dumps(results, indent=1, default=str)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        await asyncio.to_thread(Path(args.out).write_text, text)
     print(text)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import multiaddr  # type: ignore[import-untyped]  # py-multiaddr ships no type information
 import trio
 import trio.lowlevel
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
@@ -34,7 +34,9 @@ from spegel_py.routing.libp2p import wire
 from spegel_py.routing.libp2p.host import TrackedTCP, dial, split_p2p
 from spegel_py.routing.libp2p.keys import kad_id
 from spegel_py.routing.libp2p.providers import ProviderStore
-from spegel_py.routing.libp2p.streams import READ_SIZE, ProvideSender, RequestPool, reset_quietly
+from spegel_py.routing.libp2p.query import LookupStats, find_providers
+from spegel_py.routing.libp2p.server import DhtServer, Notifee
+from spegel_py.routing.libp2p.streams import ProvideSender, RequestPool
 from spegel_py.routing.libp2p.table import RoutingTable, addr_ip, addr_port, tcp_addr
 
 log = logging.getLogger(__name__)
@@ -59,13 +61,6 @@ class DhtOptions:
     dial_timeout: float = 3.0  # seconds a dial may take (also the longest a close waits for one)
 
 
-@dataclass(slots=True)
-class LookupStats:
-    found: int = 0
-    queried: int = 0
-    hops: int = 0  # rounds of queries until the last provider came (0: answered locally)
-
-
 class DhtNode:
     """The DHT: serves the protocol, sends records, answers lookups. All methods run in trio."""
 
@@ -74,13 +69,13 @@ class DhtNode:
         self._tcp = tcp
         self.options = options
         self._port = registry_port
-        self._id = host.get_id().to_bytes()
-        self.table = RoutingTable(self._id)
+        self.self_id = host.get_id().to_bytes()
+        self.table = RoutingTable(self.self_id)
         self.store = ProviderStore(ttl=options.record_ttl)
-        self._addrs: dict[bytes, tuple[bytes, ...]] = {}  # peer -> binary multiaddrs, kept as hints
-        self._advertised: dict[bytes, None] = {}  # our keys, in order
+        self.addrs: dict[bytes, tuple[bytes, ...]] = {}  # peer -> binary multiaddrs, kept as hints
+        self.advertised: dict[bytes, None] = {}  # our keys, in order
         self._peers: dict[bytes, Peer] = {}  # provider -> Peer as last yielded
-        self._conn_ips: dict[bytes, str] = {}  # peer -> IP its connection came from (a fallback)
+        self.conn_ips: dict[bytes, str] = {}  # peer -> IP its connection came from (a fallback)
         self._source_ip: str | None = None  # our listen IP: outgoing connections come from it
         self._kth: dict[bytes, int] = {}  # key -> distance of its k-th closest peer at last provide
         self._senders: dict[bytes, ProvideSender] = {}
@@ -90,8 +85,8 @@ class DhtNode:
         self._nursery: trio.Nursery | None = None
         self._stop = trio.Event()
         self._dial_limit = trio.CapacityLimiter(options.dial_concurrency)
-        self._self_info = wire.PeerInfo(self._id, ())
-        self._add_head, self._add_tail = wire.add_provider_prefix(wire.encode_peer(self._self_info))
+        self.self_info = wire.PeerInfo(self.self_id, ())
+        self._add_head, self._add_tail = wire.add_provider_prefix(wire.encode_peer(self.self_info))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -108,8 +103,8 @@ class DhtNode:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     self._set_self_addrs()
-                    self.host.set_stream_handler(PROTOCOL, self._handle)
-                    self.host.get_network().register_notifee(_Notifee(self))
+                    self.host.set_stream_handler(PROTOCOL, DhtServer(self).handle)
+                    self.host.get_network().register_notifee(Notifee(self))
                     nursery.start_soon(self._maintain, name="dht-maintain")
                     task_status.started()
                     try:
@@ -145,14 +140,14 @@ class DhtNode:
             raw = bytes(maddr.to_bytes())
             if addr_ip(raw) is not None:
                 addrs.append(raw)
-        self._self_info = wire.PeerInfo(self._id, tuple(addrs))
+        self.self_info = wire.PeerInfo(self.self_id, tuple(addrs))
         ips = {addr_ip(a) for a in addrs}
         self._source_ip = ips.pop() if len(ips) == 1 else None
-        self._add_head, self._add_tail = wire.add_provider_prefix(wire.encode_peer(self._self_info))
+        self._add_head, self._add_tail = wire.add_provider_prefix(wire.encode_peer(self.self_info))
 
     def listen_multiaddrs(self) -> list[str]:
         pid = self.host.get_id().to_base58()
-        return [f"{multiaddr.Multiaddr(a)}/p2p/{pid}" for a in self._self_info.addrs]
+        return [f"{multiaddr.Multiaddr(a)}/p2p/{pid}" for a in self.self_info.addrs]
 
     def _spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         if self._nursery is None or self._stop.is_set():
@@ -164,16 +159,16 @@ class DhtNode:
     async def connect(self, addr: str) -> bytes | None:
         """Dial ``addr`` (``/p2p/<id>`` optional), verify it speaks the DHT, learn its peers."""
         maddr, pid = split_p2p(addr)
-        if pid is not None and pid.to_bytes() == self._id:
+        if pid is not None and pid.to_bytes() == self.self_id:
             return None
         # a known peer is walked again: a bootstrap round is also how a young node, whose first
         # walk came back before the seed had identified its other peers, learns the cluster
         remote = await self._dial(maddr, pid)
         rb = remote.to_bytes()
-        if rb == self._id:
+        if rb == self.self_id:
             return None
-        self._note_addrs(rb, (bytes(maddr.to_bytes()),))
-        await self._walk(remote, self._id)
+        self.note_addrs(rb, (bytes(maddr.to_bytes()),))
+        await self._walk(remote, self.self_id)
         await self._walk(remote, random.randbytes(32))
         return rb
 
@@ -202,10 +197,10 @@ class DhtNode:
     async def _walk(self, peer: ID, target: bytes) -> None:
         """FIND_NODE ``target`` at ``peer``; the reply verifies it, and names peers to dial."""
         reply = await self._request(peer, wire.Message(wire.FIND_NODE, key=target))
-        self._admit(peer)
+        self.admit(peer)
         for info in reply.closer:
-            if info.id != self._id and info.id not in self.table and info.id not in self._dialing:
-                self._note_addrs(info.id, info.addrs)
+            if info.id != self.self_id and info.id not in self.table and info.id not in self._dialing:
+                self.note_addrs(info.id, info.addrs)
                 self._spawn(self._dial_learned, info)
 
     async def _dial_learned(self, info: wire.PeerInfo) -> None:
@@ -217,14 +212,14 @@ class DhtNode:
                 try:
                     with trio.fail_after(self.options.request_timeout * 2):
                         await self._dial(multiaddr.Multiaddr(raw), ID(info.id))
-                        await self._walk(ID(info.id), self._id)
+                        await self._walk(ID(info.id), self.self_id)
                     return
                 except (RoutingError, trio.TooSlowError) as exc:
                     log.debug("dial of learned peer %s failed: %s", ID(info.id), exc)
         finally:
             self._dialing.discard(info.id)
 
-    def _note_addrs(self, peer: bytes, addrs: Iterable[bytes], conn_ip: str | None = None) -> None:
+    def note_addrs(self, peer: bytes, addrs: Iterable[bytes], conn_ip: str | None = None) -> None:
         """Remember where ``peer`` listens: its addresses, unspecified IPs replaced by the connection's."""
         clean: list[bytes] = []
         for a in addrs:
@@ -234,31 +229,31 @@ class DhtNode:
                 clean.append(tcp_addr(conn_ip, port))
         if clean:
             t = tuple(clean)
-            if self._addrs.get(peer) != t:
-                self._addrs[peer] = t
+            if self.addrs.get(peer) != t:
+                self.addrs[peer] = t
                 entry = self.table.get(peer)
                 if entry is not None:
                     entry.addrs = t
 
-    def _admit(self, peer: ID) -> None:
+    def admit(self, peer: ID) -> None:
         """Add a peer that has spoken the protocol; a new peer gets the records it should store."""
         rb = peer.to_bytes()
-        if rb == self._id or self._stop.is_set():
+        if rb == self.self_id or self._stop.is_set():
             return
-        _, new = self.table.add(rb, peer.to_base58(), self._addrs.get(rb, ()))
+        _, new = self.table.add(rb, peer.to_base58(), self.addrs.get(rb, ()))
         if not new:
             return
         sender = ProvideSender(self.host, peer, PROTOCOL)
         self._senders[rb] = sender
         self._spawn(sender.run)
-        if self._advertised:
+        if self.advertised:
             self._spawn(self._push_to_new_peer, rb)
 
-    def _drop(self, peer: ID) -> None:
+    def drop(self, peer: ID) -> None:
         rb = peer.to_bytes()
         if self.table.remove(rb) is None:
             return
-        if not self._stop.is_set() and self._addrs.get(rb):
+        if not self._stop.is_set() and self.addrs.get(rb):
             # Two peers that dial each other at once can each close a different one of the two
             # connections (py-libp2p keeps one per peer), leaving none; a dead peer simply
             # fails this one attempt. Jitter keeps the two sides from colliding again.
@@ -273,12 +268,12 @@ class DhtNode:
 
     async def _redial(self, peer: ID) -> None:
         await trio.sleep(random.uniform(0.05, 1.0))
-        addrs = [a for a in self._addrs.get(peer.to_bytes(), ()) if addr_ip(a) is not None]
+        addrs = [a for a in self.addrs.get(peer.to_bytes(), ()) if addr_ip(a) is not None]
         if not addrs or peer.to_bytes() in self.table:
             return
         try:
             await self._dial(multiaddr.Multiaddr(addrs[0]), peer)
-            await self._walk(peer, self._id)
+            await self._walk(peer, self.self_id)
         except (RoutingError, trio.TooSlowError) as exc:
             log.debug("redial of %s failed: %s", peer, exc)
 
@@ -300,15 +295,15 @@ class DhtNode:
 
     async def provide(self, keys: list[bytes]) -> None:
         """Advertise ``keys`` (multihashes): remember them and send them to their closest peers."""
-        new = [k for k in keys if k not in self._advertised]
+        new = [k for k in keys if k not in self.advertised]
         for k in new:
-            self._advertised[k] = None
+            self.advertised[k] = None
         await self._send(new)
 
     async def withdraw(self, keys: Iterable[bytes]) -> None:
         """Stop advertising: no more reprovides, no more self in our answers; remote copies expire."""
         for k in keys:
-            self._advertised.pop(k, None)
+            self.advertised.pop(k, None)
             self._kth.pop(k, None)
 
     async def _send(self, keys: list[bytes]) -> None:
@@ -345,7 +340,7 @@ class DhtNode:
         if entry is None:
             return
         head, tail = self._add_head, self._add_tail
-        keys = list(self._advertised)
+        keys = list(self.advertised)
         small = len(self.table) <= self.options.k
         for start in range(0, len(keys), _YIELD_EVERY):
             batch = keys[start : start + _YIELD_EVERY]
@@ -365,12 +360,12 @@ class DhtNode:
             self.store.expire()
             if trio.current_time() >= next_reprovide:
                 next_reprovide = trio.current_time() + opts.reprovide_interval
-                await self._send(list(self._advertised))
+                await self._send(list(self.advertised))
             peers = self.table.peers()
             for e in random.sample(peers, min(3, len(peers))):
                 # our own id finds our neighbours; a random target finds peers elsewhere in the
                 # keyspace, so the table converges to the whole cluster
-                for target in (self._id, random.randbytes(32)):
+                for target in (self.self_id, random.randbytes(32)):
                     try:
                         await self._walk(ID(e.id), target)
                     except (RoutingError, trio.TooSlowError) as exc:
@@ -380,7 +375,7 @@ class DhtNode:
 
     def to_peer(self, pid: bytes, addrs: Iterable[bytes] = ()) -> Peer | None:
         """A provider as the registry needs it: its IP and the (shared) registry port."""
-        for ip in (*map(addr_ip, addrs), *map(addr_ip, self._addrs.get(pid, ())), self._conn_ips.get(pid)):
+        for ip in (*map(addr_ip, addrs), *map(addr_ip, self.addrs.get(pid, ())), self.conn_ips.get(pid)):
             if ip is not None:
                 peer = self._peers.get(pid)
                 if peer is None or peer.host != ip:  # cached: base58 encoding costs ~50 us
@@ -402,7 +397,7 @@ class DhtNode:
             return []
         out = []
         for pid in pids:
-            if pid != self._id and (peer := self.to_peer(pid)) is not None:
+            if pid != self.self_id and (peer := self.to_peer(pid)) is not None:
                 out.append(peer)
                 if len(out) >= limit:
                     break
@@ -411,193 +406,16 @@ class DhtNode:
     async def find_providers(
         self, key: bytes, limit: int, emit: Callable[[Peer], None], stats: LookupStats | None = None
     ) -> LookupStats:
-        """Call ``emit`` for up to ``limit`` providers of ``key`` (never this node) as they are found.
+        """Call ``emit`` for up to ``limit`` providers of ``key`` as found (see :mod:`.query`)."""
+        return await find_providers(self, key, limit, emit, stats if stats is not None else LookupStats())
 
-        Local records first; then the closest peers, ``alpha`` at a time, nearest first, until
-        ``limit`` providers are found or the ``k`` closest known peers have all answered. The
-        caller bounds the whole lookup with a deadline (cancellation).
-        """
-        st = stats if stats is not None else LookupStats()
-        seen = {self._id}
-
-        def offer(pid: bytes, addrs: Iterable[bytes] = ()) -> None:
-            if pid in seen or st.found >= limit:
-                return
-            peer = self.to_peer(pid, addrs)
-            if peer is not None:
-                seen.add(pid)
-                st.found += 1
-                emit(peer)
-
-        for pid in self.store.get(key):
-            offer(pid)
-        if st.found >= limit or limit <= 0:
-            return st
-        target = kad_id(key)
-        k = self.options.k
-        candidates = {e.id: (e.kad ^ target, 1) for e in self.table.closest(target, k)}
-        queried: set[bytes] = set()
-        changed = trio.Event()
-        inflight = 0
-
-        def next_candidate() -> tuple[bytes, int] | None:
-            ranked = sorted((d, pid) for pid, (d, _) in candidates.items())[:k]
-            for _, pid in ranked:
-                if pid not in queried:
-                    return pid, candidates[pid][1]
-            return None
-
-        async def worker() -> None:
-            nonlocal inflight, changed
-            while st.found < limit:
-                nxt = next_candidate()
-                if nxt is None:
-                    if inflight == 0:
-                        return
-                    ev = changed
-                    await ev.wait()
-                    continue
-                pid, depth = nxt
-                queried.add(pid)
-                inflight += 1
-                try:
-                    reply = await self._query(pid, key)
-                except (RoutingError, trio.TooSlowError) as exc:
-                    log.debug("GET_PROVIDERS at %s failed: %s", ID(pid), exc)
-                    reply = None
-                finally:
-                    inflight -= 1
-                st.queried += 1
-                if reply is not None:
-                    before = st.found
-                    for info in reply.providers:
-                        offer(info.id, info.addrs)
-                    if st.found > before:
-                        st.hops = max(st.hops, depth)
-                    for info in reply.closer:
-                        if info.id != self._id and info.id not in candidates:
-                            self._note_addrs(info.id, info.addrs)
-                            candidates[info.id] = (kad_id(info.id) ^ target, depth + 1)
-                changed.set()
-                changed = trio.Event()
-            nursery.cancel_scope.cancel()  # limit reached: stop the other workers
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(self.options.alpha):
-                nursery.start_soon(worker)
-        return st
-
-    async def _query(self, pid: bytes, key: bytes) -> wire.Message:
+    async def ask_providers(self, pid: bytes, key: bytes) -> wire.Message:
         peer = ID(pid)
         if pid not in self.table and not self.host.get_network().connections.get(peer):
-            addrs = [a for a in self._addrs.get(pid, ()) if addr_ip(a) is not None]
+            addrs = [a for a in self.addrs.get(pid, ()) if addr_ip(a) is not None]
             if not addrs:
                 raise RoutingError(f"no address for {peer}")
             await self._dial(multiaddr.Multiaddr(addrs[0]), peer)
         reply = await self._request(peer, wire.Message(wire.GET_PROVIDERS, key=key))
-        self._admit(peer)
+        self.admit(peer)
         return reply
-
-    # -- serving ---------------------------------------------------------------------------
-
-    async def _handle(self, stream: INetStream) -> None:
-        remote = stream.muxed_conn.peer_id
-        rb = remote.to_bytes()
-        remote_addr = stream.get_remote_address()
-        conn_ip = remote_addr[0] if remote_addr else None
-        if conn_ip is not None:
-            self._conn_ips[rb] = conn_ip
-        if rb not in self._addrs:
-            self._note_addrs(rb, self._peerstore_addrs(remote), conn_ip)
-        self._admit(remote)
-        deframer = wire.Deframer()
-        try:
-            while True:
-                data = await stream.read(READ_SIZE)
-                if not data:
-                    break
-                replies = [r for body in deframer.feed(data) if (r := self._dispatch(rb, conn_ip, body))]
-                if replies:
-                    await stream.write(b"".join(replies))
-        except Exception as exc:  # EOF, reset, bad bytes: this stream is over, the peer may open another
-            log.debug("DHT stream from %s ended: %s", remote, exc)
-        finally:
-            await reset_quietly(stream)
-
-    def _peerstore_addrs(self, peer: ID) -> list[bytes]:
-        try:
-            return [bytes(a.to_bytes()) for a in self.host.get_peerstore().addrs(peer)]
-        except Exception:  # unknown peer: py-libp2p raises PeerStoreError
-            return []
-
-    def _dispatch(self, remote: bytes, conn_ip: str | None, body: bytes) -> bytes | None:
-        msg = wire.decode(body)
-        if msg.type == wire.ADD_PROVIDER:
-            for info in msg.providers:
-                if info.id == remote:  # a peer may only announce itself (as go-libp2p-kad-dht)
-                    self.store.add(msg.key, remote)
-                    if info.addrs and self._addrs.get(remote) != info.addrs:
-                        self._note_addrs(remote, info.addrs, conn_ip)
-            return None
-        if msg.type == wire.GET_PROVIDERS:
-            providers = [self._info(p) for p in self.store.get(msg.key) if p != remote]
-            if msg.key in self._advertised:
-                providers.append(self._self_info)
-            reply = wire.Message(wire.GET_PROVIDERS, key=msg.key, providers=providers)
-            reply.closer = self._closer(msg.key, remote)
-            return wire.frame(wire.encode(reply))
-        if msg.type == wire.FIND_NODE:
-            reply = wire.Message(wire.FIND_NODE, key=msg.key, closer=self._closer(msg.key, remote))
-            return wire.frame(wire.encode(reply))
-        if msg.type == wire.PING:
-            return wire.frame(wire.encode(wire.Message(wire.PING)))
-        return None  # PUT_VALUE / GET_VALUE: Spegel stores no values; go answers nothing useful either
-
-    def _info(self, pid: bytes) -> wire.PeerInfo:
-        return wire.PeerInfo(pid, self._addrs.get(pid, ()))
-
-    def _closer(self, key: bytes, exclude: bytes) -> list[wire.PeerInfo]:
-        out = []
-        for e in self.table.closest(kad_id(key), self.options.k, exclude):
-            if not e.addrs:  # an inbound peer: identify has filled the peerstore by now, maybe
-                self._note_addrs(e.id, self._peerstore_addrs(ID(e.id)), self._conn_ips.get(e.id))
-            addrs = e.addrs or self._addrs.get(e.id, ())
-            if addrs:
-                out.append(wire.PeerInfo(e.id, addrs, wire.CONNECTED))
-        return out
-
-
-class _Notifee(INotifee):
-    """Drops a peer from the table when its connection closes (py-libp2p calls these in trio)."""
-
-    def __init__(self, node: DhtNode) -> None:
-        self._node = node
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        pass
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        pass
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        pass
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        # py-libp2p 0.8.1 skips closing a muxed connection the remote already closed, which
-        # leaves its socket to the garbage collector; close the secured layer (the socket) here
-        secured = getattr(conn.muxed_conn, "secured_conn", None)
-        if secured is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-                try:
-                    await secured.close()
-                except Exception:  # already closed: nothing to release
-                    log.debug("closing a dead connection", exc_info=True)
-        peer = conn.muxed_conn.peer_id
-        if not network.connections.get(peer):
-            self._node._drop(peer)
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        pass
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        pass

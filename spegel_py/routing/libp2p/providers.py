@@ -36,12 +36,12 @@ class ProviderStore:
         records = self._records
         for key in keys:
             entry = records.get(key)
-            if entry is None or (type(entry) is tuple and entry[0] == provider):
+            if isinstance(entry, dict):
+                entry[provider] = expiry
+            elif entry is None or entry[0] == provider:
                 records[key] = (provider, expiry)
-            elif type(entry) is tuple:
-                records[key] = {entry[0]: entry[1], provider: expiry}
             else:
-                entry[provider] = expiry  # type: ignore[index]  # mypy cannot narrow the union via type() is
+                records[key] = {entry[0]: entry[1], provider: expiry}
 
     def get(self, key: bytes) -> list[bytes]:
         """Providers of ``key`` whose records have not expired."""

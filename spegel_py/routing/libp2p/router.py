@@ -20,11 +20,12 @@ import trio
 from spegel_py.errors import RoutingError
 from spegel_py.routing.base import Peer
 from spegel_py.routing.libp2p.bridge import TrioThread
-from spegel_py.routing.libp2p.dht import DhtNode, DhtOptions, LookupStats
+from spegel_py.routing.libp2p.dht import DhtNode, DhtOptions
 from spegel_py.routing.libp2p.host import TrackedTCP, build_host, listen_addrs, peer_id_of
 from spegel_py.routing.libp2p.identity import load_or_create_seed
 from spegel_py.routing.libp2p.keys import multihash
 from spegel_py.routing.libp2p.lookups import Flight, LookupCache
+from spegel_py.routing.libp2p.query import LookupStats
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,6 @@ class Libp2pRouter:
     async def lookup_stats(self, key: str, *, limit: int = 3) -> tuple[list[Peer], LookupStats]:
         """An uncached lookup with its query statistics (benchmarks: hops, queries)."""
         node = self._running()
-        loop = asyncio.get_running_loop()
         found: list[Peer] = []
         stats = LookupStats()
 
@@ -220,7 +220,6 @@ class Libp2pRouter:
                 await node.find_providers(multihash(key), limit, found.append, stats)
 
         await self._thread.call(run)
-        del loop
         return found, stats
 
     # -- internals -------------------------------------------------------------------------
