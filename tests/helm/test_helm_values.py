@@ -10,13 +10,17 @@ the CLI would refuse later, on the node, where the failure is harder to see.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import helm_python as helm
 import pytest
 import yaml
 from helmsupport import CHART_DIR, NAMESPACE, RELEASE
+
+from spegel_py.errors import ConfigurationError
+from spegel_py.oci.filters import parse_registry_hosts
+from spegel_py.settings import parse_address, parse_duration
 
 _KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.\-/]+):(?: |$)")
 
@@ -133,3 +137,58 @@ def test_chart_version_matches_the_package() -> None:
     metadata = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
     project = tomllib.loads((CHART_DIR.parents[1] / "pyproject.toml").read_text())["project"]
     assert metadata["appVersion"] == project["version"] == __version__
+
+
+def _library_accepts(check: Callable[[str], object], value: str) -> bool:
+    try:
+        check(value)
+    except (ValueError, ConfigurationError):
+        return False
+    return True
+
+
+# value path -> (candidates, the code the value ends up in). The schema must accept exactly what
+# that code accepts, or an install succeeds and the pod then fails on every node. (An empty
+# registry entry, which the CLI skips, is refused by the schema on purpose: it is a typo.)
+AGREEMENT: dict[str, tuple[list[str], Callable[[str], object]]] = {
+    "spegel.mirroredRegistries": (
+        [
+            "https://docker.io",
+            "http://127.0.0.1:5000",
+            "https://ghcr.io/",
+            "_default",
+            "*",
+            "docker.io",
+            "https://docker.io/library",
+            "ftp://docker.io",
+            "https://user@docker.io",
+            "https://x.io?q=1",
+        ],
+        lambda v: parse_registry_hosts([v]),
+    ),
+    "spegel.mirrorResolveTimeout": (
+        ["20ms", "2s", "1m30s", "1.5s", ".5s", "0", "20", "ms", "-1s", "1d", "20 ms", "1µs"],
+        parse_duration,
+    ),
+    "bootstrap.http.addr": ([":5002", "0.0.0.0:5002", "[::]:5002", "5002", "host:", "a b:1"], parse_address),
+}
+
+
+@pytest.mark.parametrize("path", AGREEMENT)
+def test_schema_accepts_exactly_what_the_cli_accepts(chart: helm.Chart, path: str) -> None:
+    candidates, check = AGREEMENT[path]
+    disagreements = []
+    for candidate in candidates:
+        value: Any = [candidate] if path.endswith("Registries") else candidate
+        for key in reversed(path.split(".")):
+            value = {key: value}
+        try:
+            chart.validate_schema(value)
+            schema_ok = True
+        except helm.HelmValuesError:
+            schema_ok = False
+        if schema_ok != _library_accepts(check, candidate):
+            disagreements.append(
+                f"{candidate!r}: schema {'accepts' if schema_ok else 'rejects'} it, CLI does not"
+            )
+    assert not disagreements, disagreements
