@@ -5,12 +5,15 @@ selects what it should (a selector typo renders fine and breaks silently in a cl
 
 from __future__ import annotations
 
+import subprocess
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import pytest
-from helmsupport import CHART_DIR, NAMESPACE, Rendered, full_name, pod_specs, render
+from helmsupport import CHART_DIR, NAMESPACE, Rendered, full_name, pod_specs, render, spegel_command
 
 Obj = dict[str, Any]
 
@@ -241,3 +244,34 @@ def test_long_release_names_keep_suffixed_names_within_dns_label_limits(chart: h
     names = [o["metadata"]["name"] for o in rendered.objects]
     assert max(len(n) for n in names) <= 63, names
     assert len(set(names)) >= 5
+
+
+def test_init_container_args_configure_a_real_certs_d(defaults: Rendered, tmp_path: Path) -> None:
+    """The init container's exact args, run through the real CLI against a scratch certs.d (only
+    the two host paths are moved and $(NODE_IP) expanded, as the kubelet would)."""
+    init = _container(_main_pod(defaults), "configuration")
+    certs_d = tmp_path / "certs.d"
+    config = tmp_path / "containerd" / "config.toml"
+    config.parent.mkdir()
+    config.write_text(
+        "version = 2\n"
+        '[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n'
+        '[plugins."io.containerd.grpc.v1.cri".containerd]\n  discard_unpacked_layers = false\n'
+    )
+    moved = {"--containerd-registry-config-path": str(certs_d), "--containerd-config": str(config)}
+    args = []
+    for arg in init["args"]:
+        flag = arg.split("=", 1)[0]
+        args.append(f"{flag}={moved[flag]}" if flag in moved else arg.replace("$(NODE_IP)", "127.0.0.1"))
+    result = subprocess.run(
+        [*spegel_command(), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    registries = _arg(init, "--mirrored-registries")
+    written = sorted(p.parent.name for p in certs_d.glob("*/hosts.toml"))
+    assert written == sorted(r.split("://", 1)[1] for r in registries)
+    hosts = tomllib.loads((certs_d / "docker.io" / "hosts.toml").read_text())
+    assert hosts["server"] == "https://registry-1.docker.io"
+    assert list(hosts["host"]) == ["http://127.0.0.1:30021", "http://127.0.0.1:30020"]
+    for host in hosts["host"].values():
+        assert host["capabilities"] == ["pull", "resolve"] and host["dial_timeout"] == "200ms"
