@@ -6,12 +6,12 @@ builds from exactly the files Docker would send as build context, and check the 
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import dockerfile
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -20,88 +20,58 @@ CHART_DIR = REPO / "helm" / "spegel-py"
 
 
 @dataclass
-class Instruction:
-    keyword: str  # upper case: FROM, RUN, COPY, ...
-    value: str  # the rest of the logical line, continuations joined
-
-
-@dataclass
 class Stage:
+    """One ``FROM`` and the instructions after it, as Docker's own parser read them."""
+
     base: str  # the FROM image with build args substituted
     name: str
-    instructions: list[Instruction] = field(default_factory=list)
+    instructions: list[dockerfile.Command] = field(default_factory=list)
 
-    def all(self, keyword: str) -> list[str]:
-        return [i.value for i in self.instructions if i.keyword == keyword]
-
-
-def logical_lines(text: str) -> list[str]:
-    """Instructions with ``\\`` continuations joined and comments dropped (parser directives too)."""
-    lines: list[str] = []
-    current = ""
-    for raw in text.splitlines():
-        stripped = raw.strip()
-        if not current and (not stripped or stripped.startswith("#")):
-            continue
-        if current and stripped.startswith("#"):
-            continue  # a comment inside a continued instruction is ignored by Docker
-        if stripped.endswith("\\"):
-            current += stripped[:-1] + " "
-            continue
-        lines.append(current + stripped)
-        current = ""
-    assert not current, "Dockerfile ends inside a continued line"
-    return lines
+    def all(self, keyword: str) -> list[dockerfile.Command]:
+        return [i for i in self.instructions if i.cmd == keyword]
 
 
-def parse(text: str) -> tuple[dict[str, str], list[Stage]]:
-    """``(global build args with defaults, stages)``."""
+def parse(path: Path = DOCKERFILE) -> tuple[dict[str, str], list[Stage]]:
+    """``(global build args with defaults, stages)``, parsed by BuildKit's parser (PyPI
+    ``dockerfile``, a binding of the Go code ``docker build`` runs)."""
     global_args: dict[str, str] = {}
     stages: list[Stage] = []
-    for line in logical_lines(text):
-        keyword, _, value = line.partition(" ")
-        keyword, value = keyword.upper(), value.strip()
-        if keyword == "ARG" and not stages:
-            name, _, default = value.partition("=")
+    for command in dockerfile.parse_file(str(path)):
+        if command.cmd == "ARG" and not stages:
+            name, _, default = command.value[0].partition("=")
             global_args[name] = default
-        elif keyword == "FROM":
-            words = value.split()
+        elif command.cmd == "FROM":
+            words = command.value
             base = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args[m.group(1)], words[0])
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(stages))
             stages.append(Stage(base, name))
         else:
-            assert stages, f"{keyword} before the first FROM"
-            stages[-1].instructions.append(Instruction(keyword, value))
+            assert stages, f"{command.cmd} before the first FROM"
+            stages[-1].instructions.append(command)
     return global_args, stages
 
 
-def exec_form(value: str) -> list[str]:
-    """An exec-form (JSON array) ENTRYPOINT/CMD; a shell-form one fails the assertion."""
-    parsed: Any = json.loads(value)
-    assert isinstance(parsed, list) and all(isinstance(x, str) for x in parsed), value
-    return parsed
-
-
 def labels(stage: Stage) -> dict[str, str]:
-    """``LABEL k="v" k2="v2"`` instructions of a stage, ``${VERSION}`` left as written."""
+    """Every ``LABEL key="value"`` of a stage, quotes removed, ``${VERSION}`` left as written."""
     result: dict[str, str] = {}
-    for value in stage.all("LABEL"):
-        for word in shlex.split(value):
-            key, _, label = word.partition("=")
-            result[key] = label
+    for command in stage.all("LABEL"):
+        pairs = command.value
+        for key, value in zip(pairs[::2], pairs[1::2], strict=True):
+            result[key] = shlex.split(value)[0]
     return result
 
 
 def stage_args(stage: Stage) -> dict[str, str]:
-    return {name: default for name, _, default in (v.partition("=") for v in stage.all("ARG"))}
+    return {name: default for name, _, default in (c.value[0].partition("=") for c in stage.all("ARG"))}
 
 
 def run_commands(stage: Stage) -> list[str]:
-    """Each ``&&``-separated command of every RUN, with ``--mount=...`` options removed."""
+    """Each ``&&``-separated shell command of every RUN of a stage (RUN flags such as ``--mount``
+    are kept apart by the parser)."""
     commands: list[str] = []
-    for value in stage.all("RUN"):
-        value = re.sub(r"--mount=\S+\s*", "", value)
-        commands += [c.strip() for c in value.split("&&") if c.strip()]
+    for command in stage.all("RUN"):
+        assert not command.json, f"exec-form RUN not expected: {command.original}"
+        commands += [" ".join(c.split()) for c in command.value[0].split("&&") if c.strip()]
     return commands
 
 

@@ -17,7 +17,6 @@ from packsupport import (
     REPO,
     Stage,
     context_files,
-    exec_form,
     in_context,
     labels,
     parse,
@@ -32,7 +31,7 @@ BASE_IMAGE = "python:3.11-slim-bookworm"
 
 @pytest.fixture(scope="module")
 def stages() -> dict[str, Stage]:
-    _, parsed = parse(DOCKERFILE.read_text())
+    _, parsed = parse(DOCKERFILE)
     return {stage.name: stage for stage in parsed}
 
 
@@ -75,8 +74,8 @@ def test_builder_builds_the_project_wheel_then_every_dependency(stages: dict[str
 def test_runtime_installs_only_the_builders_wheels(stages: dict[str, Stage]) -> None:
     runtime = stages["runtime"]
     assert not runtime.all("COPY") and not runtime.all("ADD"), "wheels must not become a layer"
-    (install_run,) = [r for r in runtime.all("RUN") if "pip install" in r]
-    assert "--mount=type=bind,from=builder,source=/wheels,target=/wheels" in install_run
+    (install_run,) = [r for r in runtime.all("RUN") if "pip install" in r.value[0]]
+    assert install_run.flags == ("--mount=type=bind,from=builder,source=/wheels,target=/wheels",)
     (install,) = [c for c in run_commands(runtime) if c.startswith("pip install")]
     assert install.split() == ["pip", "install", "--no-index", "--find-links", "/wheels", "spegel-py"]
 
@@ -86,7 +85,7 @@ def test_entrypoint_is_the_console_script_the_chart_runs(
 ) -> None:
     runtime = stages["runtime"]
     (entrypoint,) = runtime.all("ENTRYPOINT")
-    assert exec_form(entrypoint) == ["spegel-py"]
+    assert entrypoint.json and entrypoint.value == ("spegel-py",)  # exec form: no shell in between
     assert "spegel-py" in project["scripts"]  # type: ignore[operator]  # a TOML table
     assert not runtime.all("USER"), "root is needed for containerd's socket (see the Dockerfile)"
     # The chart never overrides the entrypoint; its args start with a subcommand.
@@ -117,7 +116,7 @@ def test_oci_labels(stages: dict[str, Stage], project: dict[str, object]) -> Non
 
 
 def test_build_context_holds_what_the_wheel_needs_and_nothing_heavy(stages: dict[str, Stage]) -> None:
-    sources = [w for value in stages["builder"].all("COPY") for w in value.split()[:-1]]
+    sources = [w for copy in stages["builder"].all("COPY") for w in copy.value[:-1]]
     assert set(sources) == {"pyproject.toml", "README.md", "spegel_py"}
     readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["readme"]
     assert readme in sources  # setuptools reads it while building the wheel
