@@ -243,7 +243,11 @@ class DhtNode:
         _, new = self.table.add(rb, peer.to_base58(), self.addrs.get(rb, ()))
         if not new:
             return
-        sender = ProvideSender(self.host, peer, PROTOCOL)
+        def resend() -> None:
+            with contextlib.suppress(RoutingError):  # shutting down
+                self._spawn(self._push_to_new_peer, rb)
+
+        sender = ProvideSender(self.host, peer, PROTOCOL, on_loss=resend)
         self._senders[rb] = sender
         self._spawn(sender.run)
         if self.advertised:

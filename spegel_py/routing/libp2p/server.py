@@ -116,9 +116,14 @@ class Notifee(INotifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         # py-libp2p 0.8.1 skips closing a muxed connection the remote already closed, which
-        # leaves its socket to the garbage collector; close the secured layer (the socket) here
-        secured = getattr(conn.muxed_conn, "secured_conn", None)
-        if secured is not None:
+        # leaves its socket to the garbage collector; close the secured layer (the socket) here,
+        # but only then: a SwarmConn may share its muxed connection with a live one (py-libp2p's
+        # duplicate-dial handling), and closing that would cut a healthy connection.
+        muxed = conn.muxed_conn
+        live = network.connections.get(muxed.peer_id) or []
+        shared = getattr(conn, "_shared_muxed_conn", False) or any(c.muxed_conn is muxed for c in live)
+        secured = getattr(muxed, "secured_conn", None)
+        if secured is not None and muxed.is_closed and not shared:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 try:
                     await secured.close()

@@ -47,10 +47,11 @@ async def reset_quietly(stream: INetStream) -> None:
 class ProvideSender:
     """ADD_PROVIDER messages to one peer, written in large batches on one long-lived stream."""
 
-    def __init__(self, host: IHost, peer: ID, protocol: TProtocol) -> None:
+    def __init__(self, host: IHost, peer: ID, protocol: TProtocol, *, on_loss: Callable[[], None]) -> None:
         self._host = host
         self._peer = peer
         self._protocol = protocol
+        self._on_loss = on_loss  # asks the node to re-queue every record this peer should hold
         self._buf = bytearray()
         self._wake = trio.Event()
         self._stream: INetStream | None = None
@@ -83,7 +84,7 @@ class ProvideSender:
                         await self._stream.write(chunk)
                         self.sent_bytes += len(chunk)
                     delay = 0.1
-                except Exception as exc:  # any stream failure: the batch is lost, reprovide heals
+                except Exception as exc:  # any stream failure: what was in flight may be lost
                     log.debug("provide stream to %s failed: %s", self._peer, exc)
                     self._buf.clear()
                     if self._stream is not None:
@@ -91,6 +92,8 @@ class ProvideSender:
                         self._stream = None
                     await trio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX)
+                    if not self._closed:
+                        self._on_loss()  # resend everything it should hold (idempotent records)
         finally:
             self._closed = True
             if self._stream is not None:
