@@ -130,12 +130,6 @@ CASES: dict[str, Values] = {
 
 
 @pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    with helm.Chart.load(CHART_DIR) as loaded:
-        yield loaded
-
-
-@pytest.fixture(scope="module")
 def api() -> Iterator[kubernetes.client.ApiClient]:
     client = kubernetes.client.ApiClient()
     try:

@@ -7,21 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import pytest
-from helmsupport import CHART_DIR, NAMESPACE, Rendered, full_name, pod_specs, render, spegel_command
+from helmsupport import NAMESPACE, Rendered, full_name, pod_specs, render, spegel_command
 
 Obj = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    with helm.Chart.load(CHART_DIR) as loaded:
-        yield loaded
 
 
 @pytest.fixture(scope="module")

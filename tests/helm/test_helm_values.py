@@ -58,12 +58,6 @@ def _documented_keys(text: str) -> dict[str, bool]:
     return result
 
 
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    with helm.Chart.load(CHART_DIR) as loaded:
-        yield loaded
-
-
 def test_every_value_has_a_doc_comment() -> None:
     text = (CHART_DIR / "values.yaml").read_text()
     documented = _documented_keys(text)
