@@ -268,3 +268,10 @@ def test_init_container_args_configure_a_real_certs_d(defaults: Rendered, tmp_pa
     assert list(hosts["host"]) == ["http://127.0.0.1:30021", "http://127.0.0.1:30020"]
     for host in hosts["host"].values():
         assert host["capabilities"] == ["pull", "resolve"] and host["dial_timeout"] == "200ms"
+
+
+def test_pods_get_no_service_link_variables(defaults: Rendered) -> None:
+    """spegel-py reads settings from env vars (ADDR, PERIOD, REGISTRY_ADDR, ...); Kubernetes'
+    Service-link variables must not be able to collide with them."""
+    for workload, pod in pod_specs(defaults):
+        assert pod["enableServiceLinks"] is False, workload["metadata"]["name"]
