@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -23,7 +23,13 @@ from spegel_py.errors import ConfigurationError, SpegelError
 from spegel_py.metrics import Metrics
 from spegel_py.registry.pagecache import PageCacheCoordinator
 from spegel_py.registry.server import RegistryServer
-from spegel_py.settings import RegistrySettings, split_address
+from spegel_py.settings import (
+    CleanupSettings,
+    CleanupWaitSettings,
+    ConfigurationSettings,
+    RegistrySettings,
+    split_address,
+)
 from spegel_py.store.base import ContentStore
 
 log = logging.getLogger(__name__)
@@ -142,7 +148,8 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         raise supervisor.failure
 
 
-async def _main(settings: RegistrySettings) -> int:
+async def _until_signalled(body: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
+    """Run ``body(stop)``: the first SIGTERM/SIGINT sets ``stop``, a second cancels ``body``."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main = asyncio.current_task()
@@ -161,7 +168,7 @@ async def _main(settings: RegistrySettings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await serve(settings, stop)
+        await body(stop)
     except asyncio.CancelledError:
         return EXIT_FORCED
     finally:
@@ -170,10 +177,10 @@ async def _main(settings: RegistrySettings) -> int:
     return EXIT_OK
 
 
-def run_registry(settings: RegistrySettings) -> int:
-    """Run ``spegel-py registry`` to completion; returns the process exit status."""
+def _run(body: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
+    """Run a daemon body to completion; returns the process exit status."""
     try:
-        return asyncio.run(_main(settings))
+        return asyncio.run(_until_signalled(body))
     except ConfigurationError as exc:
         log.error("configuration error", extra={"error": str(exc)})
         return EXIT_CONFIG
@@ -183,3 +190,73 @@ def run_registry(settings: RegistrySettings) -> int:
     except Exception:  # a bug: report it as one JSON log line (with its traceback), exit 1
         log.exception("crashed")
         return EXIT_FAILURE
+
+
+def run_registry(settings: RegistrySettings) -> int:
+    """Run ``spegel-py registry`` to completion; returns the process exit status."""
+
+    async def body(stop: asyncio.Event) -> None:
+        await serve(settings, stop)
+
+    return _run(body)
+
+
+def run_configuration(settings: ConfigurationSettings) -> int:
+    """``spegel-py configuration``: write certs.d, then say what containerd will make of it."""
+    from spegel_py.hosts import check_containerd_config, configure_mirrors
+
+    try:
+        warnings = configure_mirrors(
+            settings.containerd_registry_config_path,
+            settings.mirrored_registries,
+            settings.mirror_targets,
+            resolve_tags=settings.resolve_tags,
+            prepend_existing=settings.prepend_existing,
+            dial_timeout=settings.dial_timeout,
+        )
+        certs_dir = settings.containerd_registry_config_path
+        findings = check_containerd_config(settings.containerd_config, certs_dir)
+    except ConfigurationError as exc:
+        log.error("configuration error", extra={"error": str(exc)})
+        return EXIT_CONFIG
+    except SpegelError as exc:
+        log.error("configuration failed", extra={"error": str(exc)})
+        return EXIT_FAILURE
+    for warning in warnings:
+        log.warning(warning)
+    for finding in findings:
+        log.warning(str(finding), extra={"problem": finding.problem.value})
+    return EXIT_OK
+
+
+def run_cleanup(settings: CleanupSettings) -> int:
+    """``spegel-py cleanup``: restore certs.d, then answer ``/healthz`` until signalled."""
+    from spegel_py.cleanup import run_cleanup as restore_and_report
+
+    async def body(stop: asyncio.Event) -> None:
+        await restore_and_report(settings.containerd_registry_config_path, settings.addr, stop)
+
+    return _run(body)
+
+
+def run_cleanup_wait(settings: CleanupWaitSettings) -> int:
+    """``spegel-py cleanup-wait``: return once every cleanup pod reported success (or on a signal)."""
+    from spegel_py.cleanup import wait_for_cleanup
+
+    async def body(stop: asyncio.Event) -> None:
+        waiting = asyncio.create_task(
+            wait_for_cleanup(settings.probe_endpoint, period=settings.period, threshold=settings.threshold),
+            name="cleanup-wait",
+        )
+        stopping = asyncio.create_task(stop.wait(), name="cleanup-wait-stop")
+        try:
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, stopping):
+                task.cancel()
+            await asyncio.gather(waiting, stopping, return_exceptions=True)
+        failure = waiting.exception() if waiting.done() and not waiting.cancelled() else None
+        if failure is not None:
+            raise failure
+
+    return _run(body)

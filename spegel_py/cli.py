@@ -1,8 +1,8 @@
-"""Command line: ``spegel-py [--log-level L] <registry|version> [flags]``.
+"""Command line: ``spegel-py [--log-level L] <registry|configuration|cleanup|cleanup-wait|version>``.
 
 Flags are generated from the settings dataclasses (:mod:`spegel_py.settings`), so every flag
 has its env var and default in ``--help``. A bad value is one line on stderr and exit status 2,
-never a traceback. ``configuration``, ``cleanup`` and ``cleanup-wait`` arrive with mirroring.
+never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +15,27 @@ from typing import Any, NoReturn
 
 from spegel_py import __version__
 from spegel_py.errors import ConfigurationError
-from spegel_py.settings import GlobalSettings, Option, RegistrySettings, load, options
+from spegel_py.settings import (
+    CleanupSettings,
+    CleanupWaitSettings,
+    ConfigurationSettings,
+    GlobalSettings,
+    Option,
+    RegistrySettings,
+    load,
+    options,
+)
+
+# subcommand -> (settings class, one-line help)
+COMMANDS: dict[str, tuple[type[Any], str]] = {
+    "registry": (
+        RegistrySettings,
+        "Serve this node's content (and, once mirroring lands, its peers') over the OCI pull API.",
+    ),
+    "configuration": (ConfigurationSettings, "Point containerd at the mirror (certs.d hosts.toml)."),
+    "cleanup": (CleanupSettings, "Restore containerd's certs.d, then answer /healthz until stopped."),
+    "cleanup-wait": (CleanupWaitSettings, "Wait until every cleanup pod has answered /healthz."),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="spegel-py", description="Node-local P2P OCI image mirror, compatible with Spegel.")
     _add_options(parser, GlobalSettings)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    summary = "Serve this node's content (and, once mirroring lands, its peers') over the OCI pull API."
-    registry = sub.add_parser("registry", help=summary, description=summary)
-    _add_options(registry, GlobalSettings, suppress_default=True)
-    _add_options(registry, RegistrySettings)
+    for name, (cls, summary) in COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=summary)
+        _add_options(command, GlobalSettings, suppress_default=True)
+        _add_options(command, cls)
     version = sub.add_parser("version", help="Print the version.")
     _add_options(version, GlobalSettings, suppress_default=True)
     return parser
@@ -79,11 +99,17 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         if args["command"] == "version":
             print(__version__)
             return 0
-        settings = load(RegistrySettings, args, env)
+        settings = load(COMMANDS[args["command"]][0], args, env)
     except ConfigurationError as exc:
         print(f"spegel-py: error: {exc}", file=sys.stderr)
         return 2
     from spegel_py import app, logs  # here: --help and version stay light and fast
 
     logs.configure(global_settings.log_level)
-    return app.run_registry(settings)
+    if isinstance(settings, RegistrySettings):
+        return app.run_registry(settings)
+    if isinstance(settings, ConfigurationSettings):
+        return app.run_configuration(settings)
+    if isinstance(settings, CleanupSettings):
+        return app.run_cleanup(settings)
+    return app.run_cleanup_wait(settings)

@@ -183,6 +183,16 @@ class RegistrySettings:
         "--static-bootstrap-peers", "STATIC_BOOTSTRAP_PEERS", (),
         "Peer multiaddrs, for --bootstrap-kind=static.", many=True)
     # -- spegel-py additions ---------------------------------------------------------------------
+    kubernetes_bootstrap_selector: str = option(
+        "--kubernetes-bootstrap-selector", "KUBERNETES_BOOTSTRAP_SELECTOR", "",
+        "(spegel-py) Label selector of this DaemonSet's pods, for --bootstrap-kind=kubernetes.")
+    pod_ip: str = option("--pod-ip", "POD_IP", "",
+                         "(spegel-py) This pod's IP (downward API): the address the router advertises.")
+    pod_name: str = option("--pod-name", "POD_NAME", "",
+                           "(spegel-py) This pod's name (downward API): the kubernetes bootstrap skips it.")
+    pod_namespace: str = option("--pod-namespace", "POD_NAMESPACE", "",
+                                "(spegel-py) This pod's namespace (downward API), searched by the kubernetes "
+                                "bootstrap.")
     content_store: str = option("--content-store", "CONTENT_STORE", "containerd",
                                 "(spegel-py) Where content comes from: containerd or oci-layout.",
                                 _choice(CONTENT_STORES))
@@ -205,6 +215,53 @@ class RegistrySettings:
         "--shutdown-timeout", "SHUTDOWN_TIMEOUT", 10.0,
         "(spegel-py) How long in-flight requests may finish after SIGTERM (a 2nd signal forces exit).",
         parse_duration)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationSettings:
+    """``spegel-py configuration``: point this node's containerd at the mirror (certs.d hosts.toml)."""
+
+    containerd_registry_config_path: str = option(
+        "--containerd-registry-config-path", "CONTAINERD_REGISTRY_CONFIG_PATH", "/etc/containerd/certs.d",
+        "containerd's config_path directory, where <registry>/hosts.toml is written.")
+    mirrored_registries: tuple[str, ...] = option(
+        "--mirrored-registries", "MIRRORED_REGISTRIES", (),
+        "Registries to mirror, as URLs (empty: all, through _default).", many=True)
+    mirror_targets: tuple[str, ...] = option(
+        "--mirror-targets", "MIRROR_TARGETS", (), "Mirror URLs containerd tries first (required).", many=True)
+    resolve_tags: bool = option("--resolve-tags", "RESOLVE_TAGS", True,
+                                "Let the mirror resolve tags ('resolve' capability).", parse_bool,
+                                boolean=True)
+    prepend_existing: bool = option("--prepend-existing", "PREPEND_EXISTING", False,
+                                    "Keep the existing hosts.toml entries after the mirror's.", parse_bool,
+                                    boolean=True)
+    dial_timeout: float = option("--dial-timeout", "DIAL_TIMEOUT", 0.2,
+                                 "(spegel-py) dial_timeout written for each mirror (Go duration).",
+                                 parse_duration)
+    containerd_config: str = option(
+        "--containerd-config", "CONTAINERD_CONFIG", "/etc/containerd/config.toml",
+        "(spegel-py) containerd's config file, checked for config_path and discard_unpacked_layers.")
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupSettings:
+    """``spegel-py cleanup``: restore certs.d, then answer /healthz until stopped (Helm's hook)."""
+
+    containerd_registry_config_path: str = option(
+        "--containerd-registry-config-path", "CONTAINERD_REGISTRY_CONFIG_PATH", "/etc/containerd/certs.d",
+        "containerd's config_path directory to restore.")
+    addr: str = option("--addr", "ADDR", "", "Address of the /healthz endpoint (required), e.g. :8080.")
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupWaitSettings:
+    """``spegel-py cleanup-wait``: return once every cleanup pod has answered /healthz."""
+
+    probe_endpoint: str = option("--probe-endpoint", "PROBE_ENDPOINT", "",
+                                 "host:port of the cleanup pods' /healthz (required; a headless service).")
+    threshold: int = option("--threshold", "THRESHOLD", 3, "Consecutive all-healthy rounds needed.",
+                            parse_int)
+    period: float = option("--period", "PERIOD", 2.0, "Time between rounds (Go duration).", parse_duration)
 
 
 def options(cls: type[Any]) -> list[tuple[str, Option, Any]]:
@@ -238,7 +295,16 @@ def load(cls: type[S], flags: Mapping[str, Any], environ: Mapping[str, str]) -> 
 
 
 def _check(settings: Any) -> None:
-    """Cross-field rules."""
+    """Required values and cross-field rules."""
+    if isinstance(settings, ConfigurationSettings) and not settings.mirror_targets:
+        raise ConfigurationError("--mirror-targets (MIRROR_TARGETS) is required")
+    if isinstance(settings, CleanupSettings) and not settings.addr:
+        raise ConfigurationError("--addr (ADDR) is required")
+    if isinstance(settings, CleanupWaitSettings):
+        if not settings.probe_endpoint:
+            raise ConfigurationError("--probe-endpoint (PROBE_ENDPOINT) is required")
+        if settings.threshold < 1 or settings.period <= 0:
+            raise ConfigurationError("--threshold must be >= 1 and --period positive")
     if isinstance(settings, RegistrySettings):
         if settings.content_store == "oci-layout" and not settings.oci_layout_path:
             raise ConfigurationError("--content-store=oci-layout needs --oci-layout-path (OCI_LAYOUT_PATH)")

@@ -233,3 +233,43 @@ def test_address_in_use_is_a_clean_error(layout: tuple[Path, dict[str, str]]) ->
     assert "Traceback" not in out.stderr
     record = json.loads(out.stderr.strip().splitlines()[-1])
     assert record["level"] == "ERROR" and "cannot listen" in record["error"]
+
+
+def test_configuration_cleanup_and_cleanup_wait_round_trip(tmp_path: Path) -> None:
+    """The three Helm-facing subcommands, as the chart runs them, against a scratch certs.d."""
+    certs = tmp_path / "certs.d"
+    (certs / "docker.io").mkdir(parents=True)
+    original = "server = 'https://registry-1.docker.io'\n"
+    (certs / "docker.io" / "hosts.toml").write_text(original)
+    out = subprocess.run(
+        [SPEGEL, "configuration", "--log-level=INFO", f"--containerd-registry-config-path={certs}",
+         "--mirrored-registries=https://docker.io", "--mirror-targets=http://127.0.0.1:30020",
+         "--resolve-tags=false", "--prepend-existing=false", "--dial-timeout=300ms",
+         f"--containerd-config={tmp_path / 'absent.toml'}"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    written = (certs / "docker.io" / "hosts.toml").read_text()
+    assert "http://127.0.0.1:30020" in written and "dial_timeout = '300ms'" in written
+    assert "'resolve'" not in written
+    assert any(json.loads(line).get("problem") == "config-not-found" for line in out.stderr.splitlines())
+
+    host = "127.0.0.25"
+    port = _free_port(host)
+    cleanup = subprocess.Popen(
+        [SPEGEL, "cleanup", f"--containerd-registry-config-path={certs}", f"--addr={host}:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        waited = subprocess.run(
+            [SPEGEL, "cleanup-wait", f"--probe-endpoint={host}:{port}", "--threshold=2", "--period=100ms"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert waited.returncode == 0, waited.stderr
+        assert (certs / "docker.io" / "hosts.toml").read_text() == original  # restored before /healthz
+        cleanup.send_signal(signal.SIGTERM)
+        assert cleanup.wait(10) == 0
+    finally:
+        if cleanup.poll() is None:
+            cleanup.kill()
+        cleanup.wait(10)

@@ -133,3 +133,50 @@ def test_flag_beats_env_beats_default_through_the_parser() -> None:
     assert settings.registry_addr == "127.0.0.8:3"
     assert settings.page_cache_eviction is False
     assert settings.router_addr == ":5001"
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        (
+            "configuration",
+            {
+                "--containerd-registry-config-path": "CONTAINERD_REGISTRY_CONFIG_PATH",
+                "--mirrored-registries": "MIRRORED_REGISTRIES",
+                "--mirror-targets": "MIRROR_TARGETS",
+                "--resolve-tags": "RESOLVE_TAGS",
+                "--prepend-existing": "PREPEND_EXISTING",
+            },
+        ),
+        (
+            "cleanup",
+            {"--addr": "ADDR", "--containerd-registry-config-path": "CONTAINERD_REGISTRY_CONFIG_PATH"},
+        ),
+        (
+            "cleanup-wait",
+            {"--probe-endpoint": "PROBE_ENDPOINT", "--threshold": "THRESHOLD", "--period": "PERIOD"},
+        ),
+    ],
+)
+def test_helm_facing_commands_have_spegels_flags(command: str, flags: dict[str, str]) -> None:
+    out = _run(command, "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for flag, env in flags.items():
+        assert flag in text and f"env {env}" in text, flag
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["configuration"],  # --mirror-targets is required
+        ["configuration", "--mirror-targets=http://x:1", "--dial-timeout=soon"],
+        ["cleanup"],  # --addr is required
+        ["cleanup-wait"],  # --probe-endpoint is required
+        ["cleanup-wait", "--probe-endpoint=x:1", "--period=never"],
+    ],
+)
+def test_helm_facing_commands_refuse_bad_input_in_one_line(argv: list[str]) -> None:
+    out = _run(*argv)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
