@@ -120,10 +120,20 @@ def spegel_command() -> list[str]:
 
 
 @cache
-def help_flags(subcommand: str) -> frozenset[str]:
-    """Flags ``spegel-py <subcommand> --help`` documents, read from the real CLI's output."""
+def help_text(subcommand: str) -> str:
+    """What the real ``spegel-py <subcommand> --help`` prints."""
     result = subprocess.run(
         [*spegel_command(), subcommand, "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, f"spegel-py {subcommand} --help failed: {result.stderr.strip()[-500:]}"
-    return frozenset(_FLAG.findall(result.stdout))
+    return result.stdout
+
+
+def help_flags(subcommand: str) -> frozenset[str]:
+    """Flags ``spegel-py <subcommand> --help`` documents."""
+    return frozenset(_FLAG.findall(help_text(subcommand)))
+
+
+def help_env_vars(subcommand: str) -> frozenset[str]:
+    """Environment variables ``spegel-py <subcommand> --help`` documents (``[env NAME]``)."""
+    return frozenset(re.findall(r"\[env\s+(\w+)\]", help_text(subcommand)))

@@ -9,6 +9,7 @@ objects that belong to a toggle appear exactly when it is on.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from helmsupport import (
     containers,
     flag_names,
     full_name,
+    help_env_vars,
     help_flags,
     model_name,
     render,
@@ -186,6 +188,12 @@ def test_every_flag_exists_in_the_cli(case: str, renders: dict[str, Rendered]) -
         if unknown:
             problems.append(f"{where}: spegel-py {subcommand} has no {unknown}")
             continue
+        # Every env var the chart sets is read by the CLI, or expanded by the kubelet in the args.
+        expanded_vars = {v for a in args for v in re.findall(r"\$\((\w+)\)", a)}
+        env = {e["name"] for e in container.get("env", [])}
+        unread = sorted(env - expanded_vars - help_env_vars(subcommand))
+        if unread:
+            problems.append(f"{where}: spegel-py {subcommand} reads no env var {unread}")
         # The values must parse too (booleans, durations, addresses): the real parser, offline.
         expanded = [a.replace("$(NODE_IP)", "10.0.0.1") for a in args]
         try:

@@ -91,7 +91,6 @@ def test_registry_container_serves_from_containerd_with_probes_and_identity(defa
         "POD_IP": "status.podIP",
         "POD_NAME": "metadata.name",
         "POD_NAMESPACE": "metadata.namespace",
-        "NODE_IP": "status.hostIP",
     }
     assert registry["resources"]["limits"]["memory"] == "256Mi"
     assert "cpu" not in registry["resources"]["limits"]
