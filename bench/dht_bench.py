@@ -79,8 +79,8 @@ class OursNode:
                 bootstrap=Static() if bootstrap else None,
                 cache_ttl=0.0,  # every lookup is a real lookup
                 lookup_timeout=5.0,
-                bootstrap_interval=0.5,
-                refresh_interval=2.0,
+                bootstrap_interval=2.0,  # 12 s once it has peers
+                refresh_interval=5.0,
             )
             for ip in ips
         ]
@@ -330,6 +330,7 @@ class Proc:
         self, p: asyncio.subprocess.Process, hello: dict[str, Any], ips: list[str], started: float
     ) -> None:
         self.p, self.addrs, self.ips, self.started = p, hello["addrs"], ips, started
+        self.ready = started  # set when the node reported it listens
 
     async def ask(self, wait: float = 900, **cmd: Any) -> dict[str, Any]:
         assert self.p.stdin and self.p.stdout
@@ -375,7 +376,9 @@ async def spawn(impl: str, ips: list[str], bootstrap: list[str]) -> Proc:
     line = await asyncio.wait_for(p.stdout.readline(), 120)
     if not line:
         raise RuntimeError(f"{impl} node on {ips} failed to start")
-    return Proc(p, json.loads(line), ips, started)
+    proc = Proc(p, json.loads(line), ips, started)
+    proc.ready = time.time()
+    return proc
 
 
 async def cluster(impl: str, nodes: int, per_proc: int) -> list[Proc]:
@@ -414,6 +417,7 @@ async def phase_a(impl: str, keys: int) -> dict[str, Any]:
     procs = await cluster(impl, nodes, 1)
     last_start = max(p.started for p in procs)
     settled = await settle(procs, nodes, impl)
+    adv_at = time.time()
     adv = await asyncio.gather(
         *(p.ask(op="advertise", idx=0, owner=i, start=0, count=keys) for i, p in enumerate(procs))
     )
@@ -439,7 +443,9 @@ async def phase_a(impl: str, keys: int) -> dict[str, Any]:
         "nodes": nodes,
         "keys_per_node": keys,
         "settle_s": settled,
+        "last_ready_after_start_s": max(p.ready for p in procs) - last_start,
         "stored_s": (stored_at - last_start) if stored_at else None,
+        "stored_after_advertise_s": (stored_at - adv_at) if stored_at else None,
         "findable_s": (max(done) - last_start) if all(done) else None,
         "missing": sum(c["missing"] for c in checks),
         "advertise_wall_s": max(a["wall"] for a in adv),
@@ -536,14 +542,15 @@ async def phase_d(impl: str, nodes: int, per_proc: int, keys: int, n: int) -> di
 async def run_main(args: argparse.Namespace) -> None:
     results: dict[str, Any] = {"args": vars(args), "load_before": os.getloadavg()}
     for impl, keys in (("ours", args.keys), ("stock", args.stock_keys)):
-        if impl in args.skip:
+        if impl in args.skip or f"a-{impl}" in args.skip:
             continue
         print(f"phase A-C {impl} ({keys} keys/node)...", file=sys.stderr, flush=True)
         results[f"a_{impl}"] = await phase_a(impl, keys)
         print(json.dumps(results[f"a_{impl}"]), file=sys.stderr, flush=True)
     for nodes, per_proc in ((10, 1), (25, 5), (50, 5)):
         for impl in ("ours", "stock"):
-            if impl in args.skip or (impl == "stock" and nodes > args.stock_max_nodes):
+            skipped = impl in args.skip or f"d-{impl}" in args.skip
+            if skipped or (impl == "stock" and nodes > args.stock_max_nodes):
                 continue
             print(f"phase D {impl} {nodes} nodes...", file=sys.stderr, flush=True)
             n = 200 if impl == "ours" else 20

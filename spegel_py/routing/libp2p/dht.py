@@ -58,7 +58,7 @@ class DhtOptions:
     request_timeout: float = 2.0  # seconds one GET_PROVIDERS / FIND_NODE may take
     streams_per_peer: int = 4  # long-lived request streams per peer
     dial_concurrency: int = 16  # peers dialled at once when many are learned
-    dial_timeout: float = 3.0  # seconds a dial may take (also the longest a close waits for one)
+    dial_timeout: float = 10.0  # seconds a dial may take (also the longest a close waits for one)
 
 
 class DhtNode:
@@ -163,6 +163,8 @@ class DhtNode:
             return None
         # a known peer is walked again: a bootstrap round is also how a young node, whose first
         # walk came back before the seed had identified its other peers, learns the cluster
+        if pid is not None and pid.to_bytes() in self.table and len(self.table) >= self.options.k:
+            return pid.to_bytes()  # a big table is kept current by the refresh walks
         remote = await self._dial(maddr, pid)
         rb = remote.to_bytes()
         if rb == self.self_id:
