@@ -70,7 +70,7 @@ class LookupCache:
         if len(self._flights) >= self._max:
             self._prune()
         flight = Flight(limit)
-        self._flights[key] = flight
+        self._flights[key] = flight  # joined by concurrent callers; dropped by _prune when stale
         self._start(key, flight)
         return flight
 
@@ -81,6 +81,8 @@ class LookupCache:
 
     def put(self, key: str, peers: list[Peer]) -> None:
         """Cache a result found without a query (the node's own records)."""
+        if self._ttl <= 0:
+            return
         if len(self._flights) >= self._max:
             self._prune()
         flight = Flight(len(peers))
