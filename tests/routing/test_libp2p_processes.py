@@ -180,3 +180,23 @@ async def test_withdrawn_keys_stop_being_reprovided(spawn: Spawn) -> None:
         assert await finds(b, kept, a)
         await asyncio.sleep(0.2)
     assert (await b.lookup(dropped))[0] == []
+
+
+async def test_lookups_end_by_their_deadline_when_a_peer_hangs(spawn: Spawn) -> None:
+    a = await spawn("127.0.0.61")
+    b = await spawn("127.0.0.62", a)
+    c = await spawn("127.0.0.63", a)
+
+    async def meshed() -> bool:
+        return all([(await n.ask(op="status"))["peers"] == 2 for n in (a, b, c)])
+
+    await eventually(meshed)
+    b.proc.send_signal(signal.SIGSTOP)  # connection open, no answers: worse than dead
+    try:
+        start = time.monotonic()
+        peers, ms = await c.lookup("sha256:" + "11" * 32)
+        assert peers == []
+        assert ms < (LOOKUP_TIMEOUT + 0.5) * 1000
+        assert time.monotonic() - start < LOOKUP_TIMEOUT + 2
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
