@@ -245,6 +245,7 @@ class DhtNode:
         _, new = self.table.add(rb, peer.to_base58(), self.addrs.get(rb, ()))
         if not new:
             return
+
         def resend() -> None:
             with contextlib.suppress(RoutingError):  # shutting down
                 self._spawn(self._push_to_new_peer, rb)

@@ -103,7 +103,7 @@ class Libp2pRouter:
             raise RoutingError(f"router cannot start: it is {self._state}")
         self._state = "starting"
         addrs = listen_addrs(self._listen)
-        self._thread.start()
+        await self._thread.astart()
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] = loop.create_future()
 
@@ -153,7 +153,7 @@ class Libp2pRouter:
                 main.cancel()
                 await asyncio.wait([main], timeout=CLOSE_TIMEOUT)
         self._cache.clear()
-        self._thread.stop()
+        await self._thread.astop()
 
     async def __aenter__(self) -> Libp2pRouter:
         await self.start()
