@@ -11,6 +11,7 @@ set -euo pipefail
 PACKAGES=(
   containerd runc docker-registry skopeo    # the local cluster: nodes, upstream, image copies
   nginx-light vmtouch prometheus wrk        # benchmarks, page-cache control, metrics checks
+  chromium chromium-driver                  # headless browser for the /debug/web page test
   curl iproute2 util-linux                  # probes, network namespaces, unshare/mount tools
   golang-github-containerd-containerd-dev   # containerd API .proto files (scripts/gen_protos.sh)
   libgmp-dev gcc make python3-venv python3-dev  # the virtualenv; libp2p's fastecdsa builds from source
