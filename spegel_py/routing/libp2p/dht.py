@@ -352,11 +352,20 @@ class DhtNode:
         for start in range(0, len(keys), _YIELD_EVERY):
             batch = keys[start : start + _YIELD_EVERY]
             if not small:
-                kth = self._kth
-                batch = [key for key in batch if (kad_id(key) ^ entry.kad) < kth.get(key, 1 << 256)]
+                batch = [key for key in batch if (kad_id(key) ^ entry.kad) <= self._kth_distance(key)]
             if batch:
                 self._sender_enqueue(peer, b"".join([head + key + tail for key in batch]))
             await trio.lowlevel.checkpoint()
+
+    def _kth_distance(self, key: bytes) -> int:
+        """Distance of ``key``'s k-th closest peer, as of its last send; computed once for keys
+        last sent while the table was small (then every peer got them), so that peers joining a
+        grown cluster get only the keys they are close to, not everything until the reprovide."""
+        kth = self._kth.get(key)
+        if kth is None:
+            target = kad_id(key)
+            kth = self._kth[key] = self.table.closest(target, self.options.k)[-1].kad ^ target
+        return kth
 
     async def _maintain(self) -> None:
         """Reprovide, expire records, and walk the table to learn peers that joined elsewhere."""
