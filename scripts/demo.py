@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""``make demo``: one node's spegel-py serves its containerd content store to another node's
-containerd while the upstream registry is stopped.
+"""``make demo``: three nodes pull images from each other through spegel-py, upstream stopped.
 
-Story: an upstream registry (Debian's docker-registry) holds three test images; containerd on
-node 1 (127.0.0.11) pulls them; node 1's ``spegel-py registry`` starts on node 1's content
-store; the upstream is stopped; containerd on node 2 (127.0.0.12), whose ``hosts.toml`` names
-node 1's spegel-py as a mirror, pulls every image. The demo prints what moved, how fast, and
-that the upstream received no request during node 2's pulls (from its own access log).
+Story: an upstream registry (Debian's docker-registry) holds three test images; three nodes
+(127.0.0.11, .12, .13) each run containerd and ``spegel-py registry`` (peers found through the
+DHT, bootstrapped to node 1), and each node's ``certs.d`` is written by ``spegel-py
+configuration`` (its own spegel-py first, then the upstream). Node 1 pulls every image from the
+upstream; once nodes 2 and 3 can find node 1's content through their own spegel-py, the upstream
+is stopped and nodes 2 and 3 pull every image. The demo prints where the bytes came from (each
+node's spegel-py /metrics: served from its own content store vs relayed from peers), pull
+times, and the upstream's request count during those pulls (from its own access log).
 
 Every process it starts is stopped by pid on exit, on failure and on Ctrl-C. Exit status 0
 means every check held. Needs root (containerd). Options: ``--no-big`` skips the 330 MiB image,
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import sys
@@ -31,15 +32,14 @@ sys.path.insert(0, str(REPO / "tests"))  # the harness package lives with the te
 
 from harness import (  # noqa: E402  (needs the path above)
     BuiltImage,
-    ContainerdNode,
     HarnessError,
     ImageSet,
     ProcessGroup,
-    SpegelRegistry,
     UpstreamRegistry,
     cleanup_mounts,
     spegel_binary,
 )
+from harness.cluster import Cluster, ClusterNode, image_complete  # noqa: E402
 
 BOLD, DIM, GREEN, RED, RESET = (
     ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
@@ -62,21 +62,6 @@ def human(size: float) -> str:
     raise AssertionError("unreachable")
 
 
-def served_bytes(spegel: SpegelRegistry) -> float | None:
-    """``spegel_served_bytes_total`` summed over sources, from spegel-py's /metrics (None if absent)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(spegel.metrics_url, timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    values = [
-        float(m[1]) for m in re.finditer(r"^spegel_served_bytes_total(?:\{[^}]*\})? (\S+)$", text, re.M)
-    ]
-    return sum(values) if values or "# TYPE spegel_served_bytes_total counter" in text else None
-
-
 def preflight() -> None:
     problems = []
     if os.geteuid() != 0:
@@ -93,7 +78,7 @@ def preflight() -> None:
 def run(workdir: Path, group: ProcessGroup, *, with_big: bool) -> bool:
     kinds = ["small", "multi", *(["big"] if with_big else [])]
 
-    say("1/6", "test images (deterministic OCI layouts, cached under .work/cache/images)")
+    say("1/7", "test images (deterministic OCI layouts, cached under .work/cache/images)")
     images = ImageSet()
     built: dict[str, BuiltImage] = {}
     for kind in kinds:
@@ -105,7 +90,7 @@ def run(workdir: Path, group: ProcessGroup, *, with_big: bool) -> bool:
             f"platforms {', '.join(image.platforms)}  ({time.monotonic() - start:.1f}s)"
         )
 
-    say("2/6", "upstream registry (docker-registry)")
+    say("2/7", "upstream registry (docker-registry)")
     upstream = UpstreamRegistry(workdir / "upstream", group)
     upstream.start()
     for kind in kinds:
@@ -115,69 +100,92 @@ def run(workdir: Path, group: ProcessGroup, *, with_big: bool) -> bool:
         + ", ".join(upstream.ref(built[k]).split("/", 1)[1] for k in kinds)
     )
 
-    say("3/6", "node 1: containerd pulls from the upstream")
-    node1 = ContainerdNode(1, workdir / "node1", group)
-    node1.start()
-    detail(f"containerd pid {node1.pid}, root {node1.root}")
+    say("3/7", "three nodes: containerd, `spegel-py configuration`, `spegel-py registry` (DHT)")
+    cluster = Cluster(workdir, group, upstream)
+    cluster.start()
+    for node in cluster.nodes:
+        detail(
+            f"{node.name} {node.ip}: containerd pid {node.containerd.pid}, spegel-py pid {node.spegel.pid} "
+            f"{node.spegel.url}, certs.d -> {node.spegel.url} then {upstream.url}"
+        )
+    detail(f"DHT bootstrap: every node -> /ip4/{cluster.node(1).ip}/tcp/{cluster.router_port}")
+
+    times: dict[tuple[int, str], float] = {}
+    say("4/7", "node 1: containerd pulls every image from the upstream")
+    n1 = cluster.node(1)
     for kind in kinds:
-        result = node1.pull(upstream.ref(built[kind]), all_platforms=kind == "multi")
+        result = n1.pull(upstream.ref(built[kind]), all_platforms=kind == "multi", timeout=600)
+        times[(1, kind)] = result.seconds
         detail(f"{kind:5}  {human(built[kind].total_size):>10} in {result.seconds:5.2f}s from the upstream")
 
-    say("4/6", "node 1: spegel-py registry serves node 1's containerd content store")
-    spegel = SpegelRegistry(workdir, group, node=node1, log_level="INFO")
-    spegel.start()
-    detail(f"{spegel.url}  pid {spegel.pid}  content {node1.content_path}")
+    say("5/7", "nodes 2 and 3 find node 1's content through their own spegel-py (DHT lookup + mirror)")
+    others = cluster.nodes[1:]
+    seconds = cluster.wait_findable([built[k] for k in kinds], by=others, timeout=120)
+    keys = sum(len(cluster.keys(built[k])) for k in kinds)
+    detail(f"all {keys} manifests and blobs answer 200 on nodes 2 and 3 after {seconds:.1f}s")
 
-    say("5/6", "the upstream registry is STOPPED")
+    say("6/7", "the upstream registry is STOPPED")
     mark = upstream.mark()
     stopped_pid = group.get(upstream.name).pid
     upstream.stop()
     detail(f"pid {stopped_pid} stopped; {upstream.url}/v2/ refuses connections")
 
-    say("6/6", "node 2: containerd pulls every image, hosts.toml -> node 1's spegel-py")
-    node2 = ContainerdNode(2, workdir / "node2", group)
-    node2.start()
-    hosts = node2.write_hosts_toml(upstream.addr, upstream.url, [spegel.url], ["pull", "resolve"])
-    detail(
-        f"containerd pid {node2.pid}; {hosts.relative_to(workdir)}: mirror {spegel.url}, then {upstream.url}"
-    )
-    before = served_bytes(spegel)
+    say("7/7", "nodes 2 and 3 pull every image (multi: all platforms) through their own spegel-py")
+    before = {node.index: node.served_bytes() for node in cluster.nodes}
     ok = True
-    total_bytes, total_seconds = 0, 0.0
-    for kind in kinds:
-        image, ref = built[kind], upstream.ref(built[kind])
-        result = node2.pull(ref, hosts_dir=node2.certs_d, all_platforms=kind == "multi", timeout=600)
-        got = node2.images().get(ref)
-        missing = [d for d in image.blobs if not node2.has_blob(d)]
-        good = got == image.digest and not missing
-        ok &= good
-        total_bytes += image.total_size
-        total_seconds += result.seconds
-        rate = image.total_size / result.seconds / (1 << 20)
-        mark_text = (
-            f"{GREEN}ok{RESET}" if good else f"{RED}FAILED (digest {got}, missing {len(missing)}){RESET}"
-        )
-        detail(
-            f"{kind:5}  {human(image.total_size):>10} in {result.seconds:5.2f}s  ({rate:6.1f} MiB/s)  "
-            f"{image.digest[:19]}  all {len(image.blobs)} blobs present  {mark_text}"
-        )
-
+    for node in others:
+        for kind in kinds:
+            image, ref = built[kind], upstream.ref(built[kind])
+            result = node.pull(ref, all_platforms=kind == "multi", timeout=600)
+            times[(node.index, kind)] = result.seconds
+            problems = image_complete(node, ref, image)
+            ok &= not problems
+            rate = image.total_size / result.seconds / (1 << 20)
+            status = f"{GREEN}ok{RESET}" if not problems else f"{RED}FAILED: {'; '.join(problems)}{RESET}"
+            detail(
+                f"{node.name} {kind:5}  {human(image.total_size):>10} in {result.seconds:5.2f}s "
+                f"({rate:6.1f} MiB/s)  all {len(image.blobs)} blobs present  {status}"
+            )
     detail("(a pull's time includes containerd writing, verifying and unpacking what it receives)")
     upstream_requests = upstream.requests(mark)
-    after = served_bytes(spegel)
+    after = {node.index: node.served_bytes() for node in cluster.nodes}
     print()
-    say(
-        "result",
-        f"node 2 pulled {len(kinds)} images, {human(total_bytes)} in {total_seconds:.1f}s, "
-        f"from node 1's spegel-py",
-    )
-    if before is not None and after is not None:
-        detail(
-            f"spegel-py's /metrics: {human(after - before)} of manifests and blobs served during the pulls"
-        )
-    detail(f"upstream requests during node 2's pulls: {len(upstream_requests)} (its access log)")
+    say("result", "where the bytes came from while the upstream was stopped (spegel-py /metrics)")
+    print_table(cluster.nodes, kinds, before, after, times)
+    print()
+    detail(f"upstream requests during the pulls of nodes 2 and 3: {len(upstream_requests)} (its access log)")
     ok &= not upstream_requests
+    relayed = [after[n.index].get("peer", 0) - before[n.index].get("peer", 0) for n in others]
+    wanted = sum(built[k].total_size for k in kinds)
+    if all(value >= wanted for value in relayed):
+        detail(f"nodes 2 and 3 each relayed >= {human(wanted)} from peers: every byte came from a peer")
+    else:
+        ok = False
+        detail(f"{RED}relayed bytes {[human(v) for v in relayed]} < {human(wanted)} per node{RESET}")
     return ok
+
+
+def print_table(
+    nodes: list[ClusterNode],
+    kinds: list[str],
+    before: dict[int, dict[str, float]],
+    after: dict[int, dict[str, float]],
+    times: dict[tuple[int, str], float],
+) -> None:
+    """Per node: bytes its spegel-py served from its own content store (to peers) and relayed
+    from peers (to its containerd) during the upstream-stopped pulls, and its pull times."""
+    header = f"{'node':6} {'address':11} {'served locally':>15} {'relayed from peers':>19}"
+    header += "".join(f" {kind + ' pull':>11}" for kind in kinds)
+    print(f"      {BOLD}{header}{RESET}")
+    for node in nodes:
+        local = after[node.index].get("local", 0) - before[node.index].get("local", 0)
+        peer = after[node.index].get("peer", 0) - before[node.index].get("peer", 0)
+        row = f"{node.name:6} {node.ip:11} {human(local):>15} {human(peer):>19}"
+        for kind in kinds:
+            seconds = times.get((node.index, kind))
+            row += f" {f'{seconds:.2f}s' if seconds is not None else '-':>11}"
+        print(f"      {row}")
+    detail("node 1's pull times are from the upstream (before it stopped); nodes 2 and 3 pulled from peers")
 
 
 def main() -> int:
@@ -192,7 +200,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     print(
-        f"{BOLD}spegel-py demo{RESET}: a node pulls images from another node's spegel-py, upstream stopped\n"
+        f"{BOLD}spegel-py demo{RESET}: three nodes pull from each other through spegel-py, upstream stopped\n"
     )
     workdir = Path(tempfile.mkdtemp(prefix="spegel-py-demo-"))
     group = ProcessGroup()
@@ -204,7 +212,8 @@ def main() -> int:
         print(f"\n{RED}interrupted{RESET}")
     except (HarnessError, TimeoutError) as exc:
         print(f"\n{RED}demo failed:{RESET} {exc}")
-        print(group.tails(15))
+        # spegel-py's and the upstream's logs tell the story; containerd's boot log would bury them
+        print("\n".join(group.get(n).tail(15) for n in group.pids if not n.startswith("containerd")))
     finally:
         count = len(group.pids)
         group.stop_all()
