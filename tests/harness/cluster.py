@@ -196,9 +196,25 @@ class Cluster:
     def start(self, *, timeout: float = 60.0) -> None:
         """containerd everywhere, ``configuration`` everywhere, then every spegel-py until ready."""
         _parallel(lambda n: n.containerd.start(), self.nodes)
-        for node in self.nodes:
-            self.configure(node)
-        _parallel(lambda n: n.spegel.start(timeout=timeout), self.nodes)
+        _parallel(self.configure, self.nodes)  # ~2 s each, mostly the CLI's imports
+        # node 1 first, its router listening before the others bootstrap to it: a bootstrap
+        # attempt that finds nobody is retried only after the router's bootstrap interval
+        first = self.nodes[0]
+        first.spegel.start(wait=False)
+        wait_until(
+            lambda: self._accepts(first.ip, self.router_port),
+            timeout,
+            f"{first.name}'s router on {first.ip}:{self.router_port}",
+            diagnose=self.tails,
+        )
+        for node in self.nodes[1:]:
+            node.spegel.start(wait=False)
+        _parallel(lambda n: n.spegel.wait_ready(timeout=timeout), self.nodes)
+
+    def _accepts(self, ip: str, port: int) -> bool:
+        self.processes.check_running(self.nodes[0].spegel.name)
+        with socket.create_connection((ip, port), timeout=1):
+            return True
 
     def configure(self, node: ClusterNode) -> subprocess.CompletedProcess[str]:
         """Run the real ``spegel-py configuration`` for ``node`` (its certs.d -> its spegel-py)."""
@@ -279,7 +295,7 @@ def image_complete(node: ClusterNode, ref: str, image: BuiltImage) -> list[str]:
     return problems
 
 
-def _parallel(action: Callable[[ClusterNode], None], nodes: Sequence[ClusterNode]) -> None:
+def _parallel(action: Callable[[ClusterNode], object], nodes: Sequence[ClusterNode]) -> None:
     """Run ``action`` on every node in threads; re-raise the first failure after all finished."""
     errors: list[BaseException] = []
 

@@ -98,11 +98,16 @@ class SpegelRegistry:
             argv += ["--content-store", self.content_store, "--oci-layout-path", str(self.oci_layout_path)]
         return argv + self.extra_args
 
-    def start(self, *, timeout: float = 30.0) -> None:
+    def start(self, *, timeout: float = 30.0, wait: bool = True) -> None:
+        """Start the process; unless ``wait`` is false, return once /readyz answers 200."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.processes.start(
             self.name, self.argv(), log_path=self.log_path, netns=self.netns.name if self.netns else None
         )
+        if wait:
+            self.wait_ready(timeout=timeout)
+
+    def wait_ready(self, *, timeout: float = 30.0) -> None:
         wait_until(
             self._ready,
             timeout,
