@@ -200,11 +200,17 @@ def test_corrupt_peer_is_detected_and_bad_content_never_committed(
     upstream.stop()
     # only the corrupt peer left: the pull must fail, promptly, without committing the layer
     cluster.stop_spegel(n2)
+    sent_before = n1.served_bytes().get("local", 0)
     start = time.monotonic()
     with pytest.raises(HarnessError):
         n3.pull(ref, timeout=120)
     assert time.monotonic() - start < 60
     assert not n3.containerd.has_blob(layer)
+    # the corrupt bytes did reach node 3's spegel-py (so it is its check that stopped them)
+    assert n1.served_bytes().get("local", 0) - sent_before >= small.blobs[layer]
+    corrupt = [v for k, v in n3.metrics().items() if "corrupt" in k and not k.startswith("#")]
+    if corrupt:  # counted, where this build exports the counter
+        assert sum(corrupt) > 0
 
     # a good peer again: the pull completes with the right bytes
     n2.spegel.start()
