@@ -10,6 +10,13 @@ evict what another still needs: a stream only evicts below the lowest offset of 
 in-flight streams of that file (minus the lag). The last stream to leave a file evicts every
 range any stream read, and once more a moment later, when the socket buffers have drained.
 
+The pages ahead of the send offset are bounded too: the kernel's own readahead window is a
+property of the disk (``read_ahead_kb``; 8 MiB on some virtual disks, and up to twice that while
+an asynchronous readahead is in flight), so several cold streams would each hold that much
+charged cache in front of them. A stream therefore turns kernel readahead off for its own open
+file (``POSIX_FADV_RANDOM`` affects only that descriptor) and asks for the next ``readahead``
+bytes itself (``POSIX_FADV_WILLNEED``, which starts the reads without waiting for them).
+
 Only pages that serving brought in are evicted: pages already resident when a file starts being
 served (a snapshot taken with ``mincore``) were charged to whoever read them first (the memory
 cgroup charges the first reader), so dropping them would not shrink our charge and would only
@@ -26,9 +33,14 @@ from dataclasses import dataclass, field
 from spegel_py.registry.residency import GRANULE, resident_granules
 
 Advise = Callable[[int, int, int], None]
+Hint = Callable[[int, int, int, int], None]
 Residency = Callable[[int, int], "bytes | None"]
 
 DEFAULT_LAG = 4 * 1024 * 1024
+# Bytes a stream reads ahead of its send offset itself (kernel readahead is off for its file).
+# 8 MiB keeps a cold stream's reads ahead of the socket on a virtual disk (measured with
+# bench/serve_bench.py) while its footprint stays lag + readahead, whatever the disk's setting.
+DEFAULT_READAHEAD = 8 * 1024 * 1024
 ALIGN = 2 * 1024 * 1024  # the largest page-cache folio on x86-64 (a PMD)
 # Eviction is batched: a stream advises only when at least this much became evictable.
 DEFAULT_STEP = 2 * 1024 * 1024
@@ -41,6 +53,18 @@ MAX_SETTLING = 256
 
 def _fadvise_dontneed(fd: int, offset: int, length: int) -> None:
     os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+RANDOM = os.POSIX_FADV_RANDOM
+WILLNEED = os.POSIX_FADV_WILLNEED
+
+
+def _fadvise_hint(fd: int, offset: int, length: int, advice: int) -> None:
+    """Best effort: a filesystem without fadvise support simply keeps its default readahead."""
+    try:
+        os.posix_fadvise(fd, offset, length, advice)
+    except OSError:
+        pass
 
 
 @dataclass(eq=False)
@@ -56,7 +80,7 @@ class _File:
 class Stream:
     """One response body being sent from one file: tell it the send offset as it moves."""
 
-    __slots__ = ("_coordinator", "_evicted", "_file", "_key", "end", "fd", "offset", "start")
+    __slots__ = ("_coordinator", "_evicted", "_file", "_key", "_prefetched", "end", "fd", "offset", "start")
 
     def __init__(
         self, coordinator: PageCacheCoordinator, key: tuple[int, int], fd: int, start: int, end: int
@@ -69,6 +93,7 @@ class Stream:
         self.end = end
         self.offset = start
         self._evicted = start
+        self._prefetched = end  # nothing to read ahead unless the coordinator starts it
 
     def advance(self, offset: int) -> None:
         """Record that bytes before ``offset`` were handed to the kernel; evict what is safe."""
@@ -77,6 +102,8 @@ class Stream:
         if file is None:
             return
         coordinator = self._coordinator
+        if self._prefetched < self.end and offset + coordinator.readahead // 2 >= self._prefetched:
+            self._read_ahead(offset)
         limit = offset - coordinator.lag
         if limit - self._evicted < coordinator.step:
             return
@@ -96,6 +123,14 @@ class Stream:
             coordinator.evict(self.fd, self._evicted, limit - self._evicted, file.resident)
             self._evicted = limit
 
+    def _read_ahead(self, offset: int) -> None:
+        """Start reading up to ``readahead`` bytes past ``offset`` (whole ALIGN blocks)."""
+        target = offset + self._coordinator.readahead
+        target = min(self.end, target + (-target % ALIGN))
+        if target > self._prefetched:
+            self._coordinator.hint(self.fd, self._prefetched, target - self._prefetched, WILLNEED)
+            self._prefetched = target
+
     def close(self) -> None:
         """The stream ended (completely or not). Idempotent."""
         file, self._file = self._file, None
@@ -107,7 +142,8 @@ class PageCacheCoordinator:
     """Per-process registry of in-flight file streams; decides what each may evict.
 
     ``enabled=False`` turns eviction off (streams are still handed out, they do nothing).
-    ``advise`` is injectable so tests can watch decisions without a real page cache.
+    ``readahead`` (bytes; 0 keeps the kernel's readahead) bounds what a stream reads ahead.
+    ``advise`` and ``hint`` are injectable so tests can watch decisions without a real page cache.
     """
 
     def __init__(
@@ -117,18 +153,22 @@ class PageCacheCoordinator:
         lag: int = DEFAULT_LAG,
         step: int = DEFAULT_STEP,
         settle: float = DEFAULT_SETTLE,
+        readahead: int = DEFAULT_READAHEAD,
         advise: Advise = _fadvise_dontneed,
+        hint: Hint = _fadvise_hint,
         residency: Residency = resident_granules,
         on_evict: Callable[[int], None] | None = None,
     ) -> None:
-        if lag < 0 or step <= 0 or settle < 0:
-            raise ValueError("lag must be >= 0, step > 0, settle >= 0")
+        if lag < 0 or step <= 0 or settle < 0 or readahead < 0:
+            raise ValueError("lag, readahead and settle must be >= 0, step > 0")
         self.enabled = enabled
         self.lag = lag
         self.step = step
         # How far behind the newly evictable window each advice reaches again (see advance).
         self.retry = 8 * lag
         self._settle = settle
+        self.readahead = readahead
+        self.hint = hint
         self._advise = advise
         self._residency = residency
         self._on_evict = on_evict
@@ -147,6 +187,11 @@ class PageCacheCoordinator:
             file.streams.add(stream)
             file.ranges.append((start, end))
             stream._file = file
+            # A file that was wholly resident needs no reads: leave its descriptor alone.
+            if self.readahead and not (file.resident and 0 not in file.resident):
+                self.hint(fd, start, end - start, RANDOM)
+                stream._prefetched = start
+                stream._read_ahead(start)
         return stream
 
     def in_flight(self, fd: int) -> int:

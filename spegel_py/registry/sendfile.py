@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 from collections.abc import Awaitable, Callable
 
 from spegel_py.errors import ContentNotFoundError
@@ -72,7 +73,11 @@ async def send_range(
         return
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    out = os.dup(sock_fd)
+    sock = socket.socket(fileno=os.dup(sock_fd))
+    out = sock.fileno()
+    # Cork the body, as nginx's tcp_nopush does: with TCP_NODELAY set by aiohttp, each 2 MiB
+    # sendfile call would otherwise end in a short segment and wake the client more often.
+    _set_cork(sock, 1)
     end = offset + count
     position = offset
     registered = False
@@ -131,4 +136,12 @@ async def send_range(
             timer.cancel()
         if registered:
             loop.remove_writer(out)
-        os.close(out)
+        _set_cork(sock, 0)  # uncorking flushes the last partial segment at once
+        sock.close()
+
+
+def _set_cork(sock: socket.socket, value: int) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, value)
+    except OSError:  # not TCP (a unix socket in tests) or already closed: nothing to cork
+        pass
