@@ -4,6 +4,7 @@
 #   make lint    ruff, mypy (strict), import contracts
 #   make test    deps + venv + lint + the whole pytest suite (PYTEST_ARGS=... to pass options)
 #   make demo    the local multi-node demo (scripts/demo.py)
+#   make bench   the issue-2 serving benchmark next to nginx (root; BENCH_ARGS=... to pass options)
 #   make clean   caches, built test images and the virtualenv
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,7 +12,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv lint test demo clean
+.PHONY: all deps venv lint test demo bench clean
 
 all: test
 
@@ -38,6 +39,9 @@ test: deps venv lint
 
 demo: deps venv
 	$(VENV)/bin/python scripts/demo.py
+
+bench: deps venv
+	$(VENV)/bin/python -m bench.serve_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info .work/cache
