@@ -15,6 +15,7 @@ node 2 pulls the same image through its spegel-py from node 1. Then:
 
 from __future__ import annotations
 
+import calendar
 import json
 import math
 import re
@@ -116,7 +117,7 @@ def _rfc3339(stamp: str) -> float:
     # Prometheus writes nanoseconds; strptime takes microseconds
     head, _, frac = stamp.rstrip("Z").partition(".")
     frac = re.sub(r"[+-]\d\d:\d\d$", "", frac)
-    base = time.mktime(time.strptime(head, "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    base = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))  # UTC
     return base + float(f"0.{frac or 0}")
 
 
