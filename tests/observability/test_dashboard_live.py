@@ -220,6 +220,8 @@ def run(_upstream_session: UpstreamRegistry, test_images: ImageSet) -> Iterator[
         wait_until(lambda: prometheus.scraped_after(findable), 30, "a scrape before the pull")
         upstream.stop()  # every byte node 2 gets comes through the mirror
         n2.pull(upstream.ref(small))
+        # and by digest: an image known by digest only is what spegel_advertised_image_digests counts
+        n2.pull(f"{upstream.addr}/{small.repository()}@{small.digest}")
 
         layer = max(small.blobs, key=lambda d: small.blobs[d])
         held = hold_blob_open(
