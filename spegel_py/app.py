@@ -10,19 +10,24 @@ time: the first SIGTERM/SIGINT stops accepting and drains in-flight requests for
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from spegel_py.errors import ConfigurationError, SpegelError
-from spegel_py.metrics import Metrics
+from spegel_py.errors import ConfigurationError, RoutingError, SpegelError
+from spegel_py.metrics import Metrics, StateCollector, counter, gauge
 from spegel_py.registry.pagecache import PageCacheCoordinator
 from spegel_py.registry.server import RegistryServer
+from spegel_py.routing.base import Peer, Router
+from spegel_py.routing.bootstrap.http import id_document
 from spegel_py.settings import (
     CleanupSettings,
     CleanupWaitSettings,
@@ -31,6 +36,12 @@ from spegel_py.settings import (
     split_address,
 )
 from spegel_py.store.base import ContentStore
+
+if TYPE_CHECKING:
+    from spegel_py.registry.bufferpool import BufferPool
+    from spegel_py.registry.mirror import Mirror
+    from spegel_py.routing.advertiser import Advertiser
+    from spegel_py.routing.libp2p.router import Libp2pRouter
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +123,188 @@ async def _start(stack: AsyncExitStack, app: web.Application, address: str) -> w
     return runner
 
 
+def router_multiaddr(address: str) -> str:
+    """``--router-addr`` (``host:port`` or ``:port``) as a libp2p listen multiaddr."""
+    host, port = split_address(address)
+    if host is None:
+        return f"/ip4/0.0.0.0/tcp/{port}"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ConfigurationError(f"--router-addr needs an IP address, not {host!r}") from exc
+    return f"/ip{ip.version}/{ip}/tcp/{port}"
+
+
+class TimedRouter:
+    """A :class:`Router` that observes each lookup's time to its first provider.
+
+    Wrapping keeps the metric out of the router (and of the mirror): this is the one place that
+    knows both the metrics and the concrete router.
+    """
+
+    def __init__(self, router: Router, observe: Callable[[float], None]) -> None:
+        self._router = router
+        self._observe = observe
+
+    def ready(self) -> bool:
+        return self._router.ready()
+
+    async def advertise(self, keys: Iterable[str]) -> None:
+        await self._router.advertise(keys)
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        await self._router.withdraw(keys)
+
+    async def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
+        started = time.monotonic()
+        first = True
+        async for peer in self._router.lookup(key, limit=limit):
+            if first:
+                self._observe(time.monotonic() - started)
+                first = False
+            yield peer
+
+    async def close(self) -> None:
+        await self._router.close()
+
+
+async def build_router(settings: RegistrySettings) -> Libp2pRouter:
+    """The libp2p router with the bootstrapper ``--bootstrap-kind`` names (started by the caller)."""
+    from spegel_py.routing.bootstrap import build_bootstrapper
+    from spegel_py.routing.libp2p.router import Libp2pRouter
+
+    _, router_port = split_address(settings.router_addr)
+    bootstrap = build_bootstrapper(
+        settings.bootstrap_kind,
+        router_port=router_port,
+        static_peers=settings.static_bootstrap_peers,
+        dns_domain=settings.dns_bootstrap_domain,
+        http_url=settings.http_bootstrap_url,
+        kubernetes_namespace=settings.pod_namespace,
+        kubernetes_selector=settings.kubernetes_bootstrap_selector,
+        pod_name=settings.pod_name or None,
+    )
+    return Libp2pRouter(
+        listen_addrs=[router_multiaddr(settings.router_addr)],
+        data_dir=settings.data_dir,
+        registry_port=split_address(settings.registry_addr)[1],
+        bootstrap=bootstrap,
+        # No way to find peers: a single node is ready on its own (it still accepts dials).
+        alone=bootstrap is None,
+    )
+
+
+def id_application(router: Libp2pRouter, settings: RegistrySettings) -> web.Application:
+    """``GET /id`` for ``--bootstrap-kind=http`` peers: this node's dialable router address."""
+    _, router_port = split_address(settings.router_addr)
+
+    async def handle(request: web.Request) -> web.Response:
+        addrs = router.listen_multiaddrs()
+        if settings.pod_ip:  # listening on 0.0.0.0: the pod IP is what peers can dial
+            version = ipaddress.ip_address(settings.pod_ip).version
+            addrs = [f"/ip{version}/{settings.pod_ip}/tcp/{router_port}", *addrs]
+        fmt: Literal["text", "json"] = "json" if request.query.get("format") == "json" else "text"
+        try:
+            body = id_document(router.peer_id, addrs, fmt=fmt)
+        except RoutingError as exc:
+            return web.Response(status=503, text=str(exc))
+        return web.Response(text=body)
+
+    app = web.Application()
+    app.router.add_get("/id", handle)
+    return app
+
+
+def state_metrics(
+    *, router: Libp2pRouter, advertiser: Advertiser, mirror: Mirror, pool: BufferPool
+) -> Callable[[], Iterable[Metric]]:
+    """Scrape-time metrics read from the components' own counters."""
+
+    def source() -> Iterable[Metric]:
+        families = {
+            "spegel_advertised_images": "Images advertised to peers, by registry.",
+            "spegel_advertised_image_tags": "Tagged images advertised to peers, by registry.",
+            "spegel_advertised_image_digests": "Images advertised by digest only, by registry.",
+            "spegel_advertised_content_digests": "Distinct blob digests advertised, by registry.",
+        }
+        gauges = {name: GaugeMetricFamily(name, text, labels=["registry"]) for name, text in families.items()}
+        for registry, counts in advertiser.counts().items():
+            gauges["spegel_advertised_images"].add_metric([registry], counts.images)
+            gauges["spegel_advertised_image_tags"].add_metric([registry], counts.image_tags)
+            gauges["spegel_advertised_image_digests"].add_metric([registry], counts.image_digests)
+            gauges["spegel_advertised_content_digests"].add_metric([registry], counts.content_digests)
+        yield from gauges.values()
+        yield gauge("spegel_advertised_keys", "Keys announced through the router.",
+                    len(advertiser.advertised()))
+        yield counter("spegel_advertise_failures", "Advertise batches that failed and were retried.",
+                      advertiser.failures)
+        yield gauge("spegel_router_peers", "Peers in the routing table.", router.peer_count())
+        stats = mirror.stats
+        yield counter("spegel_mirror_resumed_streams", "Blob streams resumed from another peer.",
+                      stats.resumed)
+        yield counter("spegel_mirror_integrity_failures",
+                      "Peer responses whose bytes did not match their digest.", stats.corrupt)
+        yield counter("spegel_mirror_hedged_attempts", "Extra parallel peer attempts started.", stats.hedged)
+        yield counter("spegel_mirror_aborted_responses", "Client responses killed mid-body.", stats.aborted)
+        relayed = CounterMetricFamily("spegel_relayed_bytes", "Body bytes relayed from peers.")
+        relayed.add_metric([], stats.bytes_relayed)
+        yield relayed
+        yield gauge("spegel_relay_buffers_in_use", "Relay buffers in use.", pool.in_use)
+        yield gauge("spegel_relay_buffers_capacity", "Relay buffers available at most.", pool.capacity)
+        yield gauge("spegel_relay_buffers_allocated", "Relay buffers allocated so far.", pool.allocated)
+        yield counter("spegel_relay_buffer_waits", "Times a stream waited for a relay buffer.",
+                      pool.waits_total)
+        yield counter("spegel_relay_buffer_timeouts", "Times a stream gave up waiting for a relay buffer.",
+                      pool.timeouts_total)
+        cache = cgroup_cache_bytes()
+        if cache is not None:
+            yield gauge("spegel_cgroup_page_cache_bytes",
+                        "Page cache charged to this process's memory cgroup (v1 total_cache, v2 file).",
+                        cache)
+
+    return source
+
+
+def cgroup_cache_bytes() -> float | None:
+    """Page cache charged to this process's memory cgroup, or None where it cannot be read."""
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    candidates: list[tuple[str, str]] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            candidates.append((f"/sys/fs/cgroup{path}/memory.stat", "file"))
+        elif "memory" in controllers.split(","):
+            candidates.append((f"/sys/fs/cgroup/memory{path}/memory.stat", "total_cache"))
+    for stat, key in candidates:
+        try:
+            with open(stat, encoding="ascii") as f:
+                for row in f:
+                    name, _, value = row.partition(" ")
+                    if name == key:
+                        return float(value)
+        except OSError:
+            continue
+    return None
+
+
 async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then shut down gracefully (bounded by ``shutdown_timeout``)."""
+    from spegel_py.oci.filters import RegistryFilter
+    from spegel_py.registry.bufferpool import BufferPool
+    from spegel_py.registry.mirror import Mirror, MirrorSettings
+    from spegel_py.registry.peerclient import PeerClient
+    from spegel_py.registry.peerhealth import PeerHealth
+    from spegel_py.routing.advertiser import Advertiser
+
     metrics = Metrics()
     ProcessCollector(registry=metrics.registry)  # process_resident_memory_bytes and friends
+    filters = RegistryFilter.from_flags(
+        mirrored_registries=settings.mirrored_registries, registry_filters=settings.registry_filters
+    )
     coordinator = PageCacheCoordinator(
         enabled=settings.page_cache_eviction,
         lag=settings.page_cache_eviction_lag,
@@ -126,14 +315,50 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         stack.callback(coordinator.close)
         store = await build_store(settings)
         stack.push_async_callback(store.close)
+        libp2p = await build_router(settings)
+        stack.push_async_callback(libp2p.close)
+        await libp2p.start()
+        router = TimedRouter(libp2p, metrics.resolve_duration.labels("libp2p").observe)
+        pool = BufferPool(count=64, size=256 * 1024)
+        mirror = Mirror(
+            router,
+            client=PeerClient(),
+            pool=pool,
+            health=PeerHealth(),
+            settings=MirrorSettings(
+                first_provider_timeout=settings.mirror_resolve_timeout,
+                lookup_limit=max(1, settings.mirror_resolve_retries),
+                resolve_latest=settings.resolve_latest_tag,
+            ),
+            filters=filters,
+            on_result=metrics.mirror_result,
+        )
+        stack.push_async_callback(mirror.close)
+        advertiser = Advertiser(store, router, registry_filter=filters)
         stack.push_async_callback(supervisor.close, settings.shutdown_timeout)
+        supervisor.spawn("advertiser", advertiser.run())
+        metrics.registry.register(
+            StateCollector(state_metrics(router=libp2p, advertiser=advertiser, mirror=mirror, pool=pool))
+        )
         server = RegistryServer(
-            store, metrics=metrics, coordinator=coordinator, store_timeout=settings.store_timeout
+            store,
+            metrics=metrics,
+            coordinator=coordinator,
+            mirror=mirror,
+            router=router,
+            store_timeout=settings.store_timeout,
         )
         # Registered after the store: cleanup runs in reverse, so servers drain before it closes.
         registry = await _start(stack, server.application(), settings.registry_addr)
         await _start(stack, metrics_application(metrics), settings.metrics_addr)
-        addresses = {"registry_addr": settings.registry_addr, "metrics_addr": settings.metrics_addr}
+        if settings.http_bootstrap_addr:
+            await _start(stack, id_application(libp2p, settings), settings.http_bootstrap_addr)
+        addresses = {
+            "registry_addr": settings.registry_addr,
+            "metrics_addr": settings.metrics_addr,
+            "router_addrs": libp2p.listen_multiaddrs(),
+            "peer_id": libp2p.peer_id,
+        }
         log.info("serving", extra={**addresses, "content_store": settings.content_store})
         await stop.wait()
         log.info("shutting down", extra={"drain_timeout_s": settings.shutdown_timeout})

@@ -7,7 +7,11 @@ fresh one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Response sizes span JSON errors (100 B) to layers (GiB): powers of 10 from 100 B to 10 GB.
 _SIZE_BUCKETS = tuple(float(10**n) for n in range(2, 11))
@@ -49,3 +53,55 @@ class Metrics:
             ("source",),
             registry=self.registry,
         )
+        self.mirror_requests = Counter(
+            "spegel_mirror_requests",
+            "Requests the mirror tried to serve from peers, by registry and cache=hit (served) or miss.",
+            ("registry", "cache"),
+            registry=self.registry,
+        )
+        self.mirror_last_success = Gauge(
+            "spegel_mirror_last_success_timestamp_seconds",
+            "Unix time of the last request served from a peer.",
+            registry=self.registry,
+        )
+        self.resolve_duration = Histogram(
+            "spegel_resolve_duration_seconds",
+            "Time from the start of a peer lookup to its first provider, by router.",
+            ("router",),
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+
+    def mirror_result(self, registry: str, served: bool) -> None:
+        """The Mirror's ``on_result`` hook: one call per mirrored request."""
+        self.mirror_requests.labels(registry, "hit" if served else "miss").inc()
+        if served:
+            self.mirror_last_success.set_to_current_time()
+
+
+class StateCollector(Collector):
+    """Gauges and counters read from live components at scrape time.
+
+    Components keep plain attributes (cheap on their hot paths); this turns ``source()`` into
+    metric families only when Prometheus asks, so nothing is copied between scrapes.
+    """
+
+    def __init__(self, source: Callable[[], Iterable[Metric]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._source())
+
+
+def gauge(name: str, help: str, value: float, **labels: str) -> GaugeMetricFamily:
+    """One gauge family with one sample (labels optional)."""
+    family = GaugeMetricFamily(name, help, labels=list(labels))
+    family.add_metric(list(labels.values()), value)
+    return family
+
+
+def counter(name: str, help: str, value: float) -> CounterMetricFamily:
+    """One counter family (``name`` without ``_total``) with one sample."""
+    family = CounterMetricFamily(name, help)
+    family.add_metric([], value)
+    return family

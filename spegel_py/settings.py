@@ -138,7 +138,7 @@ class RegistrySettings:
     registry_addr: str = option("--registry-addr", "REGISTRY_ADDR", ":5000",
                                 "Address the OCI registry listens on.", parse_address)
     router_addr: str = option("--router-addr", "ROUTER_ADDR", ":5001",
-                              "Address the P2P router listens on (used once routing lands).", parse_address)
+                              "Address the P2P (libp2p) router listens on.", parse_address)
     metrics_addr: str = option("--metrics-addr", "METRICS_ADDR", ":9090",
                                "Address the Prometheus /metrics endpoint listens on.", parse_address)
     containerd_sock: str = option("--containerd-sock", "CONTAINERD_SOCK", "/run/containerd/containerd.sock",
@@ -150,29 +150,30 @@ class RegistrySettings:
         "/var/lib/containerd/io.containerd.content.v1.content",
         "containerd's content store directory (blobs are sent from its files).")
     data_dir: str = option("--data-dir", "DATA_DIR", "/var/lib/spegel",
-                           "Directory for state that survives restarts (the peer key, once routing lands).")
+                           "Directory for state that survives restarts (the router's private.key).")
     mirrored_registries: tuple[str, ...] = option(
         "--mirrored-registries", "MIRRORED_REGISTRIES", (),
-        "Registries served for (empty: all). Used once mirroring lands.", many=True)
+        "Registries advertised and mirrored, as URLs or hosts (empty: all).", many=True)
     registry_filters: tuple[str, ...] = option(
         "--registry-filters", "REGISTRY_FILTERS", (),
-        "Regexes over registry/repo[:tag]; matching images are neither advertised nor mirrored. "
-        "Used once routing lands.", many=True)
+        "Regexes over registry/repo[:tag]; matching images are neither advertised nor mirrored.",
+        many=True)
     mirror_resolve_timeout: float = option(
         "--mirror-resolve-timeout", "MIRROR_RESOLVE_TIMEOUT", 0.02,
-        "How long a peer lookup may take before the next try (Go duration). Used once mirroring lands.",
+        "How long to wait for the first peer of a lookup (Go duration).",
         parse_duration)
     mirror_resolve_retries: int = option(
         "--mirror-resolve-retries", "MIRROR_RESOLVE_RETRIES", 3,
-        "Peers tried for one request. Used once mirroring lands.", parse_int)
+        "Peers asked from the router (and tried) for one request.", parse_int)
     resolve_latest_tag: bool = option(
-        "--resolve-latest-tag", "RESOLVE_LATEST_TAG", True,
-        "Resolve :latest tags through peers. Used once mirroring lands.", parse_bool, boolean=True)
+        "--resolve-latest-tag", "RESOLVE_LATEST_TAG", False,
+        "Resolve :latest tags through peers. Default false (Spegel: true): :latest moves most often, "
+        "so a peer's copy is the likeliest to be stale.", parse_bool, boolean=True)
     debug_web_enabled: bool = option("--debug-web-enabled", "DEBUG_WEB_ENABLED", True,
-                                     "Serve the /debug/web page (once it lands).", parse_bool, boolean=True)
+                                     "Serve the /debug/web page.", parse_bool, boolean=True)
     bootstrap_kind: str = option("--bootstrap-kind", "BOOTSTRAP_KIND", "",
-                                 "How peers are found: dns, http, static or kubernetes (empty: alone). "
-                                 "Used once routing lands.", _choice(BOOTSTRAP_KINDS))
+                                 "How peers are found: dns, http, static or kubernetes (empty: alone, "
+                                 "ready at once).", _choice(BOOTSTRAP_KINDS))
     dns_bootstrap_domain: str = option("--dns-bootstrap-domain", "DNS_BOOTSTRAP_DOMAIN", "",
                                        "DNS name (headless service) listing peers, for --bootstrap-kind=dns.")
     http_bootstrap_addr: str = option("--http-bootstrap-addr", "HTTP_BOOTSTRAP_ADDR", "",

@@ -105,13 +105,14 @@ def layout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.fixture
-def daemon(layout: tuple[Path, dict[str, str]]) -> Iterator[Daemon]:
+def daemon(layout: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[Daemon]:
     root, _ = layout
     host = "127.0.0.23"
-    port, mport = _free_port(host), _free_port(host)
+    port, mport, rport = _free_port(host), _free_port(host), _free_port(host)
     argv = [SPEGEL, "registry", "--content-store", "oci-layout", "--oci-layout-path", str(root),
             "--oci-layout-registry", REGISTRY, "--registry-addr", f"{host}:{port}",
-            "--metrics-addr", f"{host}:{mport}", "--shutdown-timeout", "3s"]  # fmt: skip
+            "--metrics-addr", f"{host}:{mport}", "--router-addr", f"{host}:{rport}",
+            "--data-dir", str(tmp_path / "data"), "--shutdown-timeout", "3s"]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     d = Daemon(proc, f"http://{host}:{port}", f"http://{host}:{mport}", host, port)
     try:
@@ -217,7 +218,7 @@ def test_second_signal_forces_exit(daemon: Daemon, layout: tuple[Path, dict[str,
         sock.close()
 
 
-def test_address_in_use_is_a_clean_error(layout: tuple[Path, dict[str, str]]) -> None:
+def test_address_in_use_is_a_clean_error(layout: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     root, _ = layout
     host = "127.0.0.24"
     with socket.socket() as busy:
@@ -226,7 +227,8 @@ def test_address_in_use_is_a_clean_error(layout: tuple[Path, dict[str, str]]) ->
         port = busy.getsockname()[1]
         out = subprocess.run(
             [SPEGEL, "registry", "--content-store", "oci-layout", "--oci-layout-path", str(root),
-             "--registry-addr", f"{host}:{port}", "--metrics-addr", f"{host}:{_free_port(host)}"],
+             "--registry-addr", f"{host}:{port}", "--metrics-addr", f"{host}:{_free_port(host)}",
+             "--router-addr", f"{host}:{_free_port(host)}", "--data-dir", str(tmp_path / "data")],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     assert out.returncode == 2
@@ -273,3 +275,80 @@ def test_configuration_cleanup_and_cleanup_wait_round_trip(tmp_path: Path) -> No
         if cleanup.poll() is None:
             cleanup.kill()
         cleanup.wait(10)
+
+
+def _node(
+    layouts: Path, data: Path, host: str, ports: tuple[int, int, int], *extra: str
+) -> tuple[Daemon, str]:
+    # Peers are dialled on their router address, but fetched from on the registry port they all
+    # share (Spegel assumes one port cluster-wide): every node uses the same ports on its own IP.
+    port, mport, rport = ports
+    argv = [SPEGEL, "registry", "--content-store", "oci-layout", "--oci-layout-path", str(layouts),
+            "--oci-layout-registry", REGISTRY, "--registry-addr", f"{host}:{port}",
+            "--metrics-addr", f"{host}:{mport}", "--router-addr", f"{host}:{rport}",
+            "--data-dir", str(data), "--shutdown-timeout", "3s", *extra]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    daemon = Daemon(proc, f"http://{host}:{port}", f"http://{host}:{mport}", host, port)
+    return daemon, f"/ip4/{host}/tcp/{rport}"
+
+
+def _stop(daemon: Daemon) -> int:
+    if daemon.proc.poll() is None:
+        daemon.proc.send_signal(signal.SIGTERM)
+        try:
+            return daemon.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.proc.kill()
+            daemon.proc.wait(10)
+            raise
+        finally:
+            if daemon.proc.stderr:
+                daemon.proc.stderr.close()
+    return daemon.proc.returncode if daemon.proc.returncode is not None else -1
+
+
+def _metric(daemon: Daemon, line_prefix: str) -> float:
+    _, body = _get(daemon.metrics + "/metrics")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(line_prefix):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.integration
+def test_two_nodes_mirror_a_blob_only_one_holds(tmp_path: Path) -> None:
+    """B has no content; it finds A through the DHT (static bootstrap) and relays A's blob."""
+    digests = make_layout(tmp_path / "a-layouts", 4 * MiB)
+    (tmp_path / "b-layouts").mkdir()
+    ports = (_free_port("127.0.0.31"), _free_port("127.0.0.31"), _free_port("127.0.0.31"))
+    a, a_addr = _node(tmp_path / "a-layouts", tmp_path / "a-data", "127.0.0.31", ports)
+    b: Daemon | None = None
+    try:
+        _wait_ready(a)  # alone: no bootstrap configured
+        b, _ = _node(tmp_path / "b-layouts", tmp_path / "b-data", "127.0.0.32", ports,
+                     "--bootstrap-kind", "static", "--static-bootstrap-peers", a_addr)  # fmt: skip
+        _wait_ready(b)  # ready only once A is in its routing table
+        url = f"{b.base}/v2/test/app/blobs/{digests['layer']}?ns=127.0.0.1%3A5000"
+        deadline = time.monotonic() + 30
+        status, body = 0, b""
+        while time.monotonic() < deadline:  # until A's advertisement reached the DHT
+            status, body = _get(url, timeout=10)
+            if status == 200:
+                break
+            time.sleep(0.1)  # polling a condition with a deadline
+        assert status == 200
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == digests["layer"]
+        assert _metric(b, 'spegel_mirror_requests_total{cache="hit"') >= 1
+        assert _metric(b, "spegel_relayed_bytes_total") >= len(body)
+        assert _metric(a, 'spegel_served_bytes_total{source="local"}') >= len(body)
+        assert _metric(b, "spegel_resolve_duration_seconds_count") >= 1
+        assert _metric(b, "spegel_router_peers") >= 1
+        assert _metric(a, 'spegel_advertised_content_digests{registry="127.0.0.1:5000"}') == 3
+        assert _stop(b) == 0
+        assert _stop(a) == 0
+    finally:
+        for node in (a, b):
+            if node is not None and node.proc.poll() is None:
+                node.proc.kill()
+                node.proc.wait(10)
