@@ -352,3 +352,29 @@ def test_two_nodes_mirror_a_blob_only_one_holds(tmp_path: Path) -> None:
             if node is not None and node.proc.poll() is None:
                 node.proc.kill()
                 node.proc.wait(10)
+
+
+def test_readyz_is_503_while_no_peer_is_reachable(tmp_path: Path) -> None:
+    """With a bootstrap configured, a node without peers is not ready (containerd skips it)."""
+    (tmp_path / "layouts").mkdir()
+    host = "127.0.0.35"
+    ports = (_free_port(host), _free_port(host), _free_port(host))
+    nobody = f"/ip4/127.0.0.36/tcp/{_free_port('127.0.0.36')}"  # nothing listens there
+    node, _ = _node(tmp_path / "layouts", tmp_path / "data", host, ports,
+                    "--bootstrap-kind", "static", "--static-bootstrap-peers", nobody)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        status = 0
+        while time.monotonic() < deadline:  # until the registry answers at all
+            try:
+                status = _get(node.base + "/readyz", timeout=1)[0]
+                break
+            except OSError:
+                assert node.proc.poll() is None
+                time.sleep(0.05)  # polling a condition with a deadline
+        assert status == 503
+        assert _stop(node) == 0
+    finally:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(10)
