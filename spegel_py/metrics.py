@@ -53,6 +53,8 @@ class Metrics:
             ("source",),
             registry=self.registry,
         )
+        for source in ("local", "peer"):  # exported at 0 from the start, so rate() sees the first bytes
+            self.bytes_served.labels(source)
         self.mirror_requests = Counter(
             "spegel_mirror_requests",
             "Requests the mirror tried to serve from peers, by registry and cache=hit (served) or miss.",

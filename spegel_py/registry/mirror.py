@@ -247,6 +247,9 @@ class Mirror:
             if buffer is not None:
                 self._pool.release(buffer)
             await providers.aclose()
+            if answer.body is not None and request.method == "GET":
+                # buffered bodies (manifests, small blobs) are relayed bytes too
+                self.stats.bytes_relayed += len(answer.body)
             return MirrorResponse(answer.status, answer.headers, answer.body, None)
         assert digest is not None  # only blobs, always named by digest, are streamed
         stream = BlobStream(

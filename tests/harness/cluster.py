@@ -132,13 +132,17 @@ class ClusterNode:
             return parse_metrics(response.read().decode())
 
     def served_bytes(self) -> dict[str, float]:
-        """``spegel_served_bytes_total`` by source (``local``: own content store, ``peer``: relayed)."""
+        """Bytes served by source: ``local`` (own content store), ``peer`` (relayed from peers)."""
         try:
             metrics = self.metrics()
         except OSError:
             return {}
         prefix = 'spegel_served_bytes_total{source="'
-        return {k[len(prefix) : -2]: v for k, v in metrics.items() if k.startswith(prefix)}
+        out = {k[len(prefix) : -2]: v for k, v in metrics.items() if k.startswith(prefix)}
+        # bytes relayed from peers are counted by the mirror under their own name
+        if "spegel_relayed_bytes_total" in metrics:
+            out["peer"] = out.get("peer", 0.0) + metrics["spegel_relayed_bytes_total"]
+        return out
 
     def head(
         self, path: str, *, ns: str | None = None, mirrored: bool = False, method: str = "HEAD"

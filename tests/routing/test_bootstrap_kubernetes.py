@@ -131,8 +131,11 @@ async def test_libp2p_routers_meet_through_the_api_server(tmp_path: Path) -> Non
                 data_dir=tmp_path / str(i),
                 registry_port=5000,
                 bootstrap=KubernetesBootstrapper(
-                    namespace="spegel", label_selector=SELECTOR, port=port,
-                    configuration=api.configuration(), self_name=f"spegel-{i}",
+                    namespace="spegel",
+                    label_selector=SELECTOR,
+                    port=port,
+                    configuration=api.configuration(),
+                    self_name=f"spegel-{i}",
                 ),
                 bootstrap_interval=0.5,
             )
