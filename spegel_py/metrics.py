@@ -53,8 +53,9 @@ class Metrics:
             ("source",),
             registry=self.registry,
         )
-        for source in ("local", "peer"):  # exported at 0 from the start, so rate() sees the first bytes
-            self.bytes_served.labels(source)
+        # exported at 0 from the start, so rate() sees the first bytes; bytes relayed from peers
+        # are counted by the mirror and exported as spegel_relayed_bytes_total
+        self.bytes_served.labels("local")
         self.mirror_requests = Counter(
             "spegel_mirror_requests",
             "Requests the mirror tried to serve from peers, by registry and cache=hit (served) or miss.",
