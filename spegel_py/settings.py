@@ -74,6 +74,23 @@ def parse_int(value: str) -> int:
     return number
 
 
+def parse_positive_int(value: str) -> int:
+    """An integer of at least 1."""
+    number = int(value.strip())
+    if number < 1:
+        raise ValueError(f"must be at least 1: {value!r}")
+    return number
+
+
+def parse_buffer_size(value: str) -> int:
+    """A relay buffer size: a size (see :func:`parse_size`) of at least 64 KiB, so that per-chunk
+    costs (one hash update and one socket write per buffer) stay small next to the bytes moved."""
+    size = parse_size(value)
+    if size < 64 << 10:
+        raise ValueError(f"must be at least 64KiB: {value!r}")
+    return size
+
+
 def parse_address(value: str) -> str:
     """``host:port``, ``:port`` (all interfaces) or ``[v6]:port``; returned unchanged when valid."""
     match = _ADDR.fullmatch(value.strip())
@@ -209,6 +226,15 @@ class RegistrySettings:
     page_cache_eviction_lag: int = option(
         "--page-cache-eviction-lag", "PAGE_CACHE_EVICTION_LAG", 4 << 20,
         "(spegel-py) Bytes kept cached behind the send offset (socket buffers still hold them).", parse_size)
+    relay_buffers: int = option(
+        "--relay-buffers", "RELAY_BUFFERS", 64,
+        "(spegel-py) Buffers in the relay pool: one per relayed stream; when all are in use for 1s a "
+        "request gets 404 (containerd falls back to upstream) instead of memory growing.",
+        parse_positive_int)
+    relay_buffer_size: int = option(
+        "--relay-buffer-size", "RELAY_BUFFER_SIZE", 256 << 10,
+        "(spegel-py) Size of each relay buffer; the pool holds at most buffers x size bytes.",
+        parse_buffer_size)
     store_timeout: float = option("--store-timeout", "STORE_TIMEOUT", 2.0,
                                   "(spegel-py) Bound on each content-store call; past it: 503.",
                                   parse_duration)

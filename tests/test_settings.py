@@ -103,7 +103,13 @@ def test_defaults_are_spegels() -> None:
     assert s.debug_web_enabled is True
     assert s.mirrored_registries == () and s.registry_filters == ()
     assert s.page_cache_eviction is True and s.page_cache_eviction_lag == 4 << 20
+    assert (s.relay_buffers, s.relay_buffer_size) == (64, 256 << 10)
     assert load(GlobalSettings, {}, {}).log_level == "INFO"
+
+
+def test_relay_pool_is_sized_from_flags_and_env() -> None:
+    s = load(RegistrySettings, {"relay_buffers": "8"}, {"RELAY_BUFFER_SIZE": "1MiB"})
+    assert (s.relay_buffers, s.relay_buffer_size) == (8, 1 << 20)
 
 
 def test_precedence_flag_over_env_over_default() -> None:
@@ -135,6 +141,9 @@ def test_lists_from_env_are_comma_separated_and_from_flags_repeated() -> None:
         ({"bootstrap_kind": "carrier-pigeon"}, {}, "--bootstrap-kind"),
         ({"content_store": "oci-layout"}, {}, "--oci-layout-path"),
         ({"store_timeout": "0"}, {}, "--store-timeout"),
+        ({"relay_buffers": "0"}, {}, "--relay-buffers"),
+        ({}, {"RELAY_BUFFER_SIZE": "4KiB"}, "RELAY_BUFFER_SIZE"),
+        ({"relay_buffer_size": "lots"}, {}, "--relay-buffer-size"),
     ],
 )
 def test_bad_values_name_their_source(flags: dict[str, str], env: dict[str, str], mentions: str) -> None:
