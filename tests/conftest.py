@@ -26,10 +26,27 @@ from harness import (
     UpstreamRegistry,
     cleanup_mounts,
 )
+from harness.procs import PidRegistry, ProcessRecord, default_pid_dir
 from harness.require import require, require_cluster, require_root, require_spegel
 
 NodeFactory = Callable[..., ContainerdNode]
 RegistryFactory = Callable[..., SpegelRegistry]
+_SWEPT = pytest.StashKey[list[ProcessRecord]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Kill the daemons an earlier, SIGKILLed session left behind (``harness.procs``).
+
+    Only records whose owning pytest is dead, only pids that still are the recorded process:
+    sessions of other people running in the same tree right now are left alone.
+    """
+    session.config.stash[_SWEPT] = PidRegistry(default_pid_dir()).sweep()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    swept = config.stash.get(_SWEPT, [])
+    return [f"harness: killed leftover pid {r.pid}: {' '.join(r.argv)[:120]}" for r in swept]
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

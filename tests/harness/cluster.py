@@ -27,7 +27,7 @@ from pathlib import Path
 from .containerd import ContainerdNode, PullResult
 from .images import BuiltImage
 from .net import free_port
-from .procs import HarnessError, ProcessGroup, wait_until
+from .procs import HarnessError, ProcessGroup, run_command, wait_until
 from .spegel import SpegelRegistry, spegel_binary
 from .upstream import MANIFEST_TYPES, UpstreamRegistry
 
@@ -234,7 +234,7 @@ class Cluster:
             "--containerd-config",
             str(node.containerd.config_path),
         ]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        result = run_command(argv, timeout=60)
         if result.returncode != 0:
             raise HarnessError(f"{' '.join(argv)} exited {result.returncode}\n{result.stdout}{result.stderr}")
         return result

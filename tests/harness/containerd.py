@@ -21,7 +21,7 @@ from pathlib import Path
 from . import cri
 from .net import free_port
 from .netns import Netns
-from .procs import HarnessError, ProcessGroup, log_tail, wait_until
+from .procs import HarnessError, ProcessGroup, log_tail, run_command, wait_until
 
 NAMESPACE = "k8s.io"
 
@@ -166,7 +166,7 @@ class ContainerdNode:
         if self.netns is not None:
             argv = self.netns.argv(argv)
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+            result = run_command(argv, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise HarnessError(f"{self.name}: {' '.join(argv)} did not finish within {timeout}s") from exc
         if check and result.returncode != 0:
@@ -278,6 +278,6 @@ def cleanup_mounts(workdir: Path) -> None:
     prefix = str(workdir.resolve()) + "/"
     mounts = _mounts_under(prefix)
     for mount in sorted(mounts, reverse=True):
-        subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30, check=False)
+        run_command(["umount", "-l", mount], timeout=30)
     if mounts:
         wait_until(lambda: not _mounts_under(prefix), 10, f"mounts under {workdir} to go")

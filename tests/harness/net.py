@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 
+from .procs import run_command
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on at ``host`` right now (the kernel picks it).
@@ -57,7 +59,7 @@ def http_status(
             argv[argv.index("-X")] = "-I"
             argv.remove("HEAD")
         try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5, check=False)
+            out = run_command(argv, timeout=timeout + 5)
         except subprocess.TimeoutExpired:
             return 0
         return int(out.stdout.strip() or 0)

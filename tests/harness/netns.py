@@ -19,28 +19,25 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .procs import HarnessError, wait_until
+from .procs import HarnessError, run_command, wait_until
 
 _counter = itertools.count()  # per-process uniqueness of interface names (not shared state of tests)
 
 
 def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+    result = run_command(["ip", *args], timeout=30)
     if result.returncode != 0:
         raise HarnessError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
 
 
 def list_namespaces() -> set[str]:
     """Names of all network namespaces (``ip netns list``)."""
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30, check=True)
+    out = run_command(["ip", "netns", "list"], timeout=30, check=True)
     return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
 
 
 def link_exists(name: str) -> bool:
-    return (
-        subprocess.run(["ip", "link", "show", name], capture_output=True, timeout=30, check=False).returncode
-        == 0
-    )
+    return run_command(["ip", "link", "show", name], timeout=30).returncode == 0
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,7 @@ class Netns:
 
     def run(self, argv: Sequence[str], *, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run a short command inside; output captured, never raises on exit status."""
-        return subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout, check=False)
+        return run_command(self.argv(argv), timeout=timeout)
 
 
 class NetnsNetwork:
@@ -110,7 +107,7 @@ class NetnsNetwork:
         # by hand, tolerating that the kernel got there first
         for veth in veths:
             if link_exists(veth):
-                subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30, check=False)
+                run_command(["ip", "link", "del", veth], timeout=30)
         wait_until(lambda: not any(link_exists(v) for v in veths), 10, f"veths {veths} to go")
         self.namespaces.clear()
         if self._created and link_exists(self.bridge):

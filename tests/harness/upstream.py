@@ -9,13 +9,12 @@ the upstream rather than about the client.
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from .images import MT_INDEX, MT_MANIFEST, BuiltImage
 from .net import free_port, http_status
-from .procs import HarnessError, ProcessGroup, log_tail, wait_until
+from .procs import HarnessError, ProcessGroup, log_tail, run_command, wait_until
 
 # 127.0.0.1 - - [23/Nov/2026:20:33:14 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "curl/7.88.1"
 _ACCESS = re.compile(r'^\S+ - \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3}) \S+ "[^"]*" "([^"]*)"')
@@ -131,7 +130,7 @@ class UpstreamRegistry:
             image.oci_ref,
             f"docker://{ref}",
         ]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        result = run_command(argv, timeout=timeout)
         if result.returncode != 0:
             raise HarnessError(
                 f"push of {image.kind} failed: {' '.join(argv)}\n{result.stderr}\n{log_tail(self.log_path)}"
