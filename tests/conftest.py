@@ -44,6 +44,29 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_SWEPT] = PidRegistry(default_pid_dir()).sweep()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every selected test N times in this session (scripts/repeat_e2e.sh)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``--repeat N``: each test N times, ids ``[rep1of20]``...; fixtures are per run as usual."""
+    count = int(metafunc.config.getoption("repeat"))
+    if count > 1:
+        metafunc.fixturenames.append("_repeat_run")
+        metafunc.parametrize("_repeat_run", range(1, count + 1), ids=lambda i: f"rep{i}of{count}")
+
+
+@pytest.fixture
+def _repeat_run(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     swept = config.stash.get(_SWEPT, [])
     return [f"harness: killed leftover pid {r.pid}: {' '.join(r.argv)[:120]}" for r in swept]
