@@ -13,6 +13,15 @@ every key of every other node is found from every node; RSS per node; (B) lookup
 each node, idle (one node at a time) and with 16 concurrent lookups per node on all nodes at
 once (cache disabled); (C) CPU per key per peer: one node advertises extra keys, CPU of the
 sender and of the receivers until stored; (D) 10/25/50 nodes: lookup latency and hops.
+
+    .venv/bin/python -m bench.dht_bench cold [--sizes 3 10 25] [--n 300] [--out FILE]
+
+Cold lookups (``--mirror-resolve-timeout`` vs the network): time from ``Router.lookup`` to its
+first provider, as the mirror sees it (asyncio side, thread hand-offs included), for keys whose
+provider records are NOT in the asking node's own store, so the answer needs a network round
+trip. In clusters of <= k (20) nodes every node stores every record, so the asker's copy of the
+key is dropped right before each lookup ("forced"); with more nodes than k, keys the asker
+does not hold anyway are looked up too ("natural").
 The stock KadDHT runs the same phases with fewer keys (its receivers rate-limit ADD_PROVIDER
 to 10 per 10 s per peer and drop the rest silently; ``provide`` costs ~50 ms of CPU per key).
 """
@@ -108,6 +117,34 @@ class OursNode:
         async for _ in r.lookup(k, limit=1):
             n += 1
         return n, None
+
+    def holds(self, idx: int, k: str) -> bool:
+        from spegel_py.routing.libp2p.keys import multihash
+
+        node = self.routers[idx]._node
+        return node is not None and bool(node.store.get(multihash(k)))
+
+    async def drop_local(self, idx: int, k: str) -> bool:
+        """Forget the asker's own records of ``k`` (in its trio thread, the store's only user)."""
+        from spegel_py.routing.libp2p.keys import multihash
+
+        r = self.routers[idx]
+        node = r._node
+        assert node is not None
+        store = node.store
+
+        async def run() -> bool:
+            return store._records.pop(multihash(k), None) is not None
+
+        return bool(await r._thread.call(run))
+
+    async def first_provider_ms(self, idx: int, k: str) -> float | None:
+        """Milliseconds from ``lookup`` to its first provider (None: none within the timeout)."""
+        t = time.perf_counter()
+        first = None
+        async for _ in self.routers[idx].lookup(k, limit=1):  # limit 1: ends after the first
+            first = (time.perf_counter() - t) * 1000
+        return first
 
     async def close(self) -> None:
         for r in self.routers:
@@ -308,7 +345,31 @@ async def node_main(args: argparse.Namespace) -> None:
             "cpu": time.process_time() - c0,
         }
 
-    ops.update(usage=usage, advertise=advertise, check=check, lat=lat)
+    async def cold(cmd: dict[str, Any]) -> dict[str, Any]:
+        """Time to first provider of other nodes' keys the asker does not hold (see module doc).
+
+        ``forced``: the asker's own records of the key are dropped first; otherwise only keys
+        the asker does not hold are asked (and how many it did hold is counted).
+        """
+        rnd = random.Random(cmd.get("seed", 1))
+        lat_ms: list[float] = []
+        missed = held = 0
+        while len(lat_ms) + missed < cmd["n"] and held < 50 * cmd["n"]:
+            i = rnd.randrange(len(ips))
+            k = key(rnd.choice(cmd["owners"][i]), rnd.randrange(cmd["count"]))
+            if cmd["forced"]:
+                await node.drop_local(i, k)
+            elif node.holds(i, k):
+                held += 1
+                continue
+            ms = await node.first_provider_ms(i, k)
+            if ms is None:
+                missed += 1
+            else:
+                lat_ms.append(ms)
+        return {"lat_ms": lat_ms, "missed": missed, "held": held}
+
+    ops.update(usage=usage, advertise=advertise, check=check, lat=lat, cold=cold)
     try:
         while True:
             line = await reader.readline()
@@ -539,6 +600,61 @@ async def phase_d(impl: str, nodes: int, per_proc: int, keys: int, n: int) -> di
     }
 
 
+async def phase_cold(nodes: int, per_proc: int, keys: int, n: int, natural: bool) -> dict[str, Any]:
+    """Cold lookups at idle: one asking process at a time, one lookup at a time."""
+    procs = await cluster("ours", nodes, per_proc)
+    settled = await settle(procs, nodes, "ours")
+    idx = 0
+    for p in procs:
+        for i in range(len(p.ips)):
+            await p.ask(op="advertise", idx=i, owner=idx, start=0, count=keys)
+            idx += 1
+    owners = owners_for(procs, nodes)
+    # records have spread once node 0 finds a key of the last node
+    await procs[0].ask(
+        op="check", owners=[[nodes - 1]] + [[] for _ in procs[0].ips[1:]], count=keys, deadline=60
+    )
+    askers = procs[: min(len(procs), 3)]
+    out: dict[str, Any] = {"nodes": nodes, "settle_s": settled, "load_before": os.getloadavg()}
+    modes = [("forced", True)] + ([("natural", False)] if natural else [])
+    for mode, forced in modes:
+        lat: list[float] = []
+        missed = held = 0
+        for i, p in enumerate(askers):
+            r = await p.ask(
+                op="cold", owners=owners[i], count=keys, n=n // len(askers), forced=forced, seed=11 + i
+            )
+            lat += r["lat_ms"]
+            missed += r["missed"]
+            held += r["held"]
+        out[mode] = {
+            "lookups": len(lat) + missed,
+            "not_found": missed,
+            "held_locally_skipped": held,
+            "p50_ms": pct(lat, 0.5),
+            "p95_ms": pct(lat, 0.95),
+            "p99_ms": pct(lat, 0.99),
+            "max_ms": max(lat) if lat else None,
+            "under_20ms": (sum(x < 20 for x in lat) / (len(lat) + missed)) if lat or missed else None,
+        }
+    out["load_after"] = os.getloadavg()
+    await asyncio.gather(*(p.stop() for p in procs))
+    return out
+
+
+async def cold_main(args: argparse.Namespace) -> None:
+    results: dict[str, Any] = {"args": vars(args)}
+    for nodes in args.sizes:
+        per_proc = 1 if nodes <= 10 else 5  # 2 cores: 25 one-host processes would measure the scheduler
+        print(f"cold lookups, {nodes} nodes...", file=sys.stderr, flush=True)
+        results[f"cold_{nodes}"] = await phase_cold(nodes, per_proc, args.keys, args.n, nodes > 20)
+        print(json.dumps(results[f"cold_{nodes}"]), file=sys.stderr, flush=True)
+    text = json.dumps(results, indent=1, default=str)
+    if args.out:
+        await asyncio.to_thread(Path(args.out).write_text, text)
+    print(text)
+
+
 async def run_main(args: argparse.Namespace) -> None:
     results: dict[str, Any] = {"args": vars(args), "load_before": os.getloadavg()}
     for impl, keys in (("ours", args.keys), ("stock", args.stock_keys)):
@@ -574,12 +690,18 @@ def main() -> None:
     r.add_argument("--stock-max-nodes", type=int, default=25)
     r.add_argument("--skip", nargs="*", default=[])
     r.add_argument("--out")
+    c = sub.add_parser("cold")
+    c.add_argument("--sizes", type=int, nargs="*", default=[3, 10, 25])
+    c.add_argument("--n", type=int, default=300)
+    c.add_argument("--keys", type=int, default=50)
+    c.add_argument("--out")
     n = sub.add_parser("node")
     n.add_argument("--impl", choices=["ours", "stock"], required=True)
     n.add_argument("--ips", required=True)
     n.add_argument("--bootstrap", nargs="*", default=[])
     args = ap.parse_args()
-    asyncio.run(run_main(args) if args.cmd == "run" else node_main(args))
+    mains = {"run": run_main, "cold": cold_main, "node": node_main}
+    asyncio.run(mains[args.cmd](args))
 
 
 if __name__ == "__main__":
