@@ -93,12 +93,13 @@ def die_with_parent() -> Callable[[], None]:
     """A ``preexec_fn`` that makes the child get SIGKILL when the forking thread goes away.
 
     ``prctl`` is looked up here, in the parent, so the child only calls an already resolved C
-    function and ``getppid`` between fork and exec: no import, no lock, no allocation that
-    could deadlock on state another thread held at fork time (the reason the docs call
-    ``preexec_fn`` unsafe with threads). It runs after ``setsid`` (``start_new_session``), which
-    does not clear the setting, and the setting survives ``execve`` (of non-setuid programs,
-    which ``ip``, containerd, docker-registry and python are). If the parent already died
-    before ``prctl`` took effect, the child exits at once instead of living on unwatched.
+    function and ``getppid`` between fork and exec: no import and no lock but the GIL, which
+    the child owns, so nothing can deadlock on state another thread held at fork time (the
+    reason the docs call ``preexec_fn`` unsafe with threads). It runs after ``setsid``
+    (``start_new_session``), which does not clear the setting, and the setting survives
+    ``execve`` (of non-setuid programs, which ``ip``, containerd, docker-registry and python
+    are). If the parent already died before ``prctl`` took effect, the child exits at once
+    instead of living on unwatched.
     """
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     parent = os.getpid()
