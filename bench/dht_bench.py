@@ -138,13 +138,13 @@ class OursNode:
 
         return bool(await r._thread.call(run))
 
-    async def first_provider_ms(self, idx: int, k: str) -> float | None:
-        """Milliseconds from ``lookup`` to its first provider (None: none within the timeout)."""
+    async def first_provider_ms(self, idx: int, k: str) -> tuple[float | None, float]:
+        """Milliseconds from ``lookup`` to its first provider (None: none) and to its end."""
         t = time.perf_counter()
         first = None
         async for _ in self.routers[idx].lookup(k, limit=1):  # limit 1: ends after the first
             first = (time.perf_counter() - t) * 1000
-        return first
+        return first, (time.perf_counter() - t) * 1000
 
     async def close(self) -> None:
         for r in self.routers:
@@ -349,7 +349,8 @@ async def node_main(args: argparse.Namespace) -> None:
         """Time to first provider of other nodes' keys the asker does not hold (see module doc).
 
         ``forced``: the asker's own records of the key are dropped first; otherwise only keys
-        the asker does not hold are asked (and how many it did hold is counted).
+        the asker does not hold are asked (and how many it did hold is counted). ``miss``: keys
+        nobody advertised; the time is until the lookup gives up (what a miss costs).
         """
         rnd = random.Random(cmd.get("seed", 1))
         lat_ms: list[float] = []
@@ -357,16 +358,21 @@ async def node_main(args: argparse.Namespace) -> None:
         while len(lat_ms) + missed < cmd["n"] and held < 50 * cmd["n"]:
             i = rnd.randrange(len(ips))
             k = key(rnd.choice(cmd["owners"][i]), rnd.randrange(cmd["count"]))
-            if cmd["forced"]:
+            if cmd.get("miss"):
+                k = key(-1, rnd.randrange(1 << 40))
+            elif cmd["forced"]:
                 dropped += await node.drop_local(i, k)
             elif node.holds(i, k):
                 held += 1
                 continue
-            ms = await node.first_provider_ms(i, k)
-            if ms is None:
+            first, end = await node.first_provider_ms(i, k)
+            if cmd.get("miss"):
+                lat_ms.append(end)
+                missed += first is not None  # found: cannot happen for an unadvertised key
+            elif first is None:
                 missed += 1
             else:
-                lat_ms.append(ms)
+                lat_ms.append(first)
         return {"lat_ms": lat_ms, "missed": missed, "held": held, "dropped": dropped}
 
     ops.update(usage=usage, advertise=advertise, check=check, lat=lat, cold=cold)
@@ -617,19 +623,25 @@ async def phase_cold(nodes: int, per_proc: int, keys: int, n: int, natural: bool
     askers = procs[: min(len(procs), 3)]
     out: dict[str, Any] = {"nodes": nodes, "settle_s": settled, "load_before": os.getloadavg()}
     # natural first, and other keys (seeds) than forced: forced lookups drop the asker's records
-    modes = ([("natural", False, 1011)] if natural else []) + [("forced", True, 11)]
+    modes = ([("natural", False, 1011)] if natural else []) + [("forced", True, 11), ("miss", False, 2011)]
     for mode, forced, seed in modes:
         lat: list[float] = []
         missed = held = dropped = 0
         for i, p in enumerate(askers):
             r = await p.ask(
-                op="cold", owners=owners[i], count=keys, n=n // len(askers), forced=forced, seed=seed + i
+                op="cold",
+                owners=owners[i],
+                count=keys,
+                n=(n if mode != "miss" else n // 3) // len(askers),
+                forced=forced,
+                miss=mode == "miss",
+                seed=seed + i,
             )
             lat += r["lat_ms"]
             missed += r["missed"]
             held += r["held"]
             dropped += r["dropped"]
-        out[mode] = {
+        out[mode] = {  # miss: times until the lookup ended empty; "not_found" counts finds
             "lookups": len(lat) + missed,
             "asker_held_dropped": dropped,
             "not_found": missed,
