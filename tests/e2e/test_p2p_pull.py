@@ -21,7 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import BuiltImage, HarnessError, ImageSet, ProcessGroup, UpstreamRegistry, cleanup_mounts
+from harness import (
+    BuiltImage,
+    HarnessError,
+    ImageSet,
+    ProcessGroup,
+    PullResult,
+    UpstreamRegistry,
+    cleanup_mounts,
+)
 from harness.cluster import Cluster, image_complete, process_io
 from harness.procs import wait_until
 from harness.require import require_cluster, require_spegel
@@ -172,6 +180,9 @@ def test_peer_killed_mid_transfer_the_pull_completes_from_another_peer(
         puller.join(200)
     report(record_property, "killed_peer_sent_mib", sent_at_kill / (1 << 20))
     assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert isinstance(result, PullResult)
+    report(record_property, "pull_with_peer_killed_s", result.seconds)
     assert sent_at_kill < big_image.total_size  # it really was killed mid-transfer
     assert image_complete(n3, ref, big_image) == []
     assert upstream.requests(mark) == []
@@ -186,7 +197,7 @@ def test_peer_killed_mid_transfer_the_pull_completes_from_another_peer(
 
 
 def test_corrupt_peer_is_detected_and_bad_content_never_committed(
-    cluster: Cluster, upstream: UpstreamRegistry, test_images: ImageSet
+    cluster: Cluster, upstream: UpstreamRegistry, test_images: ImageSet, record_property: object
 ) -> None:
     n1, n2, n3 = cluster.nodes
     small = test_images.small
@@ -210,6 +221,7 @@ def test_corrupt_peer_is_detected_and_bad_content_never_committed(
     start = time.monotonic()
     with pytest.raises(HarnessError):
         n3.pull(ref, timeout=120)
+    report(record_property, "corrupt_pull_failed_after_s", time.monotonic() - start)
     assert time.monotonic() - start < 60
     assert not n3.containerd.has_blob(layer)
     # the corrupt bytes did reach node 3's spegel-py (so it is its check that stopped them)
