@@ -9,10 +9,11 @@ run or an interrupted demo does not leave daemons behind.
 Finalizers and atexit never run when the harness itself is SIGKILLed (an outer ``timeout``, the
 OOM killer), so two more layers make sure nothing outlives it:
 
-* every child is started with ``PR_SET_PDEATHSIG(SIGKILL)``: the kernel kills it when its
-  parent goes away. The kernel's "parent" is the *thread* that forked, so a group forks all its
-  daemons from one thread of its own that lives until the group is stopped (see
-  :class:`_Spawner`), never from the short-lived worker threads that start nodes in parallel;
+* every child is started with ``PR_SET_PDEATHSIG(SIGKILL)`` (:func:`with_pdeathsig`): the
+  kernel kills it when its parent goes away. The kernel's "parent" is the *thread* that forked,
+  so a group forks all its daemons from one thread of its own that lives until the group is
+  stopped (see :class:`_Spawner`), never from the short-lived worker threads that start nodes
+  in parallel;
 * every daemon is recorded in a :class:`PidRegistry` (``<repo>/.work/harness-pids``) with its
   start time and its owner; the next test session sweeps records whose owner is dead and kills
   those processes, only if the pid still names the very process that was recorded.
@@ -21,7 +22,6 @@ OOM killer), so two more layers make sure nothing outlives it:
 from __future__ import annotations
 
 import atexit
-import ctypes
 import dataclasses
 import json
 import os
@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import TypeVar
 
 DEFAULT_STOP_TIMEOUT = 10.0
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 T = TypeVar("T")
 
@@ -89,26 +88,19 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 # -- dying with the parent -----------------------------------------------------------------------
-def die_with_parent() -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child get SIGKILL when the forking thread goes away.
+def with_pdeathsig(argv: Sequence[str]) -> list[str]:
+    """``argv`` run through ``setpriv --pdeathsig KILL``: the kernel SIGKILLs it when the
+    thread that forked it goes away.
 
-    ``prctl`` is looked up here, in the parent, so the child only calls an already resolved C
-    function and ``getppid`` between fork and exec: no import and no lock but the GIL, which
-    the child owns, so nothing can deadlock on state another thread held at fork time (the
-    reason the docs call ``preexec_fn`` unsafe with threads). It runs after ``setsid``
-    (``start_new_session``), which does not clear the setting, and the setting survives
-    ``execve`` (of non-setuid programs, which ``ip``, containerd, docker-registry and python
-    are). If the parent already died before ``prctl`` took effect, the child exits at once
-    instead of living on unwatched.
+    Why not a ``preexec_fn`` calling ``prctl``: a ``preexec_fn`` makes CPython fork (not vfork)
+    and run the interpreter's at-fork handlers in the child, and grpcio's handler crashes that
+    child with SIGSEGV while a ``grpc.aio`` channel is busy in the test process (the containerd
+    store tests). ``setpriv`` (util-linux) sets the same ``PR_SET_PDEATHSIG`` from C and execs
+    the command, so the pid is still the command's own and nothing of Python runs between fork
+    and exec. The setting survives ``execve`` of non-setuid programs, which ``ip``,
+    containerd, docker-registry, ctr and python are.
     """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
-            os._exit(127)
-
-    return preexec
+    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
 
 
 def run_command(
@@ -120,13 +112,12 @@ def run_command(
     The calling thread waits for the command, so the forking thread outlives it.
     """
     return subprocess.run(
-        list(argv),
+        with_pdeathsig(argv),
         capture_output=True,
         text=True,
         timeout=timeout,
         check=check,
         env=None if env is None else {**os.environ, **env},
-        preexec_fn=die_with_parent(),  # only prctl + getppid, see die_with_parent
     )
 
 
@@ -365,14 +356,13 @@ class ProcessGroup:
                 log.write(f"\n=== start {name}: {' '.join(full)}\n".encode())
                 log.flush()
                 popen = subprocess.Popen(
-                    full,
+                    with_pdeathsig(full),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=merged_env,
                     cwd=cwd,
                     start_new_session=True,
-                    preexec_fn=die_with_parent(),  # thread-safe enough: see die_with_parent
                 )
             self._registry.record(popen.pid, full)
             return popen

@@ -115,7 +115,8 @@ def test_group_records_daemons_and_stops_its_spawner_thread(tmp_path: Path) -> N
         group.stop_all()
     assert not pid_alive(pid)
     assert registry.records() == []
-    assert not [t for t in threading.enumerate() if t.name.startswith("harness-spawner")]
+    # this group's spawner only: session fixtures' groups keep theirs until the session ends
+    assert f"harness-spawner-{id(group):x}" not in [t.name for t in threading.enumerate()]
 
 
 @pytest.mark.parametrize(
