@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from spegel_py.errors import NotFoundError, RoutingError
-from spegel_py.registry.peerclient import PeerError, PeerTimeoutError
+from spegel_py.registry.peerclient import PeerDownError, PeerError, PeerTimeoutError
 from spegel_py.registry.peerhealth import PeerHealth
 from spegel_py.routing.base import Peer, Router
 
@@ -107,10 +107,11 @@ class Providers:
 class Hedger(Generic[T]):
     """Runs ``attempt(peer)`` over providers with hedging; the first success is returned.
 
-    ``attempt`` raises :class:`PeerError` subclasses for failures; :class:`PeerMissError`,
-    unreachable peers and protocol errors record a (peer, key) miss, :class:`PeerCorruptError`
-    marks the peer avoided; a slow peer (:class:`PeerTimeoutError`) is only left behind, because
-    slowness under load says nothing about whether it holds the content.
+    ``attempt`` raises :class:`PeerError` subclasses for failures; :class:`PeerMissError` and
+    protocol errors record a (peer, key) miss, a failed dial (:class:`PeerDownError`) marks the
+    peer down for every key, :class:`PeerCorruptError` marks the peer avoided; a slow peer
+    (:class:`PeerTimeoutError`) is only left behind, because slowness under load says nothing
+    about whether it holds the content.
     ``discard`` releases a result that lost the race (e.g. a second response head).
     """
 
@@ -196,6 +197,8 @@ class Hedger(Generic[T]):
             self.corrupt += 1
         elif isinstance(exc, PeerTimeoutError):
             pass
+        elif isinstance(exc, PeerDownError):
+            self._health.record_down(peer)
         elif isinstance(exc, PeerError):
             self._health.record_miss(peer, key)
         else:

@@ -37,6 +37,11 @@ class PeerUnreachableError(PeerError):
     """A peer refused the connection or did not accept it within the dial timeout (dead or gone)."""
 
 
+class PeerDownError(PeerUnreachableError):
+    """The peer's host refused or ignored the connection: the node (or its spegel-py) is gone,
+    for every key, not just the one asked for."""
+
+
 class PeerTimeoutError(PeerError):
     """A connected peer did not answer or keep sending within its bound (slow, maybe busy)."""
 
@@ -259,9 +264,9 @@ class PeerClient:
         except BaseException as exc:
             self._close(conn)
             if isinstance(exc, TimeoutError):
-                raise PeerUnreachableError(f"dial to {peer.host}:{peer.port} timed out") from exc
+                raise PeerDownError(f"dial to {peer.host}:{peer.port} timed out") from exc
             if isinstance(exc, OSError):
-                raise PeerUnreachableError(f"dial to {peer.host}:{peer.port} failed: {exc}") from exc
+                raise PeerDownError(f"dial to {peer.host}:{peer.port} failed: {exc}") from exc
             raise
         self.dials_total += 1
         return conn

@@ -4,8 +4,10 @@ Why: DHT provider records cannot be deleted, so a lookup keeps naming peers that
 that lost the content for up to ~19 minutes (REFERENCE.md section 1). Asking them again on every
 request would cost a dial timeout each time and make containerd wait. Two short-lived memories
 fix that: a negative cache of ``(peer, key)`` misses (the peer answered 404, refused the
-connection or timed out) and a set of avoided peers (the peer sent bytes that did not match
-their digest). Both expire on their own, because a miss is a hint, not a fact: the peer may
+connection or timed out), a set of peers that are down (a dial was refused or timed out: that
+says the node is gone, so it is skipped for *every* key, and a pull of a many-layer image pays
+the dial timeout once instead of once per layer) and a set of avoided peers (the peer sent bytes
+that did not match their digest). Both expire on their own, because a miss is a hint, not a fact: the peer may
 pull the image a second later. Bounded in size so a flood of keys cannot grow memory.
 """
 
@@ -19,27 +21,33 @@ from spegel_py.routing.base import Peer
 
 
 class PeerHealth:
-    """Negative cache of ``(peer, key)`` misses and a timed avoid-list of peers."""
+    """Negative cache of ``(peer, key)`` misses and timed down- and avoid-lists of peers."""
 
     def __init__(
         self,
         *,
         miss_ttl: float = 5.0,
+        down_ttl: float = 10.0,
         avoid_ttl: float = 60.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``miss_ttl``: seconds a (peer, key) miss is remembered (short: content may arrive soon).
+        ``down_ttl``: seconds a peer whose dial failed is skipped for every key (short: a
+        restarting pod is back within seconds, and a success clears it at once).
         ``avoid_ttl``: seconds a peer that sent corrupt bytes is skipped for every key.
         ``max_entries``: bound on remembered misses; the oldest are forgotten first.
         """
         self._miss_ttl = miss_ttl
+        self._down_ttl = down_ttl
         self._avoid_ttl = avoid_ttl
         self._max_entries = max_entries
         self._clock = clock
         self._misses: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._avoided: dict[str, float] = {}
+        self._down: dict[str, float] = {}
         self.misses_total = 0
+        self.downs_total = 0
         self.corruptions_total = 0
 
     @staticmethod
@@ -56,24 +64,43 @@ class PeerHealth:
         while len(self._misses) > self._max_entries:
             self._misses.popitem(last=False)
 
+    def record_down(self, peer: Peer) -> None:
+        """A dial to ``peer`` was refused or timed out: skip it for every key for ``down_ttl``.
+
+        Bounded like the misses: the map holds at most ``max_entries`` peers.
+        """
+        key = self._peer_key(peer)
+        self._down.pop(key, None)
+        self._down[key] = self._clock() + self._down_ttl
+        self.downs_total += 1
+        while len(self._down) > self._max_entries:
+            del self._down[next(iter(self._down))]
+
+    def down(self, peer: Peer) -> bool:
+        """True while ``peer`` is skipped because a recent dial to it failed."""
+        until = self._down.get(self._peer_key(peer))
+        return until is not None and until > self._clock()
+
     def record_corruption(self, peer: Peer) -> None:
         """``peer`` sent bytes that did not match their digest: avoid it for ``avoid_ttl``."""
         self._avoided[self._peer_key(peer)] = self._clock() + self._avoid_ttl
         self.corruptions_total += 1
 
     def record_success(self, peer: Peer, key: str) -> None:
-        """``peer`` served ``key`` correctly: forget an earlier miss."""
+        """``peer`` served ``key`` correctly: forget an earlier miss, and that it was down."""
         self._misses.pop((self._peer_key(peer), key), None)
+        self._down.pop(self._peer_key(peer), None)
 
     def usable(self, peer: Peer, key: str) -> bool:
-        """False while ``peer`` is avoided or recently missed ``key``."""
+        """False while ``peer`` is avoided, down, or recently missed ``key``."""
         now = self._clock()
         peer_key = self._peer_key(peer)
-        until = self._avoided.get(peer_key)
-        if until is not None:
-            if until > now:
-                return False
-            del self._avoided[peer_key]
+        for timed in (self._avoided, self._down):
+            until = timed.get(peer_key)
+            if until is not None:
+                if until > now:
+                    return False
+                del timed[peer_key]
         until = self._misses.get((peer_key, key))
         if until is not None:
             if until > now:

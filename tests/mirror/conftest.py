@@ -62,6 +62,7 @@ class Cluster:
         self.fronts: list[Front] = []
         self.mirrors: list[Mirror] = []
         self.sessions: list[aiohttp.ClientSession] = []
+        self._sockets: list[socket.socket] = []
         self._next_host = 2
 
     async def peer(
@@ -82,18 +83,33 @@ class Cluster:
             port = sock.getsockname()[1]
         return Peer(f"dead-{host}", host, port)
 
+    def blackhole_peer(self) -> Peer:
+        """An address whose connections are never accepted, as for a node that vanished (its
+        SYNs go unanswered): a listener with a full accept queue drops further SYNs."""
+        host = f"127.0.0.{self._next_host}"
+        self._next_host += 1
+        listener = socket.socket()
+        listener.bind((host, 0))
+        listener.listen(0)
+        filler = socket.socket()
+        filler.settimeout(5)
+        filler.connect(listener.getsockname())  # takes the one queue slot, never accepted
+        self._sockets += [listener, filler]
+        return Peer(f"blackhole-{host}", host, listener.getsockname()[1])
+
     async def mirror(
         self,
         providers: Iterable[Peer] | FakeRouter,
         *,
         pool: BufferPool | None = None,
         health: PeerHealth | None = None,
+        client: PeerClient | None = None,
         **settings: Any,
     ) -> tuple[Front, Mirror]:
         router = providers if isinstance(providers, FakeRouter) else FakeRouter(providers)
         mirror = Mirror(
             router,
-            client=PeerClient(),
+            client=client or PeerClient(),
             pool=pool or BufferPool(count=8, size=64 * 1024),
             health=health,
             settings=MirrorSettings(**settings),
@@ -118,6 +134,8 @@ class Cluster:
             await mirror.close()
         for peer in self.peers:
             await peer.stop()
+        for sock in self._sockets:
+            sock.close()
 
 
 @pytest.fixture

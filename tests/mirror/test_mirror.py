@@ -12,6 +12,9 @@ import pytest
 from conftest import Cluster
 from mirror_fakes import digest_of
 
+from spegel_py.registry.peerclient import PeerClient, PeerResponse
+from spegel_py.routing.base import Peer
+
 BIG = 3 * 1024 * 1024 + 123  # several relay buffers (64 KiB in tests), not a multiple of them
 # How a large blob moves: through a pooled buffer (hashing on the loop or on a thread), or
 # through kernel pipes (splice + tee).
@@ -175,6 +178,38 @@ async def test_all_stale_providers_give_404_within_100ms(
     assert times[len(times) // 2] < 0.1, times
     assert times[-1] < 0.5, times
     assert len(lost.requests) == 1  # the (peer, key) miss was remembered
+
+
+class CountingClient(PeerClient):
+    """A real peer client that counts the requests it was asked to send, per peer host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: dict[str, int] = {}
+
+    async def request(self, peer: Peer, *args: Any, **kwargs: Any) -> PeerResponse:
+        self.asked[peer.host] = self.asked.get(peer.host, 0) + 1
+        return await super().request(peer, *args, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["refused", "blackholed"])
+async def test_a_dead_node_costs_one_dial_then_is_skipped_for_every_key(
+    cluster: Cluster, blob: Callable[[int], bytes], how: str
+) -> None:
+    """Stale records of a dead node name it for every layer of an image: after one failed dial
+    the node is skipped for all of them (no dial timeout per layer), and the answers are 404."""
+    layers = [blob(1000, seed) for seed in range(1, 5)]
+    dead = cluster.dead_peer() if how == "refused" else cluster.blackhole_peer()
+    lost = await cluster.peer({})  # alive, but lost the content
+    client = CountingClient()
+    front, mirror = await cluster.mirror([dead, lost.peer], client=client, dial_timeout=0.05)
+    session = cluster.session()
+    for data in layers:
+        status, _, _ = await get(session, f"{front.url}/v2/a/blobs/{digest_of(data)}")
+        assert status == 404
+    assert client.asked[dead.host] == 1  # one dial, then skipped for the other three keys
+    assert client.asked[lost.peer.host] == len(layers)  # a live peer is still asked per key
+    assert mirror.health.down(dead) and not mirror.health.down(lost.peer)
 
 
 @pytest.mark.parametrize(("method", "kind"), [("HEAD", "manifests"), ("GET", "manifests"), ("HEAD", "blobs")])

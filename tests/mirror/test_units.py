@@ -82,6 +82,21 @@ def test_peer_health_forgets_misses_and_avoidance_in_time() -> None:
     assert health.usable(a, "k3")
 
 
+def test_peer_health_skips_a_down_peer_for_every_key_until_it_expires_or_serves() -> None:
+    clock = Clock()
+    health = PeerHealth(down_ttl=10, clock=clock)
+    a, b = Peer("a", "127.0.0.2", 5000), Peer("b", "127.0.0.3", 5000)
+    health.record_down(a)
+    assert health.down(a) and not health.usable(a, "k1") and not health.usable(a, "k2")
+    assert health.usable(b, "k1") and not health.down(b)
+    clock.now += 10.01
+    assert health.usable(a, "k1") and not health.down(a)
+    health.record_down(a)
+    health.record_success(a, "k1")  # it answered after all: back at once
+    assert health.usable(a, "k2")
+    assert health.downs_total == 2
+
+
 def test_peer_health_is_bounded() -> None:
     health = PeerHealth(max_entries=3, clock=Clock())
     peer = Peer("a", "127.0.0.2", 5000)
