@@ -101,6 +101,9 @@ class Advertiser:
     catch blobs collected without events; ``resync_interval`` how often everything is re-walked
     regardless; ``retry_interval`` the wait after the store or router failed.
     ``registry_filter`` selects the images that are shared; ``walk`` lists an image's present blobs.
+    ``on_batch(seconds)`` is called after each batch applied (images listed, changed ones walked,
+    keys advertised and withdrawn) with the seconds it took; failed batches are counted in
+    :attr:`failures` instead.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class Advertiser:
         resync_interval: float = 600.0,
         retry_interval: float = 5.0,
         walk: Walk = image_content,
+        on_batch: Callable[[float], None] | None = None,
     ) -> None:
         self._store = store
         self._router = router
@@ -125,6 +129,7 @@ class Advertiser:
         self._resync_interval = resync_interval
         self._retry_interval = retry_interval
         self._walk = walk
+        self._on_batch = on_batch
         self._entries: dict[str, _Entry] = {}
         self._advertised: frozenset[str] = frozenset()
         self._pending = _Pending()
@@ -148,6 +153,10 @@ class Advertiser:
     def failures(self) -> int:
         """How many batches failed (store or router unavailable) and were retried."""
         return self._failures
+
+    def images(self) -> list[tuple[str, Digest]]:
+        """Name and root digest of every image whose content is advertised, sorted by name."""
+        return sorted((name, entry.root) for name, entry in self._entries.items() if entry.digests)
 
     def counts(self) -> dict[str, AdvertisedCounts]:
         """Per-registry counts of what is advertised, for the ``spegel_advertised_*`` gauges."""
@@ -243,6 +252,7 @@ class Advertiser:
                 continue
             await self._gather_burst()
             batch, self._pending = self._pending, _Pending()
+            started = loop.time()
             try:
                 await self._apply(batch)
             except (StoreUnavailableError, RoutingError) as exc:
@@ -250,6 +260,9 @@ class Advertiser:
                 log.warning("advertising failed, retrying in %.1fs: %s", self._retry_interval, exc)
                 self._pending.merge(batch)
                 await self._pause(self._retry_interval)
+                continue
+            if self._on_batch is not None:
+                self._on_batch(loop.time() - started)
 
     async def _gather_burst(self) -> None:
         """Let a burst (a pull's content events, then its image event) gather into one batch.

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conformance.store_images import StoreImage, multi_arch_image, small_image
 
+from spegel_py.errors import RoutingError
 from spegel_py.oci.filters import RegistryFilter
 from spegel_py.routing.advertiser import AdvertisedCounts, Advertiser
-from spegel_py.routing.base import Router
+from spegel_py.routing.base import Peer, Router
 from spegel_py.routing.memory import MemoryNetwork, MemoryRouter
 from spegel_py.store.base import ContentStore
 from spegel_py.store.memory import MemoryStore
@@ -303,6 +304,61 @@ async def test_a_burst_of_events_is_one_batch() -> None:
             expected |= keys_of(image)
         await eventually(lambda: node.advertiser.advertised() == expected)
         assert node.advertiser.batches == 2
+
+
+class FailsFirstAdvertise:
+    """A router whose first ``advertise`` fails (an outage), then delegates."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self.failed = False
+
+    def ready(self) -> bool:
+        return True
+
+    async def advertise(self, keys: Iterable[str]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RoutingError("router unavailable")
+        await self._router.advertise(keys)
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        await self._router.withdraw(keys)
+
+    def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
+        return self._router.lookup(key, limit=limit)
+
+    async def close(self) -> None:
+        await self._router.close()
+
+
+async def test_applied_batches_report_their_duration_and_images() -> None:
+    """``on_batch`` once per applied batch (not for the failed one); ``images()`` lists what is shared."""
+    store = MemoryStore()
+    small = small_image()
+    add(store, small)
+    add(store, small, "example.com/test/small:latest")  # filtered out below
+    router = MemoryRouter(MemoryNetwork(), peer_id="advertiser", host="10.0.0.1")
+    durations: list[float] = []
+    advertiser = Advertiser(
+        store,
+        FailsFirstAdvertise(router),
+        registry_filter=RegistryFilter.from_flags(registry_filters=[":latest$"]),
+        retry_interval=0.01,
+        on_batch=durations.append,
+    )
+    task = asyncio.create_task(advertiser.run(), name="advertiser")
+    try:
+        await eventually(lambda: advertiser.advertised() == keys_of(small))
+        assert advertiser.failures == 1
+        assert len(durations) == advertiser.batches == 1
+        assert 0 <= durations[0] < WITHIN
+        assert advertiser.images() == [(small.name, small.root)]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await router.close()
 
 
 async def test_resync_after_events_were_lost() -> None:

@@ -165,3 +165,39 @@ def test_routing_table_orders_by_xor_distance() -> None:
     want = sorted((kad_id(f"peer{i}".encode()) ^ target, f"peer{i}".encode()) for i in range(30))[:20]
     assert [e.id for e in closest] == [pid for _, pid in want]
     assert b"peer3" not in [e.id for e in table.closest(target, 40, exclude=b"peer3")]
+
+
+@pytest.mark.parametrize(
+    ("adds", "records"),
+    [
+        ([(b"k", b"a")], 1),
+        ([(b"k", b"a"), (b"k", b"a")], 1),  # a refresh is not a new record
+        ([(b"k", b"a"), (b"k", b"b")], 2),  # a second provider of the same key
+        ([(b"k", b"a"), (b"k", b"b"), (b"k", b"b"), (b"k", b"c")], 3),
+        ([(b"k", b"a"), (b"j", b"a"), (b"i", b"b")], 3),
+    ],
+    ids=["one", "refresh", "two-providers", "three-providers", "three-keys"],
+)
+def test_provider_records_are_counted_per_key_and_provider(
+    adds: list[tuple[bytes, bytes]], records: int
+) -> None:
+    clock = Clock()
+    store = ProviderStore(ttl=10, clock=clock)
+    for key, provider in adds:
+        store.add(key, provider)
+    assert store.records == records == sum(len(store.get(k)) for k in {k for k, _ in adds})
+    clock.now += 11
+    assert store.expire() == records and store.records == 0
+
+
+def test_provider_record_count_follows_partial_expiry_and_batches() -> None:
+    clock = Clock()
+    store = ProviderStore(ttl=10, clock=clock)
+    store.add_many([b"k", b"j"], b"a")
+    clock.now += 6
+    store.add_many([b"k", b"j", b"i"], b"b")
+    assert store.records == 5
+    clock.now += 5  # a's two records expired, b's three are valid
+    assert store.expire() == 2 and store.records == 3
+    store.add_many([b"k"], b"b")  # refreshed: still three
+    assert store.records == 3

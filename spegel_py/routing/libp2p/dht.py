@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -64,8 +65,19 @@ class DhtOptions:
 class DhtNode:
     """The DHT: serves the protocol, sends records, answers lookups. All methods run in trio."""
 
-    def __init__(self, host: IHost, tcp: TrackedTCP, *, registry_port: int, options: DhtOptions) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        tcp: TrackedTCP,
+        *,
+        registry_port: int,
+        options: DhtOptions,
+        on_reprovide: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """``on_reprovide(keys, seconds)``: called in the trio thread after each periodic
+        reprovide, with the number of keys re-sent and the seconds it took."""
         self.host = host
+        self._on_reprovide = on_reprovide
         self._tcp = tcp
         self.options = options
         self._port = registry_port
@@ -376,7 +388,7 @@ class DhtNode:
             self.store.expire()
             if trio.current_time() >= next_reprovide:
                 next_reprovide = trio.current_time() + opts.reprovide_interval
-                await self._send(list(self.advertised))
+                await self._reprovide()
             peers = self.table.peers()
             for e in random.sample(peers, min(3, len(peers))):
                 # our own id finds our neighbours; a random target finds peers elsewhere in the
@@ -386,6 +398,14 @@ class DhtNode:
                         await self._walk(ID(e.id), target)
                     except (RoutingError, trio.TooSlowError) as exc:
                         log.debug("refresh walk at %s failed: %s", e.b58, exc)
+
+    async def _reprovide(self) -> None:
+        """Re-send every advertised key to its closest peers (records elsewhere expire otherwise)."""
+        keys = list(self.advertised)
+        started = time.perf_counter()
+        await self._send(keys)
+        if self._on_reprovide is not None:
+            self._on_reprovide(len(keys), time.perf_counter() - started)
 
     # -- lookups ---------------------------------------------------------------------------
 

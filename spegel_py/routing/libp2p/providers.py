@@ -23,8 +23,12 @@ class ProviderStore:
         self._ttl = ttl
         self._clock = clock
         self._records: dict[bytes, _Entry] = {}
+        # (key, provider) records held, expired ones included until expire() drops them; kept
+        # as a plain int so the metrics thread reads it without walking the dict
+        self.records = 0
 
     def __len__(self) -> int:
+        """Keys with at least one record."""
         return len(self._records)
 
     def add(self, key: bytes, provider: bytes) -> None:
@@ -34,14 +38,19 @@ class ProviderStore:
         """Record (or refresh) ``provider`` for every key: valid for ``ttl`` seconds from now."""
         expiry = self._clock() + self._ttl
         records = self._records
+        new = 0
         for key in keys:
             entry = records.get(key)
             if isinstance(entry, dict):
+                new += provider not in entry
                 entry[provider] = expiry
             elif entry is None or entry[0] == provider:
+                new += entry is None
                 records[key] = (provider, expiry)
             else:
+                new += 1
                 records[key] = {entry[0]: entry[1], provider: expiry}
+        self.records += new
 
     def get(self, key: bytes) -> list[bytes]:
         """Providers of ``key`` whose records have not expired."""
@@ -72,4 +81,5 @@ class ProviderStore:
             elif len(entry) == 1:
                 ((p, exp),) = entry.items()
                 self._records[key] = (p, exp)
+        self.records -= dropped
         return dropped

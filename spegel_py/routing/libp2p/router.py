@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -59,6 +59,7 @@ class Libp2pRouter:
         refresh_interval: float = 30.0,
         k: int = 20,
         alpha: int = 3,
+        on_reprovide: Callable[[int, float], None] | None = None,
     ) -> None:
         """
         ``listen_addrs``: multiaddrs like ``/ip4/10.0.0.5/tcp/5001``. ``data_dir``: holds
@@ -69,6 +70,8 @@ class Libp2pRouter:
         ``cache_ttl``: seconds a lookup result is reused. ``bootstrap_interval``: seconds between
         bootstrap rounds while alone (6x that once the node has peers). ``refresh_interval``:
         seconds between table walks. ``k`` / ``alpha``: Kademlia replication / parallelism.
+        ``on_reprovide(keys, seconds)``: called on the event loop that started the router after
+        each periodic reprovide (keys re-sent, seconds it took), for the metrics layer.
         """
         if reprovide_interval >= record_ttl:
             raise RoutingError("reprovide_interval must be shorter than record_ttl")
@@ -80,6 +83,7 @@ class Libp2pRouter:
         self._alone = alone
         self._lookup_timeout = lookup_timeout
         self._bootstrap_interval = bootstrap_interval
+        self._on_reprovide = on_reprovide
         self._options = DhtOptions(
             k=k,
             alpha=alpha,
@@ -107,9 +111,22 @@ class Libp2pRouter:
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] = loop.create_future()
 
+        on_reprovide = self._on_reprovide
+
+        def reprovided(keys: int, seconds: float) -> None:  # in the trio thread
+            if on_reprovide is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                    loop.call_soon_threadsafe(on_reprovide, keys, seconds)
+
         async def run() -> None:
             tcp = TrackedTCP()
-            node = DhtNode(build_host(self._seed, tcp), tcp, registry_port=self._port, options=self._options)
+            node = DhtNode(
+                build_host(self._seed, tcp),
+                tcp,
+                registry_port=self._port,
+                options=self._options,
+                on_reprovide=reprovided,
+            )
             self._node = node
             try:
                 async with trio.open_nursery() as nursery:
@@ -202,6 +219,18 @@ class Libp2pRouter:
     def peer_count(self) -> int:
         node = self._node
         return len(node.table) if node is not None and self._state == "running" else 0
+
+    def peers(self) -> list[str]:
+        """Peer ids in the routing table, sorted (a snapshot; empty unless running)."""
+        node = self._node
+        if node is None or self._state != "running":
+            return []
+        return sorted(entry.b58 for entry in node.table.peers())  # one C-level copy: safe here
+
+    def provider_records(self) -> int:
+        """(key, provider) records this node stores for the cluster (its own keys not included)."""
+        node = self._node
+        return node.store.records if node is not None and self._state == "running" else 0
 
     async def connect(self, addr: str) -> str | None:
         """Dial one peer now (what a bootstrap round does for each address); returns its peer id."""
