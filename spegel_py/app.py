@@ -29,6 +29,7 @@ from spegel_py.registry.server import RegistryServer
 from spegel_py.routing.base import Peer, Router
 from spegel_py.routing.bootstrap.http import id_document
 from spegel_py.settings import (
+    RECORD_LIFETIME,
     CleanupSettings,
     CleanupWaitSettings,
     ConfigurationSettings,
@@ -168,8 +169,13 @@ class TimedRouter:
         await self._router.close()
 
 
-async def build_router(settings: RegistrySettings) -> Libp2pRouter:
-    """The libp2p router with the bootstrapper ``--bootstrap-kind`` names (started by the caller)."""
+async def build_router(
+    settings: RegistrySettings, *, on_reprovide: Callable[[int, float], None] | None = None
+) -> Libp2pRouter:
+    """The libp2p router with the bootstrapper ``--bootstrap-kind`` names (started by the caller).
+
+    ``on_reprovide(keys, seconds)``: called on this loop after each periodic reprovide.
+    """
     from spegel_py.routing.bootstrap import build_bootstrapper
     from spegel_py.routing.libp2p.router import Libp2pRouter
 
@@ -191,6 +197,9 @@ async def build_router(settings: RegistrySettings) -> Libp2pRouter:
         bootstrap=bootstrap,
         # No way to find peers: a single node is ready on its own (it still accepts dials).
         alone=bootstrap is None,
+        record_ttl=RECORD_LIFETIME,
+        reprovide_interval=settings.reprovide_interval,
+        on_reprovide=on_reprovide,
     )
 
 
@@ -239,6 +248,9 @@ def state_metrics(
         yield counter("spegel_advertise_failures", "Advertise batches that failed and were retried.",
                       advertiser.failures)
         yield gauge("spegel_router_peers", "Peers in the routing table.", router.peer_count())
+        yield gauge("spegel_router_provider_records",
+                    "Provider records (key, provider) this node's DHT stores for the cluster.",
+                    router.provider_records())
         stats = mirror.stats
         yield counter("spegel_mirror_resumed_streams", "Blob streams resumed from another peer.",
                       stats.resumed)
@@ -252,6 +264,8 @@ def state_metrics(
         yield gauge("spegel_relay_buffers_in_use", "Relay buffers in use.", pool.in_use)
         yield gauge("spegel_relay_buffers_capacity", "Relay buffers available at most.", pool.capacity)
         yield gauge("spegel_relay_buffers_allocated", "Relay buffers allocated so far.", pool.allocated)
+        yield gauge("spegel_relay_buffer_size_bytes", "Size of each relay buffer (--relay-buffer-size).",
+                    pool.size)
         yield counter("spegel_relay_buffer_waits", "Times a stream waited for a relay buffer.",
                       pool.waits_total)
         yield counter("spegel_relay_buffer_timeouts", "Times a stream gave up waiting for a relay buffer.",
@@ -315,11 +329,13 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         stack.callback(coordinator.close)
         store = await build_store(settings)
         stack.push_async_callback(store.close)
-        libp2p = await build_router(settings)
+        libp2p = await build_router(
+            settings, on_reprovide=lambda _keys, seconds: metrics.reprovide_duration.observe(seconds)
+        )
         stack.push_async_callback(libp2p.close)
         await libp2p.start()
         router = TimedRouter(libp2p, metrics.resolve_duration.labels("libp2p").observe)
-        pool = BufferPool(count=64, size=256 * 1024)
+        pool = BufferPool(count=settings.relay_buffers, size=settings.relay_buffer_size)
         mirror = Mirror(
             router,
             client=PeerClient(),
@@ -334,7 +350,9 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
             on_result=metrics.mirror_result,
         )
         stack.push_async_callback(mirror.close)
-        advertiser = Advertiser(store, router, registry_filter=filters)
+        advertiser = Advertiser(
+            store, router, registry_filter=filters, on_batch=metrics.advertise_duration.observe
+        )
         stack.push_async_callback(supervisor.close, settings.shutdown_timeout)
         supervisor.spawn("advertiser", advertiser.run())
         metrics.registry.register(

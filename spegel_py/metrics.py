@@ -15,6 +15,9 @@ from prometheus_client.registry import Collector
 
 # Response sizes span JSON errors (100 B) to layers (GiB): powers of 10 from 100 B to 10 GB.
 _SIZE_BUCKETS = tuple(float(10**n) for n in range(2, 11))
+# Advertise batches and reprovides: a few keys take milliseconds; 50,000 keys or a full re-walk
+# of a containerd with thousands of blobs take seconds.
+_BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
@@ -72,6 +75,21 @@ class Metrics:
             "Time from the start of a peer lookup to its first provider, by router.",
             ("router",),
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+
+        self.advertise_duration = Histogram(
+            "spegel_advertise_duration_seconds",
+            "Time to apply one advertise batch (list images, walk changed ones, advertise and withdraw "
+            "keys), in seconds.",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.reprovide_duration = Histogram(
+            "spegel_reprovide_duration_seconds",
+            "Time to re-send every advertised key to its closest peers (each --reprovide-interval), "
+            "in seconds.",
+            buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
 

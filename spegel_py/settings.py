@@ -91,6 +91,18 @@ def parse_buffer_size(value: str) -> int:
     return size
 
 
+RECORD_LIFETIME = 19 * 60.0  # seconds a provider record is valid at the peers that store it (Spegel's)
+
+
+def parse_reprovide_interval(value: str) -> float:
+    """A duration (see :func:`parse_duration`) above zero and below :data:`RECORD_LIFETIME`, so
+    that peers receive a node's records again before the previous copies expire."""
+    seconds = parse_duration(value)
+    if not 0 < seconds < RECORD_LIFETIME:
+        raise ValueError(f"must be above 0 and below 19m (the record lifetime): {value!r}")
+    return seconds
+
+
 def parse_address(value: str) -> str:
     """``host:port``, ``:port`` (all interfaces) or ``[v6]:port``; returned unchanged when valid."""
     match = _ADDR.fullmatch(value.strip())
@@ -235,6 +247,10 @@ class RegistrySettings:
         "--relay-buffer-size", "RELAY_BUFFER_SIZE", 256 << 10,
         "(spegel-py) Size of each relay buffer; the pool holds at most buffers x size bytes.",
         parse_buffer_size)
+    reprovide_interval: float = option(
+        "--reprovide-interval", "REPROVIDE_INTERVAL", 15 * 60.0,
+        "(spegel-py) Time between re-sends of this node's provider records (Go duration; Spegel's is a "
+        "fixed 15m). Must stay below the 19m the records are valid.", parse_reprovide_interval)
     store_timeout: float = option("--store-timeout", "STORE_TIMEOUT", 2.0,
                                   "(spegel-py) Bound on each content-store call; past it: 503.",
                                   parse_duration)

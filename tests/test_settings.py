@@ -104,12 +104,19 @@ def test_defaults_are_spegels() -> None:
     assert s.mirrored_registries == () and s.registry_filters == ()
     assert s.page_cache_eviction is True and s.page_cache_eviction_lag == 4 << 20
     assert (s.relay_buffers, s.relay_buffer_size) == (64, 256 << 10)
+    assert s.reprovide_interval == 15 * 60.0
     assert load(GlobalSettings, {}, {}).log_level == "INFO"
 
 
 def test_relay_pool_is_sized_from_flags_and_env() -> None:
     s = load(RegistrySettings, {"relay_buffers": "8"}, {"RELAY_BUFFER_SIZE": "1MiB"})
     assert (s.relay_buffers, s.relay_buffer_size) == (8, 1 << 20)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("1s", 1.0), ("250ms", 0.25), ("18m59s", 18 * 60.0 + 59)])
+def test_reprovide_interval(text: str, seconds: float) -> None:
+    settings = load(RegistrySettings, {}, {"REPROVIDE_INTERVAL": text})
+    assert settings.reprovide_interval == pytest.approx(seconds)
 
 
 def test_precedence_flag_over_env_over_default() -> None:
@@ -144,6 +151,9 @@ def test_lists_from_env_are_comma_separated_and_from_flags_repeated() -> None:
         ({"relay_buffers": "0"}, {}, "--relay-buffers"),
         ({}, {"RELAY_BUFFER_SIZE": "4KiB"}, "RELAY_BUFFER_SIZE"),
         ({"relay_buffer_size": "lots"}, {}, "--relay-buffer-size"),
+        ({"reprovide_interval": "0"}, {}, "--reprovide-interval"),
+        ({}, {"REPROVIDE_INTERVAL": "19m"}, "REPROVIDE_INTERVAL"),  # records would expire first
+        ({"reprovide_interval": "often"}, {}, "--reprovide-interval"),
     ],
 )
 def test_bad_values_name_their_source(flags: dict[str, str], env: dict[str, str], mentions: str) -> None:
