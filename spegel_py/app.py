@@ -40,6 +40,7 @@ from spegel_py.store.base import ContentStore
 
 if TYPE_CHECKING:
     from spegel_py.registry.bufferpool import BufferPool
+    from spegel_py.registry.debugweb import DebugInfo, RecentOutcomes
     from spegel_py.registry.mirror import Mirror
     from spegel_py.routing.advertiser import Advertiser
     from spegel_py.routing.libp2p.router import Libp2pRouter
@@ -279,6 +280,26 @@ def state_metrics(
     return source
 
 
+def debug_info(*, router: Libp2pRouter, advertiser: Advertiser, outcomes: RecentOutcomes) -> DebugInfo:
+    """What ``/debug/web`` shows, read from the live components at each request."""
+    from spegel_py.registry.debugweb import Advertised, AdvertisedImage, DebugInfo
+
+    def advertised() -> Advertised:
+        counts = advertiser.counts().values()
+        # distinct over registries (images in two registries share their blobs' keys)
+        digests = sum(1 for key in advertiser.advertised() if key.startswith(("sha256:", "sha512:")))
+        return Advertised(
+            images=[AdvertisedImage(name, str(root)) for name, root in advertiser.images()],
+            tags=sum(c.image_tags for c in counts),
+            image_digests=sum(c.image_digests for c in counts),
+            content_digests=digests,
+        )
+
+    return DebugInfo(
+        peer_id=lambda: router.peer_id, peers=router.peers, advertised=advertised, outcomes=outcomes
+    )
+
+
 def cgroup_cache_bytes() -> float | None:
     """Page cache charged to this process's memory cgroup, or None where it cannot be read."""
     try:
@@ -308,8 +329,11 @@ def cgroup_cache_bytes() -> float | None:
 async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then shut down gracefully (bounded by ``shutdown_timeout``)."""
     from spegel_py.oci.filters import RegistryFilter
+    from spegel_py.registry.base import Mirror as MirrorSeam
     from spegel_py.registry.bufferpool import BufferPool
+    from spegel_py.registry.debugweb import RecentOutcomes, debug_routes
     from spegel_py.registry.mirror import Mirror, MirrorSettings
+    from spegel_py.registry.outcomes import RecordingHealth, RecordingMirror, recording_hook
     from spegel_py.registry.peerclient import PeerClient
     from spegel_py.registry.peerhealth import PeerHealth
     from spegel_py.routing.advertiser import Advertiser
@@ -336,18 +360,20 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         await libp2p.start()
         router = TimedRouter(libp2p, metrics.resolve_duration.labels("libp2p").observe)
         pool = BufferPool(count=settings.relay_buffers, size=settings.relay_buffer_size)
+        # /debug/web's recent outcomes: the mirror's result hook and peer health, noted per request
+        outcomes = RecentOutcomes() if settings.debug_web_enabled else None
         mirror = Mirror(
             router,
             client=PeerClient(),
             pool=pool,
-            health=PeerHealth(),
+            health=PeerHealth() if outcomes is None else RecordingHealth(),
             settings=MirrorSettings(
                 first_provider_timeout=settings.mirror_resolve_timeout,
                 lookup_limit=max(1, settings.mirror_resolve_retries),
                 resolve_latest=settings.resolve_latest_tag,
             ),
             filters=filters,
-            on_result=metrics.mirror_result,
+            on_result=metrics.mirror_result if outcomes is None else recording_hook(metrics.mirror_result),
         )
         stack.push_async_callback(mirror.close)
         advertiser = Advertiser(
@@ -358,16 +384,23 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         metrics.registry.register(
             StateCollector(state_metrics(router=libp2p, advertiser=advertiser, mirror=mirror, pool=pool))
         )
+        seam: MirrorSeam = mirror if outcomes is None else RecordingMirror(mirror, outcomes)
         server = RegistryServer(
             store,
             metrics=metrics,
             coordinator=coordinator,
-            mirror=mirror,
+            mirror=seam,
             router=router,
             store_timeout=settings.store_timeout,
         )
+        registry_app = server.application()
+        if outcomes is not None:
+            # aiohttp (3.10 and later) tries the most specific path first: this exact route wins
+            # over the server's catch-all; disabled, /debug/web is an unknown path there (404).
+            info = debug_info(router=libp2p, advertiser=advertiser, outcomes=outcomes)
+            registry_app.router.add_routes(debug_routes(info))
         # Registered after the store: cleanup runs in reverse, so servers drain before it closes.
-        registry = await _start(stack, server.application(), settings.registry_addr)
+        registry = await _start(stack, registry_app, settings.registry_addr)
         await _start(stack, metrics_application(metrics), settings.metrics_addr)
         if settings.http_bootstrap_addr:
             await _start(stack, id_application(libp2p, settings), settings.http_bootstrap_addr)

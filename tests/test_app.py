@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -316,6 +319,70 @@ def _metric(daemon: Daemon, line_prefix: str) -> float:
     return total
 
 
+def _serving_record(daemon: Daemon, deadline_s: float = 10.0) -> dict[str, Any]:
+    """The node's ``serving`` log record (a JSON line on stderr): its addresses and peer id."""
+    assert daemon.proc.stderr is not None
+    fd = daemon.proc.stderr.fileno()
+    pending = b""
+    deadline = time.monotonic() + deadline_s
+    while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            try:
+                record: dict[str, Any] = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("msg") == "serving":
+                return record
+    raise AssertionError("no 'serving' log line")
+
+
+def _debug_table(page: str, table_id: str) -> list[list[str]]:
+    """The cell texts of each body row of a ``/debug/web`` table."""
+    table = page.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)]
+    return [[re.sub(r"<[^>]+>", "", cell) for cell in row] for row in rows if row]
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["enabled", "disabled"])
+def test_debug_web_shows_the_node_or_is_404_when_disabled(tmp_path: Path, enabled: bool) -> None:
+    make_layout(tmp_path / "layouts", 1 << 20)
+    host = "127.0.0.38"
+    ports = (_free_port(host), _free_port(host), _free_port(host))
+    extra = () if enabled else ("--debug-web-enabled=false",)
+    node, _ = _node(tmp_path / "layouts", tmp_path / "data", host, ports, *extra)
+    try:
+        _wait_ready(node)
+        peer_id = _serving_record(node)["peer_id"]
+        missing = f"sha256:{'0' * 64}"
+        assert _get(f"{node.base}/v2/x/blobs/{missing}?ns=example.com")[0] == 404  # a mirrored miss
+        status, body = _get(node.base + "/debug/web")
+        if not enabled:
+            assert status == 404
+            assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"  # an unknown path
+            assert _stop(node) == 0
+            return
+        assert status == 200
+        deadline = time.monotonic() + 15
+        while "127.0.0.1:5000/test/app:v1" not in body.decode() and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling a condition with a deadline: the advertiser's first walk
+            status, body = _get(node.base + "/debug/web")
+        page = body.decode()
+        assert f'<code id="peer-id">{peer_id}</code>' in page
+        assert _debug_table(page, "peers") == [["none"]]  # alone: no bootstrap configured
+        assert [row[0] for row in _debug_table(page, "images")] == ["127.0.0.1:5000/test/app:v1"]
+        ((_, key, peer, result, size, _),) = _debug_table(page, "outcomes")
+        assert (key, peer, result, size) == (missing, "-", "miss", "0")
+        assert _stop(node) == 0
+    finally:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(10)
+
+
 @pytest.mark.integration
 def test_two_nodes_mirror_a_blob_only_one_holds(tmp_path: Path) -> None:
     """B has no content; it finds A through the DHT (static bootstrap) and relays A's blob."""
@@ -345,6 +412,19 @@ def test_two_nodes_mirror_a_blob_only_one_holds(tmp_path: Path) -> None:
         assert _metric(b, "spegel_resolve_duration_seconds_count") >= 1
         assert _metric(b, "spegel_router_peers") >= 1
         assert _metric(a, 'spegel_advertised_content_digests{registry="127.0.0.1:5000"}') == 3
+        # B stores A's records: three digests and the tag (A stores none, B advertises nothing)
+        deadline = time.monotonic() + 10
+        while _metric(b, "spegel_router_provider_records ") < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling a condition with a deadline
+        assert _metric(b, "spegel_router_provider_records ") == 4
+        assert _metric(a, "spegel_router_provider_records ") == 0
+        # B's /debug/web: A in its routing table, and the relayed layer served by A
+        a_id, b_id = _serving_record(a)["peer_id"], _serving_record(b)["peer_id"]
+        page = _get(b.base + "/debug/web")[1].decode()
+        assert f'<code id="peer-id">{b_id}</code>' in page
+        assert _debug_table(page, "peers") == [[a_id]]
+        hits = [row[1:5] for row in _debug_table(page, "outcomes") if row[3] == "hit"]
+        assert hits == [[digests["layer"], a_id, "hit", f"{len(body):,}"]]
         assert _stop(b) == 0
         assert _stop(a) == 0
     finally:
