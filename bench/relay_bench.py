@@ -9,7 +9,7 @@ with sendfile), a relay node (the real :class:`RegistryServer` with an empty sto
      (VmRSS summed over its tree, sampled every 5 ms) against its idle RSS (bar: <= +32 MiB).
 Correctness first: the relayed bytes are hashed by the client and compared with the digest.
 Run as root from the repository root:
-    .venv/bin/python -m bench.relay_bench [--rounds 5] [--streams 32] [--out FILE]
+    .venv/bin/python -m bench.relay_bench [--rounds 5] [--streams 32] [--peer-rate 10gbit] [--out FILE]
 (``--serve-relay`` is the relay node's own entry point, started by the benchmark.)
 """
 
@@ -34,6 +34,7 @@ from bench.lib.cgroup import Sampler
 from bench.lib.servers import Server, Spegel
 
 MiB = 1 << 20
+PEER_HOST = "127.0.0.71"
 
 
 class RelayNode(Server):
@@ -135,6 +136,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--splice", choices=("on", "off"), default="off", help="relay through kernel pipes")
     ap.add_argument("--hash-threads", type=int, default=0, help="relay's hashing threads (0: on the loop)")
     ap.add_argument(
+        "--peer-rate",
+        default="",
+        help="limit the peer's outgoing bytes to this tc rate (e.g. 10gbit): the peer behind a NIC, "
+        "relay -> client still on loopback (bench/lib/shaping.py); empty: unshaped loopback",
+    )
+    ap.add_argument(
         "--client",
         choices=sorted(runner.CLIENTS),
         default="py",
@@ -176,7 +183,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         },
         "args": {k: v for k, v in vars(a).items() if k != "serve_relay"},
     }
-    peer = Spegel("relay-peer", "127.0.0.71", command=[a.spegel_bin], layout=layout.root, extra=[])
+    peer = Spegel("relay-peer", PEER_HOST, command=[a.spegel_bin], layout=layout.root, extra=[])
     relay = RelayNode(
         "relay", "127.0.0.72", peer=peer, pool=a.pool, hash_threads=a.hash_threads, splice=a.splice
     )
@@ -242,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.serve_relay:
         asyncio.run(_serve_relay(*a.serve_relay, a.pool, a.hash_threads, a.splice == "on"))
         return 0
-    result = run(a)
+    if a.peer_rate:
+        from bench.lib.shaping import shaped_source
+
+        with shaped_source(PEER_HOST, a.peer_rate):
+            result = run(a)
+    else:
+        result = run(a)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)

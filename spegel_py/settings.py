@@ -244,7 +244,7 @@ class RegistrySettings:
         "request gets 404 (containerd falls back to upstream) instead of memory growing.",
         parse_positive_int)
     relay_buffer_size: int = option(
-        "--relay-buffer-size", "RELAY_BUFFER_SIZE", 256 << 10,
+        "--relay-buffer-size", "RELAY_BUFFER_SIZE", 768 << 10,
         "(spegel-py) Size of each relay buffer; the pool holds at most buffers x size bytes.",
         parse_buffer_size)
     reprovide_interval: float = option(

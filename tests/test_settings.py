@@ -103,7 +103,7 @@ def test_defaults_are_spegels() -> None:
     assert s.debug_web_enabled is True
     assert s.mirrored_registries == () and s.registry_filters == ()
     assert s.page_cache_eviction is True and s.page_cache_eviction_lag == 4 << 20
-    assert (s.relay_buffers, s.relay_buffer_size) == (64, 256 << 10)
+    assert (s.relay_buffers, s.relay_buffer_size) == (64, 768 << 10)
     assert s.reprovide_interval == 15 * 60.0
     assert load(GlobalSettings, {}, {}).log_level == "INFO"
 

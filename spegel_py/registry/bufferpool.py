@@ -24,7 +24,7 @@ class BufferPoolExhaustedError(SpegelError):
 class BufferPool:
     """``count`` buffers of ``size`` bytes each, handed out one per stream and returned after."""
 
-    def __init__(self, *, count: int = 64, size: int = 256 * 1024) -> None:
+    def __init__(self, *, count: int = 64, size: int = 768 * 1024) -> None:
         if count < 1 or size < 4096:
             raise ValueError("a buffer pool needs at least one buffer of at least 4 KiB")
         self.capacity = count

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import os
 import sys
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 
 from aiohttp import web
 
@@ -34,28 +34,36 @@ class StreamHasher:
     def __init__(self, hasher: hashlib._Hash, executor: Executor | None) -> None:
         self._hasher = hasher
         self._executor = executor
-        self._pending: asyncio.Future[None] | None = None
+        self._pending: Future[None] | None = None
 
     @property
     def offloaded(self) -> bool:
         """True when hashing runs on a worker thread (callers must alternate buffer halves)."""
         return self._executor is not None
 
+    async def _finish_pending(self) -> None:
+        # Usually the worker finished while the loop moved the next chunk: then this costs a
+        # flag check. Only a hash still running makes the loop wait (one wake-up from the
+        # thread), which ``run_in_executor`` would have cost for every chunk.
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.done():
+            pending.result()
+        else:
+            await asyncio.wrap_future(pending)
+
     async def update(self, chunk: memoryview) -> None:
         """Wait for the previous chunk's hash, then start hashing ``chunk`` (see class doc)."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
+        await self._finish_pending()
         if self._executor is None:
             self._hasher.update(chunk)
             return
-        self._pending = asyncio.get_running_loop().run_in_executor(self._executor, self._hasher.update, chunk)
+        self._pending = self._executor.submit(self._hasher.update, chunk)
 
     async def hexdigest(self) -> str:
         """The digest of everything passed to :meth:`update`, once the last hash finished."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
+        await self._finish_pending()
         return self._hasher.hexdigest()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import os
 from collections.abc import Callable
@@ -116,19 +117,32 @@ async def wait_fd(fd: int, *, write: bool) -> None:
             loop.remove_reader(fd)
 
 
-async def splice_out(pipe_r: int, sock_fd: int, n: int) -> None:
+async def _wait_writable(sock_fd: int, stall_timeout: float | None) -> None:
+    """Wait for room in the client socket; a client that takes none for ``stall_timeout``
+    seconds is treated as gone (``ConnectionResetError``), so it cannot hold a relay forever."""
+    try:
+        async with asyncio.timeout(stall_timeout):
+            await wait_fd(sock_fd, write=True)
+    except TimeoutError as exc:
+        raise ConnectionResetError(errno.ETIMEDOUT, "client stopped reading") from exc
+
+
+async def splice_out(pipe_r: int, sock_fd: int, n: int, *, stall_timeout: float | None = None) -> None:
     """Move exactly ``n`` bytes from ``pipe_r`` into the (non-blocking) socket ``sock_fd``."""
     while n:
         try:
             n -= os.splice(pipe_r, sock_fd, n, flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
         except BlockingIOError:
-            await wait_fd(sock_fd, write=True)
+            await _wait_writable(sock_fd, stall_timeout)
 
 
-async def send_all(sock_fd: int, data: memoryview) -> None:
-    """Write all of ``data`` to the (non-blocking) socket ``sock_fd``."""
+async def send_all(sock_fd: int, data: memoryview, *, stall_timeout: float | None = None) -> None:
+    """Write all of ``data`` to the (non-blocking) socket ``sock_fd``.
+
+    A client that went away raises ``ConnectionError`` (``EPIPE``/``ECONNRESET`` from the write).
+    """
     while data:
         try:
             data = data[os.write(sock_fd, data) :]
         except BlockingIOError:
-            await wait_fd(sock_fd, write=True)
+            await _wait_writable(sock_fd, stall_timeout)
