@@ -132,9 +132,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--big-mib", type=int, default=512, help="single-stream blob size")
     ap.add_argument("--wide-mib", type=int, default=100, help="blob fetched by the concurrent streams")
     ap.add_argument("--streams", type=int, default=32, help="concurrent relayed streams")
-    ap.add_argument("--pool", default="64x262144", help="relay buffer pool COUNTxSIZE (bytes)")
+    ap.add_argument(
+        "--pool", default="64x786432", help="relay buffer pool COUNTxSIZE in bytes (default: the CLI's)"
+    )
     ap.add_argument("--splice", choices=("on", "off"), default="off", help="relay through kernel pipes")
-    ap.add_argument("--hash-threads", type=int, default=0, help="relay's hashing threads (0: on the loop)")
+    ap.add_argument(
+        "--hash-threads", type=int, default=1, help="relay hashing threads (0: on the loop)"
+    )
     ap.add_argument(
         "--peer-rate",
         default="",
