@@ -41,6 +41,11 @@ DEFAULT_LAG = 4 * 1024 * 1024
 # 8 MiB keeps a cold stream's reads ahead of the socket on a virtual disk (measured with
 # bench/serve_bench.py) while its footprint stays lag + readahead, whatever the disk's setting.
 DEFAULT_READAHEAD = 8 * 1024 * 1024
+# ... but all cold streams together read ahead at most this much: each gets
+# min(readahead, budget / cold streams), at least one ALIGN block. Four cold streams with 8 MiB
+# each peaked at 62-71 MiB of charged cache (the bar is 64); a budget of 3 windows keeps 1-3
+# streams at full speed and four at 6 MiB each (57 MiB peak, bench/serve_bench.py).
+DEFAULT_READAHEAD_BUDGET = 24 * 1024 * 1024
 ALIGN = 2 * 1024 * 1024  # the largest page-cache folio on x86-64 (a PMD)
 # Eviction is batched: a stream advises only when at least this much became evictable.
 DEFAULT_STEP = 2 * 1024 * 1024
@@ -110,7 +115,7 @@ class Stream:
         if file is None or not file.evictable:
             return
         coordinator = self._coordinator
-        if self._prefetched < self.end and offset + coordinator.readahead // 2 >= self._prefetched:
+        if self._prefetched < self.end and offset + coordinator.window() // 2 >= self._prefetched:
             self._read_ahead(offset)
         limit = offset - coordinator.lag
         if limit - self._evicted < coordinator.step:
@@ -132,8 +137,8 @@ class Stream:
             self._evicted = limit
 
     def _read_ahead(self, offset: int) -> None:
-        """Start reading up to ``readahead`` bytes past ``offset`` (whole ALIGN blocks)."""
-        target = offset + self._coordinator.readahead
+        """Start reading up to the current window past ``offset`` (whole ALIGN blocks)."""
+        target = offset + self._coordinator.window()
         target = min(self.end, target + (-target % ALIGN))
         if target > self._prefetched:
             self._coordinator.hint(self.fd, self._prefetched, target - self._prefetched, WILLNEED)
@@ -150,7 +155,8 @@ class PageCacheCoordinator:
     """Per-process registry of in-flight file streams; decides what each may evict.
 
     ``enabled=False`` turns eviction off (streams are still handed out, they do nothing).
-    ``readahead`` (bytes; 0 keeps the kernel's readahead) bounds what a stream reads ahead.
+    ``readahead`` (bytes; 0 keeps the kernel's readahead) bounds what a stream reads ahead, and
+    ``readahead_budget`` what all cold streams together read ahead (see :meth:`window`).
     ``advise`` and ``hint`` are injectable so tests can watch decisions without a real page cache.
     """
 
@@ -162,13 +168,14 @@ class PageCacheCoordinator:
         step: int = DEFAULT_STEP,
         settle: float = DEFAULT_SETTLE,
         readahead: int = DEFAULT_READAHEAD,
+        readahead_budget: int = DEFAULT_READAHEAD_BUDGET,
         advise: Advise = _fadvise_dontneed,
         hint: Hint = _fadvise_hint,
         residency: Residency = resident_granules,
         on_evict: Callable[[int], None] | None = None,
     ) -> None:
-        if lag < 0 or step <= 0 or settle < 0 or readahead < 0:
-            raise ValueError("lag, readahead and settle must be >= 0, step > 0")
+        if lag < 0 or step <= 0 or settle < 0 or readahead < 0 or readahead_budget < 0:
+            raise ValueError("lag, readahead, its budget and settle must be >= 0, step > 0")
         self.enabled = enabled
         self.lag = lag
         self.step = step
@@ -176,6 +183,8 @@ class PageCacheCoordinator:
         self.retry = 8 * lag
         self._settle = settle
         self.readahead = readahead
+        self._budget = readahead_budget
+        self._reading: set[Stream] = set()  # cold streams that read ahead themselves
         self.hint = hint
         self._advise = advise
         self._residency = residency
@@ -198,9 +207,16 @@ class PageCacheCoordinator:
             # A file that was wholly resident needs no reads: leave its descriptor alone.
             if self.readahead and file.evictable:
                 self.hint(fd, start, end - start, RANDOM)
+                self._reading.add(stream)
                 stream._prefetched = start
                 stream._read_ahead(start)
         return stream
+
+    def window(self) -> int:
+        """Bytes each cold stream may read ahead now: ``readahead``, shared out of the budget
+        once more streams read ahead than it covers (never less than one ALIGN block)."""
+        share = self._budget // max(1, len(self._reading))
+        return min(self.readahead, max(ALIGN, share - share % ALIGN))
 
     def in_flight(self, fd: int) -> int:
         """How many streams of the file open as ``fd`` are registered (for tests and metrics)."""
@@ -242,6 +258,7 @@ class PageCacheCoordinator:
     def leave(self, key: tuple[int, int], file: _File, stream: Stream) -> None:
         """Remove ``stream``; the last one out evicts every range read, now and once more later."""
         file.streams.discard(stream)
+        self._reading.discard(stream)
         if file.streams:
             return
         del self._files[key]

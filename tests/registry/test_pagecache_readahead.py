@@ -74,3 +74,20 @@ def test_when_hints_are_given(blob_fd: int, resident_byte: int, readahead: int, 
     stream.advance(16 * MiB)
     stream.close()
     assert bool(hints.calls) is hinted
+
+
+@pytest.mark.parametrize(("streams", "window"), [(1, 8 * MiB), (3, 8 * MiB), (4, 6 * MiB), (12, 2 * MiB)])
+def test_cold_streams_share_a_readahead_budget(blob_fd: int, streams: int, window: int) -> None:
+    """Together cold streams read ahead at most the budget (24 MiB), each at least 2 MiB."""
+    hints = Hints()
+    coord = _coordinator(hints, resident_byte=0)
+    opened = [coord.open(blob_fd, 0, SIZE) for _ in range(streams)]
+    assert coord.window() == window
+    last = opened[-1]
+    # past what the first streams hinted when they opened (with a larger window, alone)
+    for offset in range(10 * MiB, 32 * MiB + 1, 2 * MiB):
+        last.advance(offset)
+        assert offset <= hints.ahead() <= offset + window + 2 * MiB  # + one alignment block
+    for stream in opened:
+        stream.close()
+    assert coord.window() == 8 * MiB  # nobody reads ahead any more: the full window again
