@@ -26,10 +26,7 @@ Run as root from the repository root (needs containerd, docker-registry; ``make 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,6 +38,8 @@ sys.path.insert(0, str(REPO / "tests"))  # the harness package lives with the te
 
 from harness import BuiltImage, ImageSet, ProcessGroup, UpstreamRegistry, cleanup_mounts  # noqa: E402
 from harness.cluster import Cluster, ClusterNode, image_complete  # noqa: E402
+
+from bench.lib import runner  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -145,21 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="pull-bench-", dir=REPO / ".work"))
     group = ProcessGroup()
+    started = runner.machine()
     try:
         result = run(a, workdir, group)
+        result["machine"] = started
     finally:
         group.stop_all()
         cleanup_mounts(workdir)
-    result["machine"] = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "loadavg": os.getloadavg(),
-    }
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
+    runner.write_result(a.out, result)
     print(
         f"\nbig image ({result['image']['bytes'] / (1 << 20):.0f} MiB): p2p median "
         f"{result['p2p_median_s']:.2f} s, direct from upstream {result['direct_median_s']:.2f} s, "

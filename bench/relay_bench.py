@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -179,12 +176,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     layout = ensure_layout(os.path.join(a.cache_dir, "layout"), specs)
     big, wide = layout.by_role("big")[0], layout.by_role("wide")[0]
     result: dict[str, Any] = {
-        "machine": {
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-        },
+        "machine": runner.machine(),
         "args": {k: v for k, v in vars(a).items() if k != "serve_relay"},
     }
     peer = Spegel("relay-peer", PEER_HOST, command=[a.spegel_bin], layout=layout.root, extra=[])
@@ -260,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run(a)
     else:
         result = run(a)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
+    runner.write_result(a.out, result)
     print(
         f"\nrelay idle RSS {result['relay_idle_rss_MiB']:.1f} MiB, "
         f"peak {result['relay_peak_rss_MiB']:.1f} MiB, growth {result['relay_rss_growth_MiB']:.1f} MiB; "

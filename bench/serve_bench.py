@@ -14,15 +14,11 @@ Prints a table, writes JSON. Run as root from the repository root:
 from __future__ import annotations
 
 import argparse
-import datetime
 import fcntl
-import json
 import os
-import platform
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -102,25 +98,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.big_mib < 300 or a.cold_mib * a.cold_count < 1024:
         ap.error("issue 2 asks for a >= 300 MiB single stream and >= 1 GiB of cold blobs")
     return a
-
-
-def machine() -> dict[str, Any]:
-    def cmd(*argv: str) -> str:
-        try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-            return (r.stdout + r.stderr).strip()
-        except OSError as exc:
-            return f"unavailable: {exc}"
-
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "nginx": cmd("nginx", "-v"),
-        "git": cmd("git", "-C", runner.REPO_ROOT, "rev-parse", "--short", "HEAD"),
-        "loadavg_start": os.getloadavg(),
-    }
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -229,7 +206,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     specs += [BlobSpec("cold", a.cold_mib, f"cold-{i}") for i in range(a.cold_count)]
     layout = ensure_layout(os.path.join(a.cache_dir, "layout"), specs)
     big, wide, cold = layout.by_role("big")[0], layout.by_role("wide")[0], layout.by_role("cold")
-    result: dict[str, Any] = {"machine": machine(), "args": vars(a)}
+    result: dict[str, Any] = {"machine": runner.machine(), "args": vars(a)}
     servers = start_servers(a, layout)
     try:
         spegel = servers["spegel-py"]
@@ -378,9 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run(a)
     out = table(res)
     print(out)
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
+    runner.write_result(a.out, res)
     print(f"wrote {a.out}")
     return 0
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -16,6 +18,35 @@ from bench.lib.servers import Server, pin
 
 GiB = 1 << 30
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def machine() -> dict[str, Any]:
+    """Where and when a benchmark ran: recorded in every result file."""
+
+    def cmd(*argv: str) -> str:
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip()
+        except OSError as exc:
+            return f"unavailable: {exc}"
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": cmd("nginx", "-v"),
+        "git": cmd("git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def write_result(path: str, result: dict[str, Any]) -> None:
+    """The run's JSON (with the load average at its end) to ``path``, directories created."""
+    result.setdefault("machine", machine())["loadavg_end"] = os.getloadavg()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
 
 
 def run_py_client(
