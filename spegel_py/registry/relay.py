@@ -23,9 +23,10 @@ class StreamHasher:
 
     Why a thread may help: sha256 costs about as much CPU as moving the bytes through two sockets
     (~0.9 ms per MiB here) and ``hashlib`` releases the GIL, so hashing chunk *i* on a worker
-    while the event loop sends it and receives chunk *i+1* can use a second core. Measured on a
-    busy 2-core machine it cost more CPU than it saved (thread hand-offs per chunk), so the
-    mirror's default is to hash on the loop; the option is for nodes with cores to spare.
+    while the event loop sends it and receives chunk *i+1* can use a second core: the mirror
+    hashes on one worker thread by default (``MirrorSettings.hash_threads``; the measurements
+    are in docs/benchmarks.md). A finished hash is picked up with ``done()``, so the loop waits
+    (and is woken by the thread) only when the worker is behind.
     Contract: after :meth:`update` returns, the worker may still be reading
     ``chunk`` until the next :meth:`update` or :meth:`hexdigest` returns; so a caller alternates
     between two halves of its buffer and never writes into the half passed last.
