@@ -267,6 +267,9 @@ def state_metrics(
         yield gauge("spegel_relay_buffers_allocated", "Relay buffers allocated so far.", pool.allocated)
         yield gauge("spegel_relay_buffer_size_bytes", "Size of each relay buffer (--relay-buffer-size).",
                     pool.size)
+        yield gauge("spegel_relay_hash_threads",
+                    "Threads hashing relayed bytes (--relay-hash-threads; 0: on the event loop).",
+                    mirror.settings.hash_threads)
         yield counter("spegel_relay_buffer_waits", "Times a stream waited for a relay buffer.",
                       pool.waits_total)
         yield counter("spegel_relay_buffer_timeouts", "Times a stream gave up waiting for a relay buffer.",
@@ -371,6 +374,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
                 first_provider_timeout=settings.mirror_resolve_timeout,
                 lookup_limit=max(1, settings.mirror_resolve_retries),
                 resolve_latest=settings.resolve_latest_tag,
+                hash_threads=settings.relay_hash_threads,
             ),
             filters=filters,
             on_result=metrics.mirror_result if outcomes is None else recording_hook(metrics.mirror_result),

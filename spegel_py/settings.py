@@ -247,6 +247,10 @@ class RegistrySettings:
         "--relay-buffer-size", "RELAY_BUFFER_SIZE", 768 << 10,
         "(spegel-py) Size of each relay buffer; the pool holds at most buffers x size bytes.",
         parse_buffer_size)
+    relay_hash_threads: int = option(
+        "--relay-hash-threads", "RELAY_HASH_THREADS", 1,
+        "(spegel-py) Threads hashing relayed bytes next to the event loop; 0 hashes on the loop (less "
+        "CPU per GiB, about 20 percent lower relay throughput, see docs/benchmarks.md).", parse_int)
     reprovide_interval: float = option(
         "--reprovide-interval", "REPROVIDE_INTERVAL", 15 * 60.0,
         "(spegel-py) Time between re-sends of this node's provider records (Go duration; Spegel's is a "

@@ -37,6 +37,10 @@ REGISTRY_FLAGS = {
     "--oci-layout-path": "OCI_LAYOUT_PATH",
     "--page-cache-eviction": "PAGE_CACHE_EVICTION",
     "--page-cache-eviction-lag": "PAGE_CACHE_EVICTION_LAG",
+    "--relay-buffers": "RELAY_BUFFERS",
+    "--relay-buffer-size": "RELAY_BUFFER_SIZE",
+    "--relay-hash-threads": "RELAY_HASH_THREADS",
+    "--reprovide-interval": "REPROVIDE_INTERVAL",
     "--log-level": "LOG_LEVEL",
 }
 
@@ -76,6 +80,8 @@ def test_version(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         (["registry", "--page-cache-eviction", "perhaps"], {}),
         (["registry", "--page-cache-eviction-lag", "lots"], {}),
         (["registry", "--content-store", "oci-layout"], {}),
+        (["registry", "--relay-hash-threads=-1"], {}),
+        (["registry"], {"RELAY_HASH_THREADS": "-1"}),
         (["registry"], {"MIRROR_RESOLVE_RETRIES": "many"}),
         (["registry"], {"LOG_LEVEL": "LOUD"}),
         (["registry", "--no-such-flag"], {}),

@@ -1,7 +1,8 @@
 """Every metric spegel-py promises is on ``/metrics`` of a real ``spegel-py registry`` process.
 
-The process runs with ``--relay-buffers 7 --relay-buffer-size 1MiB --reprovide-interval 1s``, so
-the flags can be seen reaching the relay pool and the router. That the counters move during a
+The process runs with ``--relay-buffers 7 --relay-buffer-size 1MiB --relay-hash-threads 2
+--reprovide-interval 1s``, so the flags can be seen reaching the relay pool, the mirror and the
+router. That the counters move during a
 peer transfer is asserted in tests/test_app.py (two nodes).
 """
 
@@ -37,6 +38,7 @@ NAMES = [
     "spegel_relay_buffers_capacity",
     "spegel_relay_buffers_allocated",
     "spegel_relay_buffer_size_bytes",
+    "spegel_relay_hash_threads",
     "spegel_relay_buffer_waits_total",
     "spegel_relay_buffer_timeouts_total",
     "spegel_mirror_resumed_streams_total",
@@ -55,7 +57,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     host = "127.0.0.33"
     ports = (_free_port(host), _free_port(host), _free_port(host))
     daemon, _ = _node(tmp_path / "layouts", tmp_path / "data", host, ports,
-                      "--relay-buffers", "7", "--relay-buffer-size", "1MiB",
+                      "--relay-buffers", "7", "--relay-buffer-size", "1MiB", "--relay-hash-threads", "2",
                       "--reprovide-interval", "1s")  # fmt: skip
     try:
         _wait_ready(daemon)
@@ -90,9 +92,10 @@ def test_durations_are_histograms_with_buckets(node: Daemon, name: str) -> None:
     assert any(line.startswith(f"{name}_sum ") for line in samples)
 
 
-def test_relay_pool_is_sized_by_the_flags(node: Daemon) -> None:
+def test_relay_is_sized_by_the_flags(node: Daemon) -> None:
     assert _metric(node, "spegel_relay_buffers_capacity ") == 7
     assert _metric(node, "spegel_relay_buffer_size_bytes ") == 1 << 20
+    assert _metric(node, "spegel_relay_hash_threads ") == 2  # read from the mirror's own settings
 
 
 def test_advertise_batches_and_reprovides_are_timed(node: Daemon) -> None:

@@ -103,7 +103,7 @@ def test_defaults_are_spegels() -> None:
     assert s.debug_web_enabled is True
     assert s.mirrored_registries == () and s.registry_filters == ()
     assert s.page_cache_eviction is True and s.page_cache_eviction_lag == 4 << 20
-    assert (s.relay_buffers, s.relay_buffer_size) == (64, 768 << 10)
+    assert (s.relay_buffers, s.relay_buffer_size, s.relay_hash_threads) == (64, 768 << 10, 1)
     assert s.reprovide_interval == 15 * 60.0
     assert load(GlobalSettings, {}, {}).log_level == "INFO"
 
@@ -111,6 +111,19 @@ def test_defaults_are_spegels() -> None:
 def test_relay_pool_is_sized_from_flags_and_env() -> None:
     s = load(RegistrySettings, {"relay_buffers": "8"}, {"RELAY_BUFFER_SIZE": "1MiB"})
     assert (s.relay_buffers, s.relay_buffer_size) == (8, 1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "threads"),
+    [
+        ({}, {}, 1),
+        ({}, {"RELAY_HASH_THREADS": "4"}, 4),
+        ({"relay_hash_threads": "0"}, {}, 0),  # hash on the event loop
+        ({"relay_hash_threads": "2"}, {"RELAY_HASH_THREADS": "0"}, 2),  # the flag wins
+    ],
+)
+def test_relay_hash_threads(flags: dict[str, str], env: dict[str, str], threads: int) -> None:
+    assert load(RegistrySettings, flags, env).relay_hash_threads == threads
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("1s", 1.0), ("250ms", 0.25), ("18m59s", 18 * 60.0 + 59)])
@@ -151,6 +164,8 @@ def test_lists_from_env_are_comma_separated_and_from_flags_repeated() -> None:
         ({"relay_buffers": "0"}, {}, "--relay-buffers"),
         ({}, {"RELAY_BUFFER_SIZE": "4KiB"}, "RELAY_BUFFER_SIZE"),
         ({"relay_buffer_size": "lots"}, {}, "--relay-buffer-size"),
+        ({"relay_hash_threads": "-1"}, {}, "--relay-hash-threads"),
+        ({}, {"RELAY_HASH_THREADS": "two"}, "RELAY_HASH_THREADS"),
         ({"reprovide_interval": "0"}, {}, "--reprovide-interval"),
         ({}, {"REPROVIDE_INTERVAL": "19m"}, "REPROVIDE_INTERVAL"),  # records would expire first
         ({"reprovide_interval": "often"}, {}, "--reprovide-interval"),
