@@ -74,6 +74,10 @@ ALL_ON: Values = {
         "registryFilters": ["^docker.io/library/.*:latest$", "# not a comment"],
         "additionalMirrorTargets": ["https://cache.example:5000"],
         "debugWebEnabled": True,
+        "relayBuffers": 16,
+        "relayBufferSize": "1MiB",
+        "relayHashThreads": 2,
+        "reprovideInterval": "5m",
     },
     "service": {"registry": {"annotations": {"r": "s"}}, "metrics": {"annotations": {"m": "n"}}},
 }
@@ -127,6 +131,7 @@ CASES: dict[str, Values] = {
         "serviceAccount": {"name": "mirror-sa"},
     },
     "no-priority-class": {"priorityClassName": ""},
+    "relay-hashing-on-the-loop": {"spegel": {"relayHashThreads": 0, "relayBufferSize": "64KiB"}},
     "all-on": ALL_ON,
 }
 

@@ -14,6 +14,9 @@ import helm_python as helm
 import pytest
 from helmsupport import NAMESPACE, Rendered, full_name, pod_specs, render, spegel_command
 
+from spegel_py.cli import build_parser
+from spegel_py.settings import RegistrySettings, load
+
 Obj = dict[str, Any]
 
 
@@ -94,6 +97,32 @@ def test_registry_container_serves_from_containerd_with_probes_and_identity(defa
     }
     assert registry["resources"]["limits"]["memory"] == "256Mi"
     assert "cpu" not in registry["resources"]["limits"]
+
+
+# spegel.<value> -> (registry flag, a value other than the default, the flag's value for it)
+TUNING = {
+    "relayBuffers": ("--relay-buffers", 2_000_000, "2000000"),  # an integer, not 2e+06
+    "relayBufferSize": ("--relay-buffer-size", "1MiB", "1MiB"),
+    "relayHashThreads": ("--relay-hash-threads", 0, "0"),
+    "reprovideInterval": ("--reprovide-interval", "18m", "18m"),
+}
+
+
+@pytest.mark.parametrize("value", TUNING)
+def test_tuning_values_reach_their_registry_flags(chart: helm.Chart, value: str) -> None:
+    flag, setting, arg = TUNING[value]
+    registry = _container(_main_pod(render(chart, {"spegel": {value: setting}})), "registry")
+    assert _arg(registry, flag) == [arg]
+
+
+def test_tuning_defaults_are_the_binarys(defaults: Rendered) -> None:
+    """The chart passes relay and reprovide flags explicitly; their defaults must still be the
+    CLI's, so that the operator's guide (written for the binary) holds for the chart too."""
+    registry = _container(_main_pod(defaults), "registry")
+    args = vars(build_parser().parse_args(registry["args"]))
+    from_chart, binary = load(RegistrySettings, args, {}), load(RegistrySettings, {}, {})
+    fields = ("relay_buffers", "relay_buffer_size", "relay_hash_threads", "reprovide_interval")
+    assert [getattr(from_chart, f) for f in fields] == [getattr(binary, f) for f in fields]
 
 
 # flag -> (host path type, read-only in the registry container)

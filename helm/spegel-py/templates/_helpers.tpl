@@ -89,3 +89,38 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
       fieldPath: status.hostIP
 {{- end }}
 
+{{/*
+Values whose range the schema cannot express, checked here so that a bad one fails the install
+instead of every pod: the same rules as the CLI's parsers (spegel_py/settings.py). The schema has
+already checked the syntax. Numbers are parsed as floats: a leading 0 is not octal, as in Python.
+*/}}
+
+{{/* spegel.relayBufferSize, at least 64KiB (parse_buffer_size). */}}
+{{- define "spegel-py.relayBufferSize" -}}
+{{- $value := .Values.spegel.relayBufferSize }}
+{{- $units := dict "" 1 "b" 1 "k" 1024 "kb" 1000 "kib" 1024 "m" 1048576 "mb" 1000000 "mib" 1048576 "g" 1073741824 "gb" 1000000000 "gib" 1073741824 }}
+{{- $number := regexFind "^[0-9]+" $value }}
+{{- $unit := regexReplaceAll "^[0-9]+\\s*" $value "" | lower }}
+{{- if lt (mulf $number (get $units $unit)) 65536.0 }}
+{{- fail (printf "spegel.relayBufferSize must be at least 64KiB: %q" $value) }}
+{{- end }}
+{{- $value }}
+{{- end }}
+
+{{/*
+spegel.reprovideInterval, above 0 and below the 19m a provider record is valid
+(parse_reprovide_interval).
+*/}}
+{{- define "spegel-py.reprovideInterval" -}}
+{{- $value := .Values.spegel.reprovideInterval }}
+{{- $units := dict "ns" 1e-9 "us" 1e-6 "µs" 1e-6 "ms" 1e-3 "s" 1.0 "m" 60.0 "h" 3600.0 }}
+{{- $seconds := 0.0 }}
+{{- range regexFindAll "([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|ms|s|m|h)" $value -1 }}
+{{- $unit := regexFind "[a-zµ]+$" . }}
+{{- $seconds = addf $seconds (mulf (trimSuffix $unit .) (get $units $unit)) }}
+{{- end }}
+{{- if not (and (gt $seconds 0.0) (lt $seconds 1140.0)) }}
+{{- fail (printf "spegel.reprovideInterval must be above 0 and below 19m (the record lifetime): %q" $value) }}
+{{- end }}
+{{- $value }}
+{{- end }}
