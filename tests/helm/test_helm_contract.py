@@ -105,6 +105,7 @@ TUNING = {
     "relayBufferSize": ("--relay-buffer-size", "1MiB", "1MiB"),
     "relayHashThreads": ("--relay-hash-threads", 0, "0"),
     "reprovideInterval": ("--reprovide-interval", "18m", "18m"),
+    "mirrorResolveRetries": ("--mirror-resolve-retries", 10_000_000, "10000000"),  # not 1e+07
 }
 
 
