@@ -65,6 +65,7 @@ def _go_duration(seconds: float) -> str:
 def _add_options(parser: argparse.ArgumentParser, cls: type[Any], *, suppress_default: bool = False) -> None:
     for name, opt, default in options(cls):
         help_text = f"{opt.help} [env {opt.env}] (default: {_default_text(opt, default)})"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         kwargs: dict[str, Any] = {"dest": name, "help": help_text}
         kwargs["default"] = argparse.SUPPRESS if suppress_default else None
         if opt.boolean:

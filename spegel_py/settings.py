@@ -250,7 +250,7 @@ class RegistrySettings:
     relay_hash_threads: int = option(
         "--relay-hash-threads", "RELAY_HASH_THREADS", 1,
         "(spegel-py) Threads hashing relayed bytes next to the event loop; 0 hashes on the loop (less "
-        "CPU per GiB, about 20 percent lower relay throughput, see docs/benchmarks.md).", parse_int)
+        "CPU per GiB, about 20 % lower relay throughput, see docs/benchmarks.md).", parse_int)
     reprovide_interval: float = option(
         "--reprovide-interval", "REPROVIDE_INTERVAL", 15 * 60.0,
         "(spegel-py) Time between re-sends of this node's provider records (Go duration; Spegel's is a "
