@@ -8,9 +8,16 @@ it over HTTP exactly as an operator's browser would.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html.parser
+import json
 import shutil
-from collections.abc import AsyncIterator, Sequence
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -191,3 +198,99 @@ async def test_debug_page_in_headless_chromium(
     assert badge_pixels > 1_000, "the status badge in its state's colour"
     # the other state's badge is absent (green also colours the small bold "hit" cells)
     assert image.count(absent, tolerance=6) < badge_pixels // 5
+
+
+def _one_image_layout(root: Path) -> None:
+    """``<root>/test/app`` tagged ``v1`` (config + one small layer): what the real node advertises."""
+    layout = root / "test" / "app"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+    def blob(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (layout / "blobs" / "sha256" / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    config = blob(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {}}).encode())
+    layer = blob(b"\x1f\x8b" + bytes(4094))
+    manifest = blob(json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+    }).encode())  # fmt: skip
+    index = {"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
+        "annotations": {"org.opencontainers.image.ref.name": "v1"},
+    }]}  # fmt: skip
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+async def test_a_real_registry_process_debug_page_in_headless_chromium(tmp_path: Path) -> None:
+    """The page a running ``spegel-py registry`` serves (its own router, advertiser and mirror),
+    loaded by Chromium: the node's peer id, no peers (alone), its image, a recorded miss."""
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            return int(s.getsockname()[1])
+
+    _one_image_layout(tmp_path / "layouts")
+    port, mport, rport = free_port(), free_port(), free_port()
+    spegel = str(Path(sys.executable).with_name("spegel-py"))
+    argv = [spegel, "registry", "--content-store", "oci-layout", "--oci-layout-path",
+            str(tmp_path / "layouts"), "--oci-layout-registry", "127.0.0.1:5000",
+            "--registry-addr", f"{HOST}:{port}", "--metrics-addr", f"{HOST}:{mport}",
+            "--router-addr", f"{HOST}:{rport}", "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    base = f"http://{HOST}:{port}"
+
+    def fetch(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=2) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""  # not listening yet
+
+    async def until(what: str, condition: Callable[[], Awaitable[bool]]) -> None:
+        deadline = time.monotonic() + 30
+        while not await condition():  # polling a condition with a deadline
+            assert proc.returncode is None, "spegel-py exited"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.1)
+
+    async def ready() -> bool:
+        return (await asyncio.to_thread(fetch, "/readyz"))[0] == 200
+
+    async def lists_its_image() -> bool:
+        return "127.0.0.1:5000/test/app:v1" in (await asyncio.to_thread(fetch, "/debug/web"))[1]
+
+    try:
+        await until("readiness", ready)
+        missing = f"sha256:{'0' * 64}"
+        assert (await asyncio.to_thread(fetch, f"/v2/x/blobs/{missing}?ns=example.com"))[0] == 404
+        await until("the advertiser's first walk", lists_its_image)
+
+        dom = (await run_chromium(base + "/debug/web", tmp_path / "profile-dom", "--dump-dom")).decode()
+        cells = Cells()
+        cells.feed(dom)
+        assert cells.title == "spegel-py debug" and cells.scripts == 0
+        peer_id = dom.split('<code id="peer-id">', 1)[1].split("</code>", 1)[0]
+        assert peer_id.startswith("12D3KooW")  # the node's own Ed25519 identity from --data-dir
+        assert cells.status == "no peers in the routing table"  # alone: no bootstrap configured
+        assert cells.tables["peers"] == ["none"]
+        assert cells.tables["images"][0] == "127.0.0.1:5000/test/app:v1"
+        assert cells.tables["outcomes"][1:4] == [missing, "-", "miss"]
+
+        shot = tmp_path / "real-node.png"
+        await run_chromium(base + "/debug/web", tmp_path / "profile-shot", f"--screenshot={shot}")
+        image = read_png(shot)
+        assert image.non_white() > 10_000, "the page rendered"
+        assert image.count(MAGENTA, tolerance=6) > 1_000, "the no-peers badge"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
