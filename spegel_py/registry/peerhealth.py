@@ -2,22 +2,25 @@
 
 Why: DHT provider records cannot be deleted, so a lookup keeps naming peers that are dead or
 that lost the content for up to ~19 minutes (REFERENCE.md section 1). Asking them again on every
-request would cost a dial timeout each time and make containerd wait. Two short-lived memories
-fix that: a negative cache of ``(peer, key)`` misses (the peer answered 404, refused the
-connection or timed out), a set of peers that are down (a dial was refused or timed out: that
-says the node is gone, so it is skipped for *every* key, and a pull of a many-layer image pays
-the dial timeout once instead of once per layer) and a set of avoided peers (the peer sent bytes
-that did not match their digest). Both expire on their own, because a miss is a hint, not a fact: the peer may
-pull the image a second later. Bounded in size so a flood of keys cannot grow memory.
+request would cost a dial timeout each time and make containerd wait. Three short-lived
+memories fix that: a negative cache of ``(peer, key)`` misses (the peer answered 404 or spoke
+nonsense), a set of peers that are down (a dial was refused or timed out: that says the node is
+gone, so it is skipped for *every* key, and a pull of a many-layer image pays the dial timeout
+once instead of once per layer) and a set of avoided peers (the peer sent bytes that did not
+match their digest). All expire on their own, because a miss is a hint, not a fact: the peer may
+pull the image a second later. Bounded in size so a flood of keys or peers cannot grow memory.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 from spegel_py.routing.base import Peer
+
+_K = TypeVar("_K", bound=Hashable)
 
 
 class PeerHealth:
@@ -45,7 +48,7 @@ class PeerHealth:
         self._clock = clock
         self._misses: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._avoided: dict[str, float] = {}
-        self._down: dict[str, float] = {}
+        self._down: OrderedDict[str, float] = OrderedDict()
         self.misses_total = 0
         self.downs_total = 0
         self.corruptions_total = 0
@@ -56,30 +59,32 @@ class PeerHealth:
         return f"{peer.peer_id}@{peer.host}:{peer.port}"
 
     def record_miss(self, peer: Peer, key: str) -> None:
-        """``peer`` did not serve ``key`` (404, refused, timed out): skip it for ``miss_ttl``."""
-        entry = (self._peer_key(peer), key)
-        self._misses.pop(entry, None)
-        self._misses[entry] = self._clock() + self._miss_ttl
+        """``peer`` did not serve ``key`` (404, broke off, spoke nonsense): skip it for ``miss_ttl``."""
+        self._remember(self._misses, (self._peer_key(peer), key), self._miss_ttl)
         self.misses_total += 1
-        while len(self._misses) > self._max_entries:
-            self._misses.popitem(last=False)
+
+    def _remember(self, timed: OrderedDict[_K, float], entry: _K, ttl: float) -> None:
+        """``entry`` valid for ``ttl`` from now, as the newest; the oldest beyond the bound go."""
+        timed.pop(entry, None)
+        timed[entry] = self._clock() + ttl
+        while len(timed) > self._max_entries:
+            timed.popitem(last=False)
+
+    def _active(self, timed: dict[str, float], peer: Peer) -> bool:
+        until = timed.get(self._peer_key(peer))
+        return until is not None and until > self._clock()
 
     def record_down(self, peer: Peer) -> None:
         """A dial to ``peer`` was refused or timed out: skip it for every key for ``down_ttl``.
 
         Bounded like the misses: the map holds at most ``max_entries`` peers.
         """
-        key = self._peer_key(peer)
-        self._down.pop(key, None)
-        self._down[key] = self._clock() + self._down_ttl
+        self._remember(self._down, self._peer_key(peer), self._down_ttl)
         self.downs_total += 1
-        while len(self._down) > self._max_entries:
-            del self._down[next(iter(self._down))]
 
     def down(self, peer: Peer) -> bool:
         """True while ``peer`` is skipped because a recent dial to it failed."""
-        until = self._down.get(self._peer_key(peer))
-        return until is not None and until > self._clock()
+        return self._active(self._down, peer)
 
     def record_corruption(self, peer: Peer) -> None:
         """``peer`` sent bytes that did not match their digest: avoid it for ``avoid_ttl``."""
@@ -110,5 +115,4 @@ class PeerHealth:
 
     def avoided(self, peer: Peer) -> bool:
         """True while ``peer`` is being avoided for having sent corrupt bytes."""
-        until = self._avoided.get(self._peer_key(peer))
-        return until is not None and until > self._clock()
+        return self._active(self._avoided, peer)
