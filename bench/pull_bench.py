@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -105,14 +106,14 @@ def run(a: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dict[str, 
                 f"{rec['upstream_requests']}",
                 flush=True,
             )
-    p2p = [x["seconds"] for x in rounds if x["mode"] == "p2p"]
-    direct = [x["seconds"] for x in rounds if x["mode"] == "direct"]
+    p2p = statistics.median(x["seconds"] for x in rounds if x["mode"] == "p2p")
+    direct = statistics.median(x["seconds"] for x in rounds if x["mode"] == "direct")
     result: dict[str, Any] = {
         "image": {"kind": big.kind, "bytes": big.total_size, "blobs": len(big.blobs)},
         "rounds": rounds,
-        "p2p_median_s": statistics.median(p2p),
-        "direct_median_s": statistics.median(direct),
-        "ratio_p2p_vs_direct": statistics.median(p2p) / statistics.median(direct),
+        "p2p_median_s": p2p,
+        "direct_median_s": direct,
+        "ratio_p2p_vs_direct": p2p / direct,
         "p2p_upstream_requests": sum(x["upstream_requests"] for x in rounds if x["mode"] == "p2p"),
     }
 
@@ -144,10 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="pull-bench-", dir=REPO / ".work"))
     group = ProcessGroup()
-    started = runner.machine()
+    started = runner.machine()  # before the run, so loadavg_start is the idle machine's
     try:
-        result = run(a, workdir, group)
-        result["machine"] = started
+        result = {"machine": started, **run(a, workdir, group)}
     finally:
         group.stop_all()
         cleanup_mounts(workdir)
@@ -166,8 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"written to {a.out}")
     if not a.keep:
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

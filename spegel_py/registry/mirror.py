@@ -104,9 +104,9 @@ class MirrorSettings:
     buffer_timeout: float = 1.0  # wait for a relay buffer before refusing (404 -> upstream)
     # Threads hashing relayed blobs next to the event loop (0: hash on the loop). sha256 is two
     # thirds of the relay's CPU (py-spy), so one thread lets a relay use a second core: with a
-    # peer behind a 10 Gbit/s link, relay 0.81-0.86x a direct GET instead of 0.64-0.70x on the
-    # loop (bench/relay_bench.py --peer-rate 10gbit, 768 KiB buffers). It costs ~10 % more CPU
-    # per GiB (hand-offs), so a node short of CPU can set 0.
+    # peer behind a 10 Gbit/s link, relay 0.87-0.92x a direct GET (0.72-0.77x hashing on the
+    # loop; bench/relay_bench.py --peer-rate 10gbit, docs/benchmarks.md). It costs ~10 % more
+    # CPU per GiB (hand-offs), so a node short of CPU can set 0 (--relay-hash-threads).
     hash_threads: int = 1
     # Relay whole-blob responses through kernel pipes (splice + tee) where Linux allows; the
     # bytes are still hashed (from the tee'd copy) and the last chunk still held back. Off by

@@ -44,7 +44,7 @@ DEFAULT_READAHEAD = 8 * 1024 * 1024
 # ... but all cold streams together read ahead at most this much: each gets
 # min(readahead, budget / cold streams), at least one ALIGN block. Four cold streams with 8 MiB
 # each peaked at 62-71 MiB of charged cache (the bar is 64); a budget of 3 windows keeps 1-3
-# streams at full speed and four at 6 MiB each (57 MiB peak, bench/serve_bench.py).
+# streams at full speed and four at 6 MiB each (54-59 MiB peak, bench/serve_bench.py).
 DEFAULT_READAHEAD_BUDGET = 24 * 1024 * 1024
 ALIGN = 2 * 1024 * 1024  # the largest page-cache folio on x86-64 (a PMD)
 # Eviction is batched: a stream advises only when at least this much became evictable.

@@ -26,9 +26,9 @@ from spegel_py.registry.pagecache import Stream
 # Most bytes one sendfile() call may send before other connections get a turn. nginx uses
 # 2 MiB (sendfile_max_chunk), but each turn here costs a Python loop iteration: at the 8-12 GB/s
 # loopback reaches on this machine, 2 MiB turns kept spegel-py at 0.78-0.90x nginx while 8 MiB
-# gave 0.91-0.97x (bench/serve_bench.py), with the cold page-cache peak unchanged (25 / 63 MiB
-# for 1 / 4 streams). A turn is still bounded: ~1 ms at loopback speed, less over a NIC, where
-# the socket takes less per call anyway.
+# gave 0.88-0.97x (bench/serve_bench.py, docs/benchmarks.md) with the cold page-cache peak
+# unchanged. A turn is still bounded: ~1 ms at loopback speed, less over a NIC, where the socket
+# takes less per call anyway.
 CHUNK = 8 << 20
 _DISCONNECTED = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
 
