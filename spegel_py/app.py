@@ -24,10 +24,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from spegel_py.errors import ConfigurationError, RoutingError, SpegelError
 from spegel_py.metrics import Metrics, StateCollector, counter, gauge
-from spegel_py.registry.pagecache import PageCacheCoordinator
-from spegel_py.registry.server import RegistryServer
 from spegel_py.routing.base import Peer, Router
 from spegel_py.routing.bootstrap.http import id_document
+from spegel_py.serving.pagecache import PageCacheCoordinator
+from spegel_py.serving.server import RegistryServer
 from spegel_py.settings import (
     RECORD_LIFETIME,
     CleanupSettings,
@@ -39,9 +39,9 @@ from spegel_py.settings import (
 from spegel_py.store.base import ContentStore
 
 if TYPE_CHECKING:
-    from spegel_py.registry.bufferpool import BufferPool
-    from spegel_py.registry.debugweb import DebugInfo, RecentOutcomes
-    from spegel_py.registry.mirror import Mirror
+    from spegel_py.debug.web import DebugInfo, RecentOutcomes
+    from spegel_py.relay.bufferpool import BufferPool
+    from spegel_py.relay.mirror import Mirror
     from spegel_py.routing.advertiser import Advertiser
     from spegel_py.routing.libp2p.router import Libp2pRouter
 
@@ -285,7 +285,7 @@ def state_metrics(
 
 def debug_info(*, router: Libp2pRouter, advertiser: Advertiser, outcomes: RecentOutcomes) -> DebugInfo:
     """What ``/debug/web`` shows, read from the live components at each request."""
-    from spegel_py.registry.debugweb import Advertised, AdvertisedImage, DebugInfo
+    from spegel_py.debug.web import Advertised, AdvertisedImage, DebugInfo
 
     def advertised() -> Advertised:
         counts = advertiser.counts().values()
@@ -331,15 +331,15 @@ def cgroup_cache_bytes() -> float | None:
 
 async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then shut down gracefully (bounded by ``shutdown_timeout``)."""
+    from spegel_py.debug.outcomes import RecordingHealth, RecordingMirror, recording_hook
+    from spegel_py.debug.web import RecentOutcomes, debug_routes
     from spegel_py.oci.filters import RegistryFilter
-    from spegel_py.registry.base import Mirror as MirrorSeam
-    from spegel_py.registry.bufferpool import BufferPool
-    from spegel_py.registry.debugweb import RecentOutcomes, debug_routes
-    from spegel_py.registry.mirror import Mirror, MirrorSettings
-    from spegel_py.registry.outcomes import RecordingHealth, RecordingMirror, recording_hook
-    from spegel_py.registry.peerclient import PeerClient
-    from spegel_py.registry.peerhealth import PeerHealth
+    from spegel_py.relay.bufferpool import BufferPool
+    from spegel_py.relay.mirror import Mirror, MirrorSettings
+    from spegel_py.relay.peerclient import PeerClient
+    from spegel_py.relay.peerhealth import PeerHealth
     from spegel_py.routing.advertiser import Advertiser
+    from spegel_py.serving.seam import Mirror as MirrorSeam
 
     metrics = Metrics()
     ProcessCollector(registry=metrics.registry)  # process_resident_memory_bytes and friends

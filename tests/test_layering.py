@@ -1,8 +1,9 @@
 """Import contracts (STYLE.md rule 3), checked on every module's source, lazy imports included.
 
-Dependencies point inward: cli -> app -> {registry, stores, routers} -> {bases, oci, metrics} ->
-errors. Third-party clients stay where they are used: grpc in the containerd store, libp2p and
-trio in the libp2p router, kubernetes in bootstrap, aiohttp.web in the HTTP-facing layers.
+Dependencies point inward: cli -> app -> debug -> {serving, relay} -> httpx -> {bases, oci,
+metrics} -> errors; serving and relay never import each other. Third-party clients stay where
+they are used: grpc in the containerd store, libp2p and trio in the libp2p router, kubernetes in
+bootstrap, aiohttp.web in the HTTP-facing layers.
 An AST walk (rather than import-linter) also sees imports inside functions, which is where the
 heavy, lazily imported clients live.
 """
@@ -16,26 +17,29 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "spegel_py"
 
+# The packages that answer HTTP: shared answers, local serving, the peer relay, the debug page.
+HTTP_PACKAGES = ("spegel_py.httpx", "spegel_py.serving", "spegel_py.relay", "spegel_py.debug")
+
 # (rule name, modules the rule applies to, import prefixes they must not use, exempt modules)
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
     ("errors imports nothing", ("spegel_py.errors",), ("spegel_py", "aiohttp", "grpc", "libp2p"), ()),
     (
         "oci is pure",
         ("spegel_py.oci",),
-        ("spegel_py.store", "spegel_py.routing", "spegel_py.registry", "spegel_py.app", "spegel_py.cli",
+        ("spegel_py.store", "spegel_py.routing", *HTTP_PACKAGES, "spegel_py.app", "spegel_py.cli",
          "aiohttp", "grpc", "libp2p", "trio", "kubernetes", "prometheus_client"),
         (),
     ),
     (
         "stores know nothing of serving or routing",
         ("spegel_py.store",),
-        ("spegel_py.registry", "spegel_py.routing", "spegel_py.app", "spegel_py.cli", "aiohttp", "libp2p",
+        (*HTTP_PACKAGES, "spegel_py.routing", "spegel_py.app", "spegel_py.cli", "aiohttp", "libp2p",
          "trio", "kubernetes"),
         (),
     ),
     (
-        "the registry never names a concrete store or router",
-        ("spegel_py.registry",),
+        "serving, relay and debug never name a concrete store or router",
+        HTTP_PACKAGES,
         ("spegel_py.store.containerd", "spegel_py.store.ocilayout", "spegel_py.routing.libp2p",
          "spegel_py.routing.bootstrap", "spegel_py.app", "spegel_py.cli", "grpc", "libp2p", "trio",
          "kubernetes"),
@@ -44,7 +48,7 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
     (
         "routing never reaches into serving or a concrete store",
         ("spegel_py.routing",),
-        ("spegel_py.registry", "spegel_py.store.containerd", "spegel_py.store.ocilayout", "spegel_py.app",
+        (*HTTP_PACKAGES, "spegel_py.store.containerd", "spegel_py.store.ocilayout", "spegel_py.app",
          "spegel_py.cli", "grpc"),
         (),
     ),
@@ -53,7 +57,15 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
      ("spegel_py.routing.libp2p",)),
     ("kubernetes only in bootstrap", ("spegel_py",), ("kubernetes",), ("spegel_py.routing.bootstrap",)),
     ("aiohttp.web only where HTTP is served", ("spegel_py",), ("aiohttp.web",),
-     ("spegel_py.registry", "spegel_py.app")),
+     (*HTTP_PACKAGES, "spegel_py.app")),
+    ("local serving never imports the relay", ("spegel_py.serving",),
+     ("spegel_py.relay", "spegel_py.debug"), ()),
+    ("the relay never imports local serving", ("spegel_py.relay",),
+     ("spegel_py.serving", "spegel_py.debug"), ()),
+    ("httpx is below serving and the relay", ("spegel_py.httpx",),
+     ("spegel_py.serving", "spegel_py.relay", "spegel_py.debug"), ()),
+    ("only the app imports debug", ("spegel_py",), ("spegel_py.debug",),
+     ("spegel_py.app", "spegel_py.debug")),
     ("only the CLI builds the app", ("spegel_py",), ("spegel_py.app",), ("spegel_py.cli",)),
     ("nothing imports the CLI", ("spegel_py",), ("spegel_py.cli",), ()),
 ]

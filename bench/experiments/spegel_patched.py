@@ -21,12 +21,12 @@ FOLIO = 2 << 20
 
 
 def align_eviction() -> None:
-    """spegel_py/registry/pagecache.py: advise whole 2 MiB-aligned blocks.
+    """spegel_py/serving/pagecache.py: advise whole 2 MiB-aligned blocks.
 
     The start is rounded down (the folio straddling the previous boundary is wholly behind the
     send offset by now) and the end is rounded down (the folio around the limit is not).
     """
-    from spegel_py.registry import pagecache
+    from spegel_py.serving import pagecache
 
     original = pagecache.PageCacheCoordinator.evict
 
@@ -41,8 +41,8 @@ def align_eviction() -> None:
 
 
 def cork() -> None:
-    """spegel_py/registry/content.py: TCP_CORK around the body, as nginx's ``tcp_nopush``."""
-    from spegel_py.registry import content
+    """spegel_py/serving/content.py: TCP_CORK around the body, as nginx's ``tcp_nopush``."""
+    from spegel_py.serving import content
 
     original = getattr(content, "send_range")  # noqa: B009 - an import of content's, not its API
 
@@ -71,7 +71,7 @@ FAIR_CHUNK = 2 << 20
 
 
 def fair() -> None:
-    """spegel_py/registry/sendfile.py: at most FAIR_CHUNK per ``os.sendfile`` call, then back to
+    """spegel_py/serving/sendfile.py: at most FAIR_CHUNK per ``os.sendfile`` call, then back to
     the event loop.
 
     ``pump`` keeps calling sendfile while each call sends all it asked for, and asks for up to
@@ -83,7 +83,7 @@ def fair() -> None:
     """
     import types
 
-    from spegel_py.registry import sendfile
+    from spegel_py.serving import sendfile
 
     def capped(out_fd: int, in_fd: int, offset: int, count: int) -> int:
         return os.sendfile(out_fd, in_fd, offset, min(count, FAIR_CHUNK))

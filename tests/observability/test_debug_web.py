@@ -25,7 +25,7 @@ from aiohttp import web
 from harness.require import missing
 from pngread import read_png
 
-from spegel_py.registry.debugweb import (
+from spegel_py.debug.web import (
     Advertised,
     AdvertisedImage,
     DebugInfo,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from spegel_py.registry.debugweb import (
+from spegel_py.debug.web import (
     Advertised,
     AdvertisedImage,
     DebugInfo,

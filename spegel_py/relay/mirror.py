@@ -38,17 +38,17 @@ from typing import Literal
 from aiohttp import web
 
 from spegel_py.errors import ContentNotFoundError, ImageNotFoundError, InvalidDigestError, NotFoundError
+from spegel_py.httpx.ranges import Unsatisfiable, parse_range
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.errors import ErrorCode, error_body
 from spegel_py.oci.filters import RegistryFilter
 from spegel_py.oci.paths import DistributionPath, Kind
-from spegel_py.registry.blobstream import MIRRORED_HEADER, BlobStream
-from spegel_py.registry.bufferpool import BufferPool, BufferPoolExhaustedError
-from spegel_py.registry.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
-from spegel_py.registry.peerclient import PeerClient, PeerError, PeerResponse
-from spegel_py.registry.peerhealth import PeerHealth
-from spegel_py.registry.ranges import Unsatisfiable, parse_range
-from spegel_py.registry.relay import StreamHasher
+from spegel_py.relay.bufferpool import BufferPool, BufferPoolExhaustedError
+from spegel_py.relay.hashing import StreamHasher
+from spegel_py.relay.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
+from spegel_py.relay.peerclient import PeerClient, PeerError, PeerResponse
+from spegel_py.relay.peerhealth import PeerHealth
+from spegel_py.relay.stream import MIRRORED_HEADER, BlobStream
 from spegel_py.routing.base import Peer, Router
 
 
@@ -168,7 +168,7 @@ class Mirror:
         return f"{request.registry}/{request.name}:{request.reference}"
 
     async def serve(self, request: web.Request, path: DistributionPath, ns: str | None) -> web.StreamResponse:
-        """The registry server's seam (:class:`spegel_py.registry.base.Mirror`): answer from peers or 404.
+        """The registry server's seam (:class:`spegel_py.serving.seam.Mirror`): answer from peers or 404.
 
         A 404 (BLOB_UNKNOWN / MANIFEST_UNKNOWN) comes within ``settings.deadline`` so containerd
         falls back to the next host or upstream at once.

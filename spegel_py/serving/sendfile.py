@@ -5,7 +5,7 @@ send and gives no hook at each offset, which the page-cache coordinator needs. T
 one writability registration for the whole body, calls ``os.sendfile`` (at most :data:`CHUNK`
 bytes per call, for fairness) straight from the selector callback, with no task switch per
 chunk, and reports each new offset to a
-:class:`~spegel_py.registry.pagecache.Stream`.
+:class:`~spegel_py.serving.pagecache.Stream`.
 
 The selector refuses a second registration of a descriptor that a transport owns, so the
 socket is duplicated for the duration of the body; both descriptors name one socket. Before the
@@ -21,7 +21,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from spegel_py.errors import ContentNotFoundError
-from spegel_py.registry.pagecache import Stream
+from spegel_py.serving.pagecache import Stream
 
 # Most bytes one sendfile() call may send before other connections get a turn. nginx uses
 # 2 MiB (sendfile_max_chunk), but each turn here costs a Python loop iteration: at the 8-12 GB/s

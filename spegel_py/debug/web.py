@@ -77,7 +77,7 @@ class DebugInfo:
 
 class RecentOutcomes:
     """A bounded ring of the latest mirror outcomes (newest first), filled by :meth:`add`
-    (``app.py`` has :class:`spegel_py.registry.outcomes.RecordingMirror` add one per request)."""
+    (``app.py`` has :class:`spegel_py.debug.outcomes.RecordingMirror` add one per request)."""
 
     def __init__(self, *, size: int = 50) -> None:
         self._ring: deque[MirrorOutcome] = deque(maxlen=size)

@@ -14,13 +14,13 @@ import logging
 from aiohttp import web
 
 from spegel_py.errors import ContentNotFoundError
+from spegel_py.httpx.ranges import ByteRange, Unsatisfiable, parse_range
 from spegel_py.metrics import Metrics
 from spegel_py.oci import mediatypes
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.errors import ErrorCode, error_body
-from spegel_py.registry.pagecache import PageCacheCoordinator
-from spegel_py.registry.ranges import ByteRange, Unsatisfiable, parse_range
-from spegel_py.registry.sendfile import flush, send_range, sendfile_socket
+from spegel_py.serving.pagecache import PageCacheCoordinator
+from spegel_py.serving.sendfile import flush, send_range, sendfile_socket
 from spegel_py.store.base import Blob
 
 log = logging.getLogger(__name__)

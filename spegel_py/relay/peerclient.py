@@ -23,7 +23,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from spegel_py.errors import SpegelError
-from spegel_py.registry import splice
+from spegel_py.relay import sockio as splice
 from spegel_py.routing.base import Peer
 
 _MAX_HEAD = 16 * 1024  # a registry's response head is a few hundred bytes

@@ -5,7 +5,7 @@ endpoint" and "method not allowed", is an OCI JSON error and is counted in the H
 Paths are parsed from the raw request line (:mod:`spegel_py.oci.paths`); store calls are bounded
 by a timeout so a response always starts promptly (containerd waits forever on a silent mirror);
 presence is asked of the store on every request. Content that is missing locally goes to the
-:class:`~spegel_py.registry.base.Mirror`, if any, unless the request came from a peer.
+:class:`~spegel_py.serving.seam.Mirror`, if any, unless the request came from a peer.
 
 Tags resolve only with ``?ns=<registry>``, which containerd sends to mirrors. skopeo and podman
 (``registries.conf`` mirrors) send no ``ns``, so their tag requests get a 404 and they fall back
@@ -35,10 +35,10 @@ from spegel_py.oci.digest import Digest
 from spegel_py.oci.errors import ErrorCode, error_body
 from spegel_py.oci.paths import DistributionPath, Kind, UnknownPathError, parse_ns, parse_path
 from spegel_py.oci.reference import Reference
-from spegel_py.registry.base import MIRRORED_HEADER, Mirror
-from spegel_py.registry.content import serve_content
-from spegel_py.registry.pagecache import PageCacheCoordinator
 from spegel_py.routing.base import Router
+from spegel_py.serving.content import serve_content
+from spegel_py.serving.pagecache import PageCacheCoordinator
+from spegel_py.serving.seam import MIRRORED_HEADER, Mirror
 from spegel_py.store.base import Blob, ContentStore
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from regsupport import RawClient, start_server
 
-from spegel_py.registry.bufferpool import BufferPool
-from spegel_py.registry.debugweb import MirrorOutcome, RecentOutcomes
-from spegel_py.registry.mirror import Mirror
-from spegel_py.registry.outcomes import RecordingHealth, RecordingMirror, recording_hook
+from spegel_py.debug.outcomes import RecordingHealth, RecordingMirror, recording_hook
+from spegel_py.debug.web import MirrorOutcome, RecentOutcomes
+from spegel_py.relay.bufferpool import BufferPool
+from spegel_py.relay.mirror import Mirror
 from spegel_py.routing.memory import MemoryNetwork, MemoryRouter
 from spegel_py.store.memory import MemoryStore
 

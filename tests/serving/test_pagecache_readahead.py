@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from spegel_py.registry.pagecache import RANDOM, WILLNEED, PageCacheCoordinator
-from spegel_py.registry.residency import GRANULE
+from spegel_py.serving.pagecache import RANDOM, WILLNEED, PageCacheCoordinator
+from spegel_py.serving.residency import GRANULE
 
 MiB = 1 << 20
 SIZE = 64 * MiB

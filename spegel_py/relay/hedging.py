@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from spegel_py.errors import NotFoundError, RoutingError
-from spegel_py.registry.peerclient import PeerDownError, PeerError, PeerTimeoutError
-from spegel_py.registry.peerhealth import PeerHealth
+from spegel_py.relay.peerclient import PeerDownError, PeerError, PeerTimeoutError
+from spegel_py.relay.peerhealth import PeerHealth
 from spegel_py.routing.base import Peer, Router
 
 T = TypeVar("T")

@@ -23,10 +23,10 @@ from spegel_py.metrics import Metrics
 from spegel_py.oci import mediatypes
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.reference import Reference
-from spegel_py.registry.base import Mirror
-from spegel_py.registry.pagecache import PageCacheCoordinator
-from spegel_py.registry.server import RegistryServer
 from spegel_py.routing.base import Router
+from spegel_py.serving.pagecache import PageCacheCoordinator
+from spegel_py.serving.seam import Mirror
+from spegel_py.serving.server import RegistryServer
 from spegel_py.store.base import ContentStore, Descriptor, Event, EventKind, Image
 from spegel_py.store.files import FileBlob, blob_path
 

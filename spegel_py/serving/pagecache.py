@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from spegel_py.registry.residency import GRANULE, resident_granules
+from spegel_py.serving.residency import GRANULE, resident_granules
 
 Advise = Callable[[int, int, int], None]
 Hint = Callable[[int, int, int, int], None]

@@ -17,7 +17,7 @@ from spegel_py.metrics import Metrics
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.paths import DistributionPath
 from spegel_py.oci.reference import Reference
-from spegel_py.registry.pagecache import PageCacheCoordinator
+from spegel_py.serving.pagecache import PageCacheCoordinator
 from spegel_py.store.base import Blob, Descriptor, Event, Image
 from spegel_py.store.memory import MemoryStore
 

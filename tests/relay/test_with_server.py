@@ -10,17 +10,16 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import Cluster
-from mirror_fakes import FakeRouter
+from relaysupport import Cluster, FakeRouter
 
 from spegel_py.metrics import Metrics
 from spegel_py.oci.digest import Digest
-from spegel_py.registry.bufferpool import BufferPool
-from spegel_py.registry.mirror import Mirror, MirrorSettings
-from spegel_py.registry.pagecache import PageCacheCoordinator
-from spegel_py.registry.peerclient import PeerClient
-from spegel_py.registry.server import RegistryServer
+from spegel_py.relay.bufferpool import BufferPool
+from spegel_py.relay.mirror import Mirror, MirrorSettings
+from spegel_py.relay.peerclient import PeerClient
 from spegel_py.routing.base import Peer
+from spegel_py.serving.pagecache import PageCacheCoordinator
+from spegel_py.serving.server import RegistryServer
 from spegel_py.store.memory import MemoryStore
 
 

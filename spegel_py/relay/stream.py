@@ -3,7 +3,7 @@
 Why its own module: this is the part of the mirror that runs after the response has started,
 where the only ways left to fail are "continue from another provider" and "cut the connection".
 Bytes are read into one pooled buffer (two halves: one may still be hashed on a worker thread
-while the other receives, see :class:`~spegel_py.registry.relay.StreamHasher`), hashed, and
+while the other receives, see :class:`~spegel_py.relay.hashing.StreamHasher`), hashed, and
 written to the client, except the last piece, which waits until the whole blob's digest checks
 out. If a peer breaks off, another provider continues with ``Range: bytes=<offset>-``; the client
 sees one uninterrupted body. If the digest does not match, the client connection is aborted
@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from spegel_py.errors import NotFoundError
+from spegel_py.httpx.ranges import Unsatisfiable, parse_range
 from spegel_py.oci.digest import Digest
-from spegel_py.registry import splice
-from spegel_py.registry.bufferpool import BufferPool
-from spegel_py.registry.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
-from spegel_py.registry.peerclient import PeerClient, PeerError, PeerResponse, PeerTimeoutError
-from spegel_py.registry.peerhealth import PeerHealth
-from spegel_py.registry.ranges import Unsatisfiable, parse_range
-from spegel_py.registry.relay import ResponseSink, StreamHasher
+from spegel_py.relay import sockio as splice
+from spegel_py.relay.bufferpool import BufferPool
+from spegel_py.relay.hashing import ResponseSink, StreamHasher
+from spegel_py.relay.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
+from spegel_py.relay.peerclient import PeerClient, PeerError, PeerResponse, PeerTimeoutError
+from spegel_py.relay.peerhealth import PeerHealth
 from spegel_py.routing.base import Peer
 
 if TYPE_CHECKING:  # annotations only: mirror.py imports this module
-    from spegel_py.registry.mirror import MirrorRequest, MirrorSettings, MirrorStats
+    from spegel_py.relay.mirror import MirrorRequest, MirrorSettings, MirrorStats
 
 MIRRORED_HEADER = "X-Spegel-Mirrored"
 

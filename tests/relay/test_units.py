@@ -6,11 +6,10 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from conftest import Cluster
-from mirror_fakes import digest_of
+from relaysupport import Cluster, digest_of
 
-from spegel_py.registry.bufferpool import BufferPool, BufferPoolExhaustedError
-from spegel_py.registry.peerhealth import PeerHealth
+from spegel_py.relay.bufferpool import BufferPool, BufferPoolExhaustedError
+from spegel_py.relay.peerhealth import PeerHealth
 from spegel_py.routing.base import Peer
 
 
@@ -107,7 +106,7 @@ def test_peer_health_is_bounded() -> None:
 
 
 async def test_peer_client_evicts_an_idle_connection_when_at_its_bound(cluster: Cluster) -> None:
-    from spegel_py.registry.peerclient import PeerClient
+    from spegel_py.relay.peerclient import PeerClient
 
     a = await cluster.peer({digest_of(b"x"): b"x"})
     b = await cluster.peer({digest_of(b"x"): b"x"})

@@ -9,7 +9,7 @@ or in tasks it starts, which inherit the variable):
 - :func:`recording_hook` chains the metrics hook and notes whether the request was served;
 - :class:`RecordingHealth`, the mirror's :class:`PeerHealth`, notes each peer the hedger
   accepted (``record_success``): the one that answered, and any a broken blob stream resumed from;
-- :class:`RecordingMirror`, the server's :class:`~spegel_py.registry.base.Mirror` seam, times the
+- :class:`RecordingMirror`, the server's :class:`~spegel_py.serving.seam.Mirror` seam, times the
   request, reads the body size from its response and adds a :class:`MirrorOutcome`.
 
 ``app.py`` builds them only when ``--debug-web-enabled`` is set.
@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from spegel_py.debug.web import MirrorOutcome, RecentOutcomes
 from spegel_py.oci.paths import DistributionPath
-from spegel_py.registry.base import Mirror
-from spegel_py.registry.debugweb import MirrorOutcome, RecentOutcomes
-from spegel_py.registry.peerhealth import PeerHealth
+from spegel_py.relay.peerhealth import PeerHealth
 from spegel_py.routing.base import Peer
+from spegel_py.serving.seam import Mirror
 
 
 @dataclass(slots=True)

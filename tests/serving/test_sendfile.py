@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from spegel_py.errors import ContentNotFoundError
-from spegel_py.registry.pagecache import PageCacheCoordinator
-from spegel_py.registry.sendfile import send_range
+from spegel_py.serving.pagecache import PageCacheCoordinator
+from spegel_py.serving.sendfile import send_range
 
 MiB = 1 << 20
 
@@ -100,7 +100,7 @@ async def test_each_writable_event_sends_one_bounded_chunk(
     """A client that drains as fast as we send must not let one body monopolise the event loop."""
     import types
 
-    from spegel_py.registry import sendfile as module
+    from spegel_py.serving import sendfile as module
 
     calls: list[int] = []
     ticks: list[int] = []

@@ -9,10 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Cluster
-from mirror_fakes import digest_of
+from relaysupport import Cluster, digest_of
 
-from spegel_py.registry.peerclient import PeerClient, PeerResponse
+from spegel_py.relay.peerclient import PeerClient, PeerResponse
 from spegel_py.routing.base import Peer
 
 BIG = 3 * 1024 * 1024 + 123  # several relay buffers (64 KiB in tests), not a multiple of them
@@ -160,7 +159,7 @@ async def test_corrupt_small_content_is_caught_before_anything_is_sent(
 async def test_all_stale_providers_give_404_within_100ms(
     cluster: Cluster, blob: Callable[[int], bytes], linger: bool
 ) -> None:
-    from mirror_fakes import FakeRouter
+    from relaysupport import FakeRouter
 
     data = blob(1000)
     digest = digest_of(data)
@@ -258,7 +257,7 @@ async def test_tag_policy(
     data = blob(500)
     digest = digest_of(data)
     peer = await cluster.peer({digest: data}, {f"library/app:{tag}": digest})
-    from mirror_fakes import FakeRouter
+    from relaysupport import FakeRouter
 
     router = FakeRouter([peer.peer])
     front, _ = await cluster.mirror(router, resolve_tags=resolve_tags, resolve_latest=resolve_latest)
@@ -287,7 +286,7 @@ async def test_tag_bytes_must_match_the_digest_the_peer_reports(
 
 
 async def test_concurrent_streams_share_a_small_pool(cluster: Cluster, blob: Callable[[int], bytes]) -> None:
-    from spegel_py.registry.bufferpool import BufferPool
+    from spegel_py.relay.bufferpool import BufferPool
 
     data = blob(BIG)
     digest = digest_of(data)
@@ -342,11 +341,11 @@ async def test_client_ranges(
 async def test_registry_filters_and_result_hook(
     cluster: Cluster, blob: Callable[[int], bytes], path: str, served: bool
 ) -> None:
-    from mirror_fakes import FakeRouter, Front
+    from relaysupport import FakeRouter, Front
 
     from spegel_py.oci.filters import RegistryFilter
-    from spegel_py.registry.mirror import Mirror, MirrorSettings
-    from spegel_py.registry.peerclient import PeerClient
+    from spegel_py.relay.mirror import Mirror, MirrorSettings
+    from spegel_py.relay.peerclient import PeerClient
 
     data = blob(500)
     digest = digest_of(data)
@@ -388,7 +387,7 @@ async def test_resume_after_a_peer_stalls_mid_blob(cluster: Cluster, blob: Calla
 async def test_client_leaving_mid_blob_releases_everything(
     cluster: Cluster, blob: Callable[[int], bytes]
 ) -> None:
-    from spegel_py.registry.bufferpool import BufferPool
+    from spegel_py.relay.bufferpool import BufferPool
 
     data = blob(BIG * 4)
     digest = digest_of(data)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from regsupport import FileStore, resident_fraction, start_server
 
-from spegel_py.registry.pagecache import PageCacheCoordinator
-from spegel_py.registry.residency import GRANULE, resident_granules
+from spegel_py.serving.pagecache import PageCacheCoordinator
+from spegel_py.serving.residency import GRANULE, resident_granules
 
 MiB = 1 << 20
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spegel_py.registry.ranges import ByteRange, Unsatisfiable, parse_range
+from spegel_py.httpx.ranges import ByteRange, Unsatisfiable, parse_range
 
 
 @pytest.mark.parametrize(

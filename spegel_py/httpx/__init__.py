@@ -1,0 +1,1 @@
+"""HTTP answers shared by local serving and the peer relay: header names, ranges, OCI errors."""
