@@ -54,3 +54,52 @@ class RoutingError(SpegelError):
 
 class ConfigurationError(SpegelError):
     """Operator configuration (flags, environment, files) that cannot work."""
+
+
+class RangeNotSatisfiableError(SpegelError):
+    """A client's well-formed ``Range`` selects no byte of a ``size``-byte representation (416)."""
+
+    def __init__(self, header: str, *, size: int) -> None:
+        super().__init__(f"range {header[:80]!r} selects nothing of {size} bytes")
+        self.size = size
+
+
+class BufferPoolExhaustedError(SpegelError):
+    """No relay buffer became free within the caller's bound; the caller should refuse the request."""
+
+
+class NoProviderError(NotFoundError):
+    """No provider (left) could serve a key; the client should fall back to upstream."""
+
+
+class PeerError(SpegelError):
+    """A peer could not serve a request: refused, timed out, broke off, or spoke nonsense."""
+
+
+class PeerUnreachableError(PeerError):
+    """A peer refused the connection or did not accept it within the dial timeout (dead or gone)."""
+
+
+class PeerDownError(PeerUnreachableError):
+    """The peer's host refused or ignored the connection: the node (or its spegel-py) is gone,
+    for every key, not just the one asked for."""
+
+
+class PeerTimeoutError(PeerError):
+    """A connected peer did not answer or keep sending within its bound (slow, maybe busy)."""
+
+
+class PeerMissError(PeerError):
+    """The peer answered but does not hold the content (404 or an unusable answer)."""
+
+
+class PeerCorruptError(PeerError):
+    """The peer's bytes do not match their digest."""
+
+
+class IntegrityError(PeerCorruptError):
+    """Relayed bytes did not match the digest; the client response was aborted."""
+
+
+class ResumeFailedError(PeerError):
+    """No provider could continue a broken blob stream; the client response was aborted."""

@@ -10,12 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from spegel_py.errors import RangeNotSatisfiableError
+
 # 19 digits bound the integers parsed from a client (a header of a million digits costs nothing).
 _SINGLE = re.compile(r"bytes[ \t]*=[ \t]*(?:(\d{1,19})[ \t]*-[ \t]*(\d{0,19})|-[ \t]*(\d{1,19}))[ \t]*")
-
-
-class Unsatisfiable(Exception):
-    """The range is well formed but selects no byte of the representation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +35,7 @@ class ByteRange:
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """The single range ``header`` selects, or ``None`` to send everything.
 
-    Raises :class:`Unsatisfiable` when the range selects nothing (416 with ``bytes */size``).
+    Raises :class:`RangeNotSatisfiableError` when the range selects nothing (416 with ``bytes */size``).
     """
     if not header:
         return None
@@ -48,7 +46,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if suffix is not None:
         length = int(suffix)
         if length == 0 or size == 0:
-            raise Unsatisfiable(header)
+            raise RangeNotSatisfiableError(header, size=size)
         return ByteRange(max(0, size - length), size, size)
     start = int(first)
     if last:
@@ -59,5 +57,5 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     else:
         end = size
     if start >= size:
-        raise Unsatisfiable(header)
+        raise RangeNotSatisfiableError(header, size=size)
     return ByteRange(start, end, size)

@@ -14,11 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from spegel_py.errors import SpegelError
-
-
-class BufferPoolExhaustedError(SpegelError):
-    """No buffer became free within the caller's bound; the caller should refuse the request."""
+from spegel_py.errors import BufferPoolExhaustedError
 
 
 class BufferPool:

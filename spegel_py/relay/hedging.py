@@ -14,24 +14,18 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
-from spegel_py.errors import NotFoundError, RoutingError
-from spegel_py.relay.peerclient import PeerDownError, PeerError, PeerTimeoutError
+from spegel_py.errors import (
+    NoProviderError,
+    PeerCorruptError,
+    PeerDownError,
+    PeerError,
+    PeerTimeoutError,
+    RoutingError,
+)
 from spegel_py.relay.peerhealth import PeerHealth
 from spegel_py.routing.base import Peer, Router
 
 T = TypeVar("T")
-
-
-class PeerMissError(PeerError):
-    """The peer answered but does not hold the content (404 or an unusable answer)."""
-
-
-class PeerCorruptError(PeerError):
-    """The peer's bytes do not match their digest."""
-
-
-class NoProviderError(NotFoundError):
-    """No provider (left) could serve the key; the client should fall back to upstream."""
 
 
 class Providers:

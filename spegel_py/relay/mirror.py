@@ -37,16 +37,26 @@ from typing import Literal
 
 from aiohttp import web
 
-from spegel_py.errors import ContentNotFoundError, ImageNotFoundError, InvalidDigestError, NotFoundError
-from spegel_py.httpx.ranges import Unsatisfiable, parse_range
+from spegel_py.errors import (
+    BufferPoolExhaustedError,
+    ContentNotFoundError,
+    ImageNotFoundError,
+    InvalidDigestError,
+    NotFoundError,
+    PeerCorruptError,
+    PeerError,
+    PeerMissError,
+    RangeNotSatisfiableError,
+)
+from spegel_py.httpx.ranges import parse_range
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.errors import ErrorCode, error_body
 from spegel_py.oci.filters import RegistryFilter
 from spegel_py.oci.paths import DistributionPath, Kind
-from spegel_py.relay.bufferpool import BufferPool, BufferPoolExhaustedError
+from spegel_py.relay.bufferpool import BufferPool
 from spegel_py.relay.hashing import StreamHasher
-from spegel_py.relay.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
-from spegel_py.relay.peerclient import PeerClient, PeerError, PeerResponse
+from spegel_py.relay.hedging import Hedger, Providers
+from spegel_py.relay.peerclient import PeerClient, PeerResponse
 from spegel_py.relay.peerhealth import PeerHealth
 from spegel_py.relay.stream import MIRRORED_HEADER, BlobStream
 from spegel_py.routing.base import Peer, Router
@@ -403,7 +413,7 @@ class MirrorResponse:
         if "Accept-Ranges" in headers:  # a small blob: the client's Range still applies
             try:
                 selected = parse_range(request.headers.get("Range"), len(body))
-            except Unsatisfiable:
+            except RangeNotSatisfiableError:
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{len(body)}"})
             if selected is not None:
                 headers["Content-Range"] = selected.content_range()

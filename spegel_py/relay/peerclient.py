@@ -22,28 +22,11 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from spegel_py.errors import SpegelError
+from spegel_py.errors import PeerDownError, PeerError, PeerTimeoutError, PeerUnreachableError
 from spegel_py.relay import sockio as splice
 from spegel_py.routing.base import Peer
 
 _MAX_HEAD = 16 * 1024  # a registry's response head is a few hundred bytes
-
-
-class PeerError(SpegelError):
-    """A peer could not serve a request: refused, timed out, broke off, or spoke nonsense."""
-
-
-class PeerUnreachableError(PeerError):
-    """A peer refused the connection or did not accept it within the dial timeout (dead or gone)."""
-
-
-class PeerDownError(PeerUnreachableError):
-    """The peer's host refused or ignored the connection: the node (or its spegel-py) is gone,
-    for every key, not just the one asked for."""
-
-
-class PeerTimeoutError(PeerError):
-    """A connected peer did not answer or keep sending within its bound (slow, maybe busy)."""
 
 
 @dataclass(slots=True, eq=False)  # identity semantics: kept in sets of open connections
@@ -347,7 +330,7 @@ class PeerClient:
         self._idle.clear()
 
 
-class _StaleConnectionError(Exception):
+class _StaleConnectionError(PeerError):
     """A kept-alive socket the peer had already closed; retried on a fresh connection."""
 
 

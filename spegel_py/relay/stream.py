@@ -19,14 +19,22 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from spegel_py.errors import NotFoundError
-from spegel_py.httpx.ranges import Unsatisfiable, parse_range
+from spegel_py.errors import (
+    IntegrityError,
+    NotFoundError,
+    PeerError,
+    PeerMissError,
+    PeerTimeoutError,
+    RangeNotSatisfiableError,
+    ResumeFailedError,
+)
+from spegel_py.httpx.ranges import parse_range
 from spegel_py.oci.digest import Digest
 from spegel_py.relay import sockio as splice
 from spegel_py.relay.bufferpool import BufferPool
 from spegel_py.relay.hashing import ResponseSink, StreamHasher
-from spegel_py.relay.hedging import Hedger, PeerCorruptError, PeerMissError, Providers
-from spegel_py.relay.peerclient import PeerClient, PeerError, PeerResponse, PeerTimeoutError
+from spegel_py.relay.hedging import Hedger, Providers
+from spegel_py.relay.peerclient import PeerClient, PeerResponse
 from spegel_py.relay.peerhealth import PeerHealth
 from spegel_py.routing.base import Peer
 
@@ -34,14 +42,6 @@ if TYPE_CHECKING:  # annotations only: mirror.py imports this module
     from spegel_py.relay.mirror import MirrorRequest, MirrorSettings, MirrorStats
 
 MIRRORED_HEADER = "X-Spegel-Mirrored"
-
-
-class IntegrityError(PeerCorruptError):
-    """Relayed bytes did not match the digest; the client response was aborted."""
-
-
-class ResumeFailedError(PeerError):
-    """No provider could continue a broken blob stream; the client response was aborted."""
 
 
 class BlobStream:
@@ -94,7 +94,7 @@ class BlobStream:
         try:
             try:
                 selected = parse_range(self._request.range, self._total)
-            except Unsatisfiable:
+            except RangeNotSatisfiableError:
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{self._total}"})
             headers = dict(headers)
             start, end, status = 0, self._total, 200

@@ -13,8 +13,8 @@ import logging
 
 from aiohttp import web
 
-from spegel_py.errors import ContentNotFoundError
-from spegel_py.httpx.ranges import ByteRange, Unsatisfiable, parse_range
+from spegel_py.errors import ContentNotFoundError, RangeNotSatisfiableError
+from spegel_py.httpx.ranges import ByteRange, parse_range
 from spegel_py.metrics import Metrics
 from spegel_py.oci import mediatypes
 from spegel_py.oci.digest import Digest
@@ -49,7 +49,7 @@ async def serve_content(
         headers["Accept-Ranges"] = "bytes"
         try:
             byte_range = parse_range(request.headers.get("Range"), size)
-        except Unsatisfiable:
+        except RangeNotSatisfiableError:
             return web.Response(
                 status=416,
                 body=error_body(ErrorCode.RANGE_INVALID),

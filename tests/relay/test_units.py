@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 from relaysupport import Cluster, digest_of
 
-from spegel_py.relay.bufferpool import BufferPool, BufferPoolExhaustedError
+from spegel_py.errors import BufferPoolExhaustedError
+from spegel_py.relay.bufferpool import BufferPool
 from spegel_py.relay.peerhealth import PeerHealth
 from spegel_py.routing.base import Peer
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from spegel_py.httpx.ranges import ByteRange, Unsatisfiable, parse_range
+from spegel_py.errors import RangeNotSatisfiableError
+from spegel_py.httpx.ranges import ByteRange, parse_range
 
 
 @pytest.mark.parametrize(
@@ -36,7 +37,7 @@ def test_parse(header: str | None, size: int, expected: ByteRange | None) -> Non
     [("bytes=10-", 10), ("bytes=10-20", 10), ("bytes=-0", 10), ("bytes=0-0", 0), ("bytes=-1", 0)],
 )
 def test_unsatisfiable(header: str, size: int) -> None:
-    with pytest.raises(Unsatisfiable):
+    with pytest.raises(RangeNotSatisfiableError):
         parse_range(header, size)
 
 
