@@ -40,10 +40,10 @@ class RelayNode(Server):
     name = "spegel-py-relay"
 
     def __init__(
-        self, label: str, host: str, *, peer: Server, pool: str, hash_threads: int, splice: str
+        self, label: str, host: str, *, peer: Server, pool: str, hash_threads: int
     ) -> None:
         super().__init__(label, host)
-        self.peer, self.pool, self.hash_threads, self.splice = peer, pool, hash_threads, splice
+        self.peer, self.pool, self.hash_threads = peer, pool, hash_threads
 
     def argv(self) -> list[str]:
         return [
@@ -57,8 +57,6 @@ class RelayNode(Server):
             self.pool,
             "--hash-threads",
             str(self.hash_threads),
-            "--splice",
-            self.splice,
         ]
 
 
@@ -89,7 +87,7 @@ class _StaticRouter:
         return None
 
 
-async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int, use_splice: bool) -> None:
+async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int) -> None:
     from aiohttp import web
 
     from spegel_py.metrics import Metrics
@@ -105,7 +103,7 @@ async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int, 
     mirror = Mirror(
         _StaticRouter(peer_host, int(peer_port)),
         pool=BufferPool(count=int(count), size=int(size)),
-        settings=MirrorSettings(hash_threads=hash_threads, splice=use_splice),
+        settings=MirrorSettings(hash_threads=hash_threads),
     )
     server = RegistryServer(
         MemoryStore(), metrics=Metrics(), coordinator=PageCacheCoordinator(), mirror=mirror
@@ -132,7 +130,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--pool", default="64x786432", help="relay buffer pool COUNTxSIZE in bytes (default: the CLI's)"
     )
-    ap.add_argument("--splice", choices=("on", "off"), default="off", help="relay through kernel pipes")
     ap.add_argument(
         "--hash-threads", type=int, default=1, help="relay hashing threads (0: on the loop)"
     )
@@ -181,14 +178,14 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     }
     peer = Spegel("relay-peer", PEER_HOST, command=[a.spegel_bin], layout=layout.root, extra=[])
     relay = RelayNode(
-        "relay", "127.0.0.72", peer=peer, pool=a.pool, hash_threads=a.hash_threads, splice=a.splice
+        "relay", "127.0.0.72", peer=peer, pool=a.pool, hash_threads=a.hash_threads
     )
     servers = {"direct": peer, "relay": relay}
     try:
         peer.start()
         relay.start()
         result["relay_idle_rss_MiB"] = rss_mib(relay)
-        # The cgroup's usage also counts kernel memory (pipe buffers of the splice path).
+        # The cgroup's usage also counts kernel memory (socket buffers), which RSS does not.
         result["relay_idle_cgroup_MiB"] = relay.cgroup.read_int("memory.usage_in_bytes") / MiB
         for blob in (wide, big):  # correctness before speed
             got = runner.run_py_client(relay.addr, [blob.url_path()], concurrency=1, verify=True)
@@ -243,7 +240,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.serve_relay:
-        asyncio.run(_serve_relay(*a.serve_relay, a.pool, a.hash_threads, a.splice == "on"))
+        asyncio.run(_serve_relay(*a.serve_relay, a.pool, a.hash_threads))
         return 0
     if a.peer_rate:
         from bench.lib.shaping import shaped_source

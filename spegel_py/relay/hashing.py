@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import sys
 from concurrent.futures import Executor, Future
-
-from aiohttp import web
 
 
 class StreamHasher:
@@ -66,50 +62,3 @@ class StreamHasher:
         """The digest of everything passed to :meth:`update`, once the last hash finished."""
         await self._finish_pending()
         return self._hasher.hexdigest()
-
-
-# CPython before 3.12 copies unsent bytes into the transport's own bytearray, so a pooled buffer
-# may be reused as soon as write() returns. Later versions (and other loops) may keep a view of
-# the caller's buffer until it is sent; there we hand the transport a copy instead.
-_TRANSPORT_COPIES = sys.version_info < (3, 12)
-
-
-class ResponseSink:
-    """Writes relayed bytes into an aiohttp response, and can kill it before it completes."""
-
-    def __init__(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
-        self._request = request
-        self._response = response
-        loop = asyncio.get_running_loop()
-        self._copy = not (_TRANSPORT_COPIES and type(loop).__module__.startswith("asyncio"))
-        self.sent = 0
-
-    async def write(self, data: memoryview) -> None:
-        """Send ``data`` (a pooled buffer's view may be reused once this returns)."""
-        if not data:
-            return
-        await self._response.write(bytes(data) if self._copy else data)
-        self.sent += len(data)
-
-    async def raw_fd(self) -> int | None:
-        """Flush the response head and return a duplicate of the client socket for splicing.
-
-        ``None`` when that is not possible (no plain socket, or bytes still queued in the
-        transport); the caller then keeps using :meth:`write`. The caller closes the descriptor.
-        """
-        transport = self._request.transport
-        if transport is None or transport.get_extra_info("sslcontext") is not None:
-            return None
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return None
-        await self._response.write(b"")  # aiohttp may hold the head back until the first write
-        if transport.get_write_buffer_size() != 0:
-            return None
-        return os.dup(sock.fileno())
-
-    def abort(self) -> None:
-        """Drop the client connection at once so it never sees the rest (or end) of the body."""
-        transport = self._request.transport
-        if transport is not None:
-            transport.abort()

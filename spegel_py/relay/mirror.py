@@ -6,7 +6,7 @@ up in the router, asks providers with ``X-Spegel-Mirrored: true`` (so they answe
 content only), hedges across them (:mod:`.hedging`), and returns once it has a good answer head,
 so a 404 (containerd then falls back to the next host or upstream) comes before any byte is
 promised. Manifests, HEADs and small blobs are read and verified whole before the client sees
-anything; large blobs are relayed by :mod:`.blobstream` (pooled buffer or kernel pipes), hashed
+anything; large blobs are relayed by :mod:`.stream` (through a pooled buffer), hashed
 as they pass, continued from another provider with ``Range`` if a peer breaks off, and their
 last bytes are held back until the digest checks out: on a mismatch the client connection is
 dropped, so no client ever receives a complete wrong body.
@@ -87,7 +87,6 @@ class MirrorStats:
     corrupt: int = 0
     aborted: int = 0  # client responses killed mid-body (no provider left, or corruption)
     bytes_relayed: int = 0
-    spliced: int = 0  # blob responses relayed through kernel pipes
     last_success: float = 0.0  # wall-clock time of the last request served from a peer
 
 
@@ -118,11 +117,6 @@ class MirrorSettings:
     # loop; bench/relay_bench.py --peer-rate 10gbit, docs/benchmarks.md). It costs ~10 % more
     # CPU per GiB (hand-offs), so a node short of CPU can set 0 (--relay-hash-threads).
     hash_threads: int = 1
-    # Relay whole-blob responses through kernel pipes (splice + tee) where Linux allows; the
-    # bytes are still hashed (from the tee'd copy) and the last chunk still held back. Off by
-    # default: bench/relay_bench.py measured no clear gain over the buffer path on 2 cores
-    # (relay CPU 1.76 vs 1.62 s/GiB), and it writes to the client socket behind aiohttp's back.
-    splice: bool = False
 
 
 class Mirror:

@@ -3,10 +3,10 @@
 Why our own instead of ``aiohttp.ClientSession``: aiohttp's client allocates a fresh ``bytes``
 object for every socket read and queues them in its StreamReader, so it cannot read into a
 caller's buffer. Relaying must read the peer's socket straight into a pooled buffer
-(:mod:`.bufferpool`, ``loop.sock_recv_into``) or splice it into a pipe (:mod:`.splice`) to keep
-memory flat as concurrency grows. The protocol needed is tiny: a GET or HEAD to another
-spegel-py (or Go Spegel) registry, whose answers carry ``Content-Length``; anything else
-(chunked bodies, malformed heads) fails the peer, and the mirror moves on to the next provider.
+(:mod:`.bufferpool`, ``socket.recv_into``) to keep memory flat as concurrency grows. The
+protocol needed is tiny: a GET or HEAD to another spegel-py (or Go Spegel) registry, whose
+answers carry ``Content-Length``; anything else (chunked bodies, malformed heads) fails the
+peer, and the mirror moves on to the next provider.
 
 Connections are kept alive per peer (bounded idle count and age) because dials cost time that a
 mirror request cannot spare; the total number of open peer connections is bounded too.
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import socket
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from spegel_py.errors import PeerDownError, PeerError, PeerTimeoutError, PeerUnreachableError
-from spegel_py.relay import sockio as splice
 from spegel_py.routing.base import Peer
 
 _MAX_HEAD = 16 * 1024  # a registry's response head is a few hundred bytes
@@ -103,40 +101,6 @@ class PeerResponse:
             raise PeerTimeoutError(f"peer silent for {stall_timeout:.3f}s mid-body") from exc
         except OSError as exc:
             raise PeerError(f"peer connection failed mid-body: {exc}") from exc
-
-    @property
-    def has_early(self) -> bool:
-        """True while body bytes that arrived with the head are waiting (read them first)."""
-        return bool(self._early)
-
-    async def splice_to(self, pipe_w: int, n: int, *, stall_timeout: float) -> int:
-        """Move up to ``n`` body bytes from the peer's socket into the (empty) pipe ``pipe_w``.
-
-        Same contract as :meth:`readinto`; call only when :attr:`has_early` is false.
-        """
-        if self._remaining <= 0:
-            return 0
-        if self._conn is None or self._early:
-            raise PeerError("response released, or early bytes not read first")
-        fd = self._conn.sock.fileno()
-        want = min(n, self._remaining)
-        while True:
-            try:
-                moved = os.splice(fd, pipe_w, want, flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
-                break
-            except BlockingIOError:
-                try:
-                    async with asyncio.timeout(stall_timeout):
-                        await splice.wait_fd(fd, write=False)
-                except TimeoutError as exc:
-                    raise PeerTimeoutError(f"peer silent for {stall_timeout:.3f}s mid-body") from exc
-            except OSError as exc:
-                raise PeerError(f"peer connection failed mid-body: {exc}") from exc
-        if moved == 0:
-            raise PeerError(f"peer closed the connection with {self._remaining} body bytes missing")
-        self._remaining -= moved
-        await asyncio.sleep(0)  # bytes were waiting: still let other streams and timers run
-        return moved
 
     async def read_all(self, *, limit: int, stall_timeout: float) -> bytes:
         """Read the whole body (at most ``limit`` bytes, else :class:`PeerError`)."""

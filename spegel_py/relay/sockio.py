@@ -1,102 +1,28 @@
-"""Kernel-side relaying: peer socket -> pipe -> client socket, with a tee'd copy to hash.
+"""Writing relayed bytes to the client: straight into its socket, or through aiohttp.
 
-Why: relaying through a user-space buffer costs two copies per byte (out of the peer's socket,
-into the client's) on top of hashing. ``splice(2)`` moves the bytes between the sockets through
-a pipe without copying them to user space, and ``tee(2)`` duplicates the pipe's contents into a
-second pipe, which is read (one copy) only to hash them. Measured on a busy 2-core machine: a
-bare prototype relayed 1.3-1.8x faster than recv_into + send, but inside the mirror
-(bench/relay_bench.py) the gain was within noise, so the mirror enables it only on request
-(``MirrorSettings.splice``). Linux only; ``tee`` is not in
-:mod:`os`, so it is called from libc through :mod:`ctypes`; where either is unavailable the
-mirror uses the buffer path (:func:`available` says which).
-
-Only raw file descriptors are handled here; waiting for readiness is done with the event loop's
-``add_reader``/``add_writer`` on descriptors that no asyncio transport owns (the client socket is
-``dup``-ed for that reason).
+Why straight into the socket: aiohttp's transport copies whatever the socket does not take at
+once into a buffer of its own, and every ``write`` goes through its writer and flow control; at
+a few thousand chunks per GiB that was a third of the relay's CPU (bench/relay_bench.py).
+:func:`send_all` writes from the pooled buffer with ``os.write`` into a duplicate of the client
+socket (:meth:`ResponseSink.raw_fd`), so each byte is copied once, into the socket; waiting for
+room uses the event loop's ``add_writer`` on that duplicate, which no asyncio transport owns.
+:class:`ResponseSink` is the fallback through aiohttp (TLS, or bytes still queued in the
+transport) and the one way to cut the client off before the body completes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import errno
-import fcntl
 import os
-from collections.abc import Callable
-from functools import cache
+import sys
 
-from spegel_py.errors import SpegelError
-
-_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ exists only from Python 3.10 on some builds
+from aiohttp import web
 
 
-class SpliceUnavailableError(SpegelError):
-    """The kernel or libc cannot splice/tee here; relay through a buffer instead."""
-
-
-@cache
-def _tee() -> Callable[[int, int, int, int], int] | None:
-    if not hasattr(os, "splice"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        tee = libc.tee
-    except (OSError, AttributeError):
-        return None
-    tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
-    tee.restype = ctypes.c_ssize_t
-    typed: Callable[[int, int, int, int], int] = tee
-    return typed
-
-
-def available() -> bool:
-    """True when ``splice`` and ``tee`` can be used."""
-    return _tee() is not None
-
-
-class PipePair:
-    """Two non-blocking pipes of ``size`` bytes: the relay pipe and the tee'd hashing pipe."""
-
-    def __init__(self, size: int) -> None:
-        if not available():
-            raise SpliceUnavailableError("splice/tee not available")
-        fds: list[int] = []
-        try:
-            for _ in range(2):
-                r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                fds += [r, w]
-                fcntl.fcntl(w, _F_SETPIPE_SZ, size)
-        except OSError as exc:
-            for fd in fds:
-                os.close(fd)
-            raise SpliceUnavailableError(f"cannot create pipes of {size} bytes: {exc}") from exc
-        self.relay_r, self.relay_w, self.hash_r, self.hash_w = fds
-        self.size = size
-
-    def tee(self, n: int) -> int:
-        """Duplicate the first ``n`` bytes waiting in the relay pipe into the hashing pipe."""
-        tee = _tee()
-        assert tee is not None
-        done = tee(self.relay_r, self.hash_w, n, 0)
-        if done < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return int(done)
-
-    def read_hash_copy(self, buf: memoryview, n: int) -> None:
-        """Read the ``n`` tee'd bytes into ``buf`` (they are in the pipe already: no waiting)."""
-        got = 0
-        while got < n:
-            got += os.readv(self.hash_r, [buf[got:n]])
-
-    def close(self) -> None:
-        for fd in (self.relay_r, self.relay_w, self.hash_r, self.hash_w):
-            os.close(fd)
-
-
-async def wait_fd(fd: int, *, write: bool) -> None:
-    """Wait until ``fd`` is readable (or writable); the caller bounds the wait with a timeout."""
+async def wait_writable(sock_fd: int, stall_timeout: float | None) -> None:
+    """Wait for room in the client socket; a client that takes none for ``stall_timeout``
+    seconds is treated as gone (``ConnectionResetError``), so it cannot hold a relay forever."""
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
 
@@ -104,36 +30,14 @@ async def wait_fd(fd: int, *, write: bool) -> None:
         if not ready.done():
             ready.set_result(None)
 
-    if write:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
-    try:
-        await ready
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
-async def _wait_writable(sock_fd: int, stall_timeout: float | None) -> None:
-    """Wait for room in the client socket; a client that takes none for ``stall_timeout``
-    seconds is treated as gone (``ConnectionResetError``), so it cannot hold a relay forever."""
+    loop.add_writer(sock_fd, wake)
     try:
         async with asyncio.timeout(stall_timeout):
-            await wait_fd(sock_fd, write=True)
+            await ready
     except TimeoutError as exc:
         raise ConnectionResetError(errno.ETIMEDOUT, "client stopped reading") from exc
-
-
-async def splice_out(pipe_r: int, sock_fd: int, n: int, *, stall_timeout: float | None = None) -> None:
-    """Move exactly ``n`` bytes from ``pipe_r`` into the (non-blocking) socket ``sock_fd``."""
-    while n:
-        try:
-            n -= os.splice(pipe_r, sock_fd, n, flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
-        except BlockingIOError:
-            await _wait_writable(sock_fd, stall_timeout)
+    finally:
+        loop.remove_writer(sock_fd)
 
 
 async def send_all(sock_fd: int, data: memoryview, *, stall_timeout: float | None = None) -> None:
@@ -145,4 +49,51 @@ async def send_all(sock_fd: int, data: memoryview, *, stall_timeout: float | Non
         try:
             data = data[os.write(sock_fd, data) :]
         except BlockingIOError:
-            await _wait_writable(sock_fd, stall_timeout)
+            await wait_writable(sock_fd, stall_timeout)
+
+
+# CPython before 3.12 copies unsent bytes into the transport's own bytearray, so a pooled buffer
+# may be reused as soon as write() returns. Later versions (and other loops) may keep a view of
+# the caller's buffer until it is sent; there we hand the transport a copy instead.
+_TRANSPORT_COPIES = sys.version_info < (3, 12)
+
+
+class ResponseSink:
+    """Writes relayed bytes into an aiohttp response, and can kill it before it completes."""
+
+    def __init__(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        self._request = request
+        self._response = response
+        loop = asyncio.get_running_loop()
+        self._copy = not (_TRANSPORT_COPIES and type(loop).__module__.startswith("asyncio"))
+        self.sent = 0
+
+    async def write(self, data: memoryview) -> None:
+        """Send ``data`` (a pooled buffer's view may be reused once this returns)."""
+        if not data:
+            return
+        await self._response.write(bytes(data) if self._copy else data)
+        self.sent += len(data)
+
+    async def raw_fd(self) -> int | None:
+        """Flush the response head and return a duplicate of the client socket for :func:`send_all`.
+
+        ``None`` when that is not possible (no plain socket, or bytes still queued in the
+        transport); the caller then keeps using :meth:`write`. The caller closes the descriptor.
+        """
+        transport = self._request.transport
+        if transport is None or transport.get_extra_info("sslcontext") is not None:
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        await self._response.write(b"")  # aiohttp may hold the head back until the first write
+        if transport.get_write_buffer_size() != 0:
+            return None
+        return os.dup(sock.fileno())
+
+    def abort(self) -> None:
+        """Drop the client connection at once so it never sees the rest (or end) of the body."""
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()

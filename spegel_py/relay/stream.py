@@ -30,12 +30,13 @@ from spegel_py.errors import (
 )
 from spegel_py.httpx.ranges import parse_range
 from spegel_py.oci.digest import Digest
-from spegel_py.relay import sockio as splice
+from spegel_py.relay import sockio
 from spegel_py.relay.bufferpool import BufferPool
-from spegel_py.relay.hashing import ResponseSink, StreamHasher
+from spegel_py.relay.hashing import StreamHasher
 from spegel_py.relay.hedging import Hedger, Providers
 from spegel_py.relay.peerclient import PeerClient, PeerResponse
 from spegel_py.relay.peerhealth import PeerHealth
+from spegel_py.relay.sockio import ResponseSink
 from spegel_py.routing.base import Peer
 
 if TYPE_CHECKING:  # annotations only: mirror.py imports this module
@@ -106,8 +107,7 @@ class BlobStream:
             await response.prepare(request)
             sink = ResponseSink(request, response)
             try:
-                if not await self._relay_spliced(sink, start, end):
-                    await self._relay_buffered(sink, start, end)
+                await self._relay_buffered(sink, start, end)
             except (IntegrityError, ResumeFailedError, ConnectionError):
                 # The client connection is gone or was cut on purpose: it sees a short body.
                 sink.abort()
@@ -116,68 +116,6 @@ class BlobStream:
             return response
         finally:
             await self.aclose()
-
-    async def _relay_spliced(self, sink: ResponseSink, start: int, end: int) -> bool:
-        """Relay the whole blob through kernel pipes (:mod:`.splice`); False if not possible here."""
-        if not self._settings.splice or (start, end) != (0, self._total) or not splice.available():
-            return False
-        assert self._buffer is not None
-        fd = await sink.raw_fd()
-        if fd is None:
-            return False
-        try:
-            pipes = splice.PipePair(len(self._buffer))
-        except splice.SpliceUnavailableError:
-            os.close(fd)
-            return False
-        self._stats.spliced += 1
-        try:
-            await self._splice_loop(sink, fd, pipes, self._buffer)
-        finally:
-            pipes.close()
-            os.close(fd)
-        return True
-
-    async def _splice_loop(
-        self, sink: ResponseSink, fd: int, pipes: splice.PipePair, buf: memoryview
-    ) -> None:
-        """Per chunk: peer socket -> relay pipe, tee to the hashing pipe, hash, relay pipe -> client.
-
-        The pipes are empty at the top of every iteration, so a peer failure (which can only
-        happen while filling the relay pipe) leaves nothing half-sent: resume at ``pos``.
-        """
-        hasher = StreamHasher(self._digest.hasher(), None)
-        chunk_max = min(pipes.size, len(buf))
-        pos = 0
-        while pos < self._total:
-            try:
-                if self._resp is None:
-                    self._resp = await self._resume(pos)
-                early = self._resp.has_early  # bytes that came with the head: already in user space
-                stall = self._settings.stall_timeout
-                if early:
-                    n = await self._resp.readinto(buf[: self._total - pos], stall_timeout=stall)
-                else:
-                    want = min(chunk_max, self._total - pos)
-                    n = await self._resp.splice_to(pipes.relay_w, want, stall_timeout=stall)
-                    if pipes.tee(n) != n:
-                        raise OSError("tee copied fewer bytes than the pipe holds")
-                    pipes.read_hash_copy(buf, n)
-            except PeerError as exc:
-                if isinstance(exc, ResumeFailedError):
-                    raise
-                self._drop_peer(exc)
-                continue
-            await hasher.update(buf[:n])
-            pos += n
-            if pos == self._total:
-                await self._verify(sink, hasher)
-            if early:
-                await splice.send_all(fd, buf[:n], stall_timeout=stall)
-            else:
-                await splice.splice_out(pipes.relay_r, fd, n, stall_timeout=stall)
-            sink.sent += n
-        self._stats.bytes_relayed += sink.sent
 
     def _drop_peer(self, exc: PeerError) -> None:
         if self._resp is not None:
@@ -212,7 +150,7 @@ class BlobStream:
         stall = self._settings.stall_timeout
 
         async def write(data: memoryview) -> None:
-            await splice.send_all(fd, data, stall_timeout=stall)
+            await sockio.send_all(fd, data, stall_timeout=stall)
             sink.sent += len(data)
 
         try:

@@ -15,12 +15,10 @@ from spegel_py.relay.peerclient import PeerClient, PeerResponse
 from spegel_py.routing.base import Peer
 
 BIG = 3 * 1024 * 1024 + 123  # several relay buffers (64 KiB in tests), not a multiple of them
-# How a large blob moves: through a pooled buffer (hashing on the loop or on a thread), or
-# through kernel pipes (splice + tee).
+# How a large blob moves through its pooled buffer: hashed on the event loop or on a thread.
 RELAY_MODES: dict[str, dict[str, Any]] = {
-    "buffer": {"splice": False, "hash_threads": 0},
-    "buffer-hash-thread": {"splice": False, "hash_threads": 1},
-    "splice": {"splice": True},
+    "buffer": {"hash_threads": 0},
+    "buffer-hash-thread": {"hash_threads": 1},
 }
 
 
@@ -95,7 +93,6 @@ async def test_resume_after_a_peer_dies_mid_blob(
     assert len(body) == len(data)
     assert body == data
     assert mirror.stats.resumed == 1
-    assert mirror.stats.spliced == (1 if mode == "splice" else 0)
     assert healthy.requests[-1][2] is not None and healthy.requests[-1][2].startswith("bytes=")
     resumed_at = int(healthy.requests[-1][2].removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_at <= cut
@@ -133,7 +130,6 @@ async def test_corrupt_blob_never_reaches_the_client_whole(
                 received += chunk
     assert len(received) < len(data)
     assert mirror.stats.corrupt == 1
-    assert mirror.stats.spliced == (1 if mode == "splice" else 0)
     assert mirror.health.avoided(corrupt.peer)
     # Next time the corrupt peer is skipped and the healthy one serves.
     status, body, _ = await get(session, url)
