@@ -106,7 +106,7 @@ async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int) 
         settings=MirrorSettings(hash_threads=hash_threads),
     )
     server = RegistryServer(
-        MemoryStore(), metrics=Metrics(), coordinator=PageCacheCoordinator(), mirror=mirror
+        MemoryStore(), metrics=Metrics(), coordinator=PageCacheCoordinator(), on_miss=mirror
     )
     runner_ = web.AppRunner(server.application(), access_log=None, handle_signals=False, shutdown_timeout=1)
     await runner_.setup()

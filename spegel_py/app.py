@@ -339,7 +339,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     from spegel_py.relay.peerclient import PeerClient
     from spegel_py.relay.peerhealth import PeerHealth
     from spegel_py.routing.advertiser import Advertiser
-    from spegel_py.serving.seam import Mirror as MirrorSeam
+    from spegel_py.serving.seam import MissHandler
 
     metrics = Metrics()
     ProcessCollector(registry=metrics.registry)  # process_resident_memory_bytes and friends
@@ -388,12 +388,12 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         metrics.registry.register(
             StateCollector(state_metrics(router=libp2p, advertiser=advertiser, mirror=mirror, pool=pool))
         )
-        seam: MirrorSeam = mirror if outcomes is None else RecordingMirror(mirror, outcomes)
+        on_miss: MissHandler = mirror if outcomes is None else RecordingMirror(mirror, outcomes)
         server = RegistryServer(
             store,
             metrics=metrics,
             coordinator=coordinator,
-            mirror=seam,
+            on_miss=on_miss,
             router=router,
             store_timeout=settings.store_timeout,
         )

@@ -9,7 +9,7 @@ or in tasks it starts, which inherit the variable):
 - :func:`recording_hook` chains the metrics hook and notes whether the request was served;
 - :class:`RecordingHealth`, the mirror's :class:`PeerHealth`, notes each peer the hedger
   accepted (``record_success``): the one that answered, and any a broken blob stream resumed from;
-- :class:`RecordingMirror`, the server's :class:`~spegel_py.serving.seam.Mirror` seam, times the
+- :class:`RecordingMirror`, the server's :class:`~spegel_py.serving.seam.MissHandler`, times the
   request, reads the body size from its response and adds a :class:`MirrorOutcome`.
 
 ``app.py`` builds them only when ``--debug-web-enabled`` is set.
@@ -28,7 +28,7 @@ from spegel_py.debug.web import MirrorOutcome, RecentOutcomes
 from spegel_py.oci.paths import DistributionPath
 from spegel_py.relay.peerhealth import PeerHealth
 from spegel_py.routing.base import Peer
-from spegel_py.serving.seam import Mirror
+from spegel_py.serving.seam import MissHandler
 
 
 @dataclass(slots=True)
@@ -66,7 +66,7 @@ class RecordingHealth(PeerHealth):
 
 
 class RecordingMirror:
-    """The server's Mirror seam around ``mirror``: every request becomes a :class:`MirrorOutcome`.
+    """The server's MissHandler around ``mirror``: every request becomes a :class:`MirrorOutcome`.
 
     Results: ``hit`` (served by a peer), ``miss`` (no peer could: a 404), ``aborted`` (served, but
     the client connection was dropped before the body ended: a peer broke off with no provider
@@ -75,7 +75,7 @@ class RecordingMirror:
     """
 
     def __init__(
-        self, mirror: Mirror, outcomes: RecentOutcomes, *, clock: Callable[[], float] = time.monotonic
+        self, mirror: MissHandler, outcomes: RecentOutcomes, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._mirror = mirror
         self._outcomes = outcomes

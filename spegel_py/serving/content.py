@@ -13,12 +13,12 @@ import logging
 
 from aiohttp import web
 
-from spegel_py.errors import ContentNotFoundError, RangeNotSatisfiableError
-from spegel_py.httpx.ranges import ByteRange, parse_range
+from spegel_py.errors import ContentNotFoundError
+from spegel_py.httpx.answers import body_head, send_bytes
+from spegel_py.httpx.headers import DIGEST_HEADER
 from spegel_py.metrics import Metrics
 from spegel_py.oci import mediatypes
 from spegel_py.oci.digest import Digest
-from spegel_py.oci.errors import ErrorCode, error_body
 from spegel_py.serving.pagecache import PageCacheCoordinator
 from spegel_py.serving.sendfile import flush, send_range, sendfile_socket
 from spegel_py.store.base import Blob
@@ -39,40 +39,27 @@ async def serve_content(
     metrics: Metrics,
     read_timeout: float,
 ) -> web.StreamResponse:
-    """Answer ``request`` (GET or HEAD) with ``blob``; ``ranged`` enables ``Range`` (blobs only)."""
-    size = blob.size
+    """Answer ``request`` (GET or HEAD) with ``blob``; ``ranged`` enables ``Range`` (blobs only).
+
+    Raises :class:`~spegel_py.errors.RangeNotSatisfiableError` before anything is sent when the
+    client's range selects nothing (the server answers 416).
+    """
     async with asyncio.timeout(read_timeout):
         media_type, whole = await _sniff(blob)
-    headers = {"Content-Type": media_type, "Docker-Content-Digest": str(digest)}
-    byte_range: ByteRange | None = None
+    headers = {"Content-Type": media_type, DIGEST_HEADER: str(digest)}
+    range_header = None
     if ranged:
         headers["Accept-Ranges"] = "bytes"
-        try:
-            byte_range = parse_range(request.headers.get("Range"), size)
-        except RangeNotSatisfiableError:
-            return web.Response(
-                status=416,
-                body=error_body(ErrorCode.RANGE_INVALID),
-                content_type="application/json",
-                headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
-            )
-    start, end, status = 0, size, 200
-    if byte_range is not None:
-        start, end, status = byte_range.start, byte_range.end, 206
-        headers["Content-Range"] = byte_range.content_range()
-    response = web.StreamResponse(status=status, headers=headers)
-    response.content_length = end - start
+        range_header = request.headers.get("Range")
+    head = body_head(blob.size, headers, range_header)
     if request.method == "HEAD":
-        await response.prepare(request)
-        await response.write_eof()
-        return response
+        return await send_bytes(request, head, None)
     if whole is not None:
-        await response.prepare(request)
-        await response.write_eof(whole[start:end])
-        metrics.bytes_served.labels("local").inc(end - start)
-        return response
-    await _send_body(request, response, blob, start, end, coordinator)
-    metrics.bytes_served.labels("local").inc(end - start)
+        response = await send_bytes(request, head, whole)
+    else:
+        response = head.response()
+        await _send_body(request, response, blob, head.start, head.end, coordinator)
+    metrics.bytes_served.labels("local").inc(head.end - head.start)
     return response
 
 

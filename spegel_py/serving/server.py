@@ -5,7 +5,8 @@ endpoint" and "method not allowed", is an OCI JSON error and is counted in the H
 Paths are parsed from the raw request line (:mod:`spegel_py.oci.paths`); store calls are bounded
 by a timeout so a response always starts promptly (containerd waits forever on a silent mirror);
 presence is asked of the store on every request. Content that is missing locally goes to the
-:class:`~spegel_py.serving.seam.Mirror`, if any, unless the request came from a peer.
+:class:`~spegel_py.serving.seam.MissHandler`, if any, unless the request came from a peer.
+Errors become answers in one place, :func:`spegel_py.httpx.answers.answer_for`.
 
 Tags resolve only with ``?ns=<registry>``, which containerd sends to mirrors. skopeo and podman
 (``registries.conf`` mirrors) send no ``ns``, so their tag requests get a 404 and they fall back
@@ -23,22 +24,23 @@ from aiohttp import web
 
 from spegel_py.errors import (
     ContentNotFoundError,
-    InvalidDigestError,
+    ImageNotFoundError,
     InvalidInputError,
-    InvalidNameError,
-    InvalidReferenceError,
     NotFoundError,
+    RangeNotSatisfiableError,
     StoreUnavailableError,
 )
+from spegel_py.httpx.answers import answer_for, oci_error
+from spegel_py.httpx.headers import from_peer
 from spegel_py.metrics import Metrics
 from spegel_py.oci.digest import Digest
-from spegel_py.oci.errors import ErrorCode, error_body
-from spegel_py.oci.paths import DistributionPath, Kind, UnknownPathError, parse_ns, parse_path
+from spegel_py.oci.errors import ErrorCode
+from spegel_py.oci.paths import DistributionPath, Kind, parse_ns, parse_path
 from spegel_py.oci.reference import Reference
 from spegel_py.routing.base import Router
 from spegel_py.serving.content import serve_content
 from spegel_py.serving.pagecache import PageCacheCoordinator
-from spegel_py.serving.seam import MIRRORED_HEADER, Mirror
+from spegel_py.serving.seam import MissHandler
 from spegel_py.store.base import Blob, ContentStore
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ _ALLOW = "GET, HEAD"
 
 
 class RegistryServer:
-    """Builds the aiohttp application that serves ``store`` (and, later, peers through ``mirror``).
+    """Builds the aiohttp application that serves ``store``, and local misses through ``on_miss``.
 
     ``store_timeout`` (seconds) bounds every store call; on expiry the client gets a 503 at once.
     ``router`` only feeds ``/readyz`` here. Nothing is started: ``app.py`` runs :meth:`application`.
@@ -62,14 +64,14 @@ class RegistryServer:
         *,
         metrics: Metrics,
         coordinator: PageCacheCoordinator,
-        mirror: Mirror | None = None,
+        on_miss: MissHandler | None = None,
         router: Router | None = None,
         store_timeout: float = 1.0,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._coordinator = coordinator
-        self._mirror = mirror
+        self._on_miss = on_miss
         self._router = router
         self._timeout = store_timeout
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -129,35 +131,27 @@ class RegistryServer:
             return await self._ready()
         try:
             target = parse_path(request.raw_path)
-        except UnknownPathError as exc:
-            return oci_error(ErrorCode.UNSUPPORTED, str(exc), status=404)
-        except InvalidDigestError as exc:
-            return oci_error(ErrorCode.DIGEST_INVALID, str(exc))
-        except InvalidReferenceError as exc:  # a tag outside the grammar: no such manifest can exist
-            return oci_error(ErrorCode.MANIFEST_UNKNOWN, str(exc))
-        except (InvalidNameError, InvalidInputError) as exc:
-            return oci_error(ErrorCode.NAME_INVALID, str(exc))
-        try:
-            ns = parse_ns(request.query.getall("ns", []))
+            ns = _ns(request)
         except InvalidInputError as exc:
-            return oci_error(ErrorCode.NAME_INVALID, f"invalid ns parameter: {exc}")
+            return answer_for(exc)
         if target.kind is None:
             # The version header is how Docker-era clients recognise a v2 registry.
             return web.json_response({}, headers={"Docker-Distribution-API-Version": "registry/2.0"})
         try:
             return await self._serve(request, target, ns)
+        except RangeNotSatisfiableError as exc:
+            return answer_for(exc, target.kind)
         except (StoreUnavailableError, TimeoutError, OSError) as exc:
             log.warning("content store unavailable", extra={"error": repr(exc), "path": path[:200]})
-            return oci_error(ErrorCode.UNAVAILABLE, "content store unavailable")
+            return answer_for(exc)
 
     async def _serve(
         self, request: web.Request, target: DistributionPath, ns: str | None
     ) -> web.StreamResponse:
-        unknown = ErrorCode.BLOB_UNKNOWN if target.kind is Kind.BLOBS else ErrorCode.MANIFEST_UNKNOWN
         if target.digest is None and ns is None:
             # Without ns a tag names nothing: it could belong to any registry. skopeo and podman
             # send no ns; on this 404 they fall back to the next mirror or upstream.
-            return oci_error(unknown, "a tag lookup needs the ns query parameter")
+            return answer_for(ImageNotFoundError("a tag lookup needs the ns query parameter"), target.kind)
         try:
             digest = target.digest
             if digest is None:
@@ -165,9 +159,9 @@ class RegistryServer:
                 digest = await self._bounded(self._store.resolve(Reference(ns, target.name, target.tag)))
             blob: Blob = await self._bounded(self._store.open(digest))
         except NotFoundError as exc:
-            if self._mirror is not None and request.headers.get(MIRRORED_HEADER, "").lower() != "true":
-                return await self._mirror.serve(request, target, ns)
-            return oci_error(unknown, str(exc) if isinstance(exc, ContentNotFoundError) else unknown.message)
+            if self._on_miss is not None and not from_peer(request.headers):
+                return await self._on_miss.serve(request, target, ns)
+            return answer_for(exc, target.kind)
         async with blob:
             return await serve_content(
                 request,
@@ -184,8 +178,8 @@ class RegistryServer:
             await self._bounded(self._store.stat(_PROBE))
         except ContentNotFoundError:
             pass
-        except (StoreUnavailableError, TimeoutError, OSError):
-            return oci_error(ErrorCode.UNAVAILABLE, "content store unavailable")
+        except (StoreUnavailableError, TimeoutError, OSError) as exc:
+            return answer_for(exc)
         if self._router is not None and not self._router.ready():
             return oci_error(ErrorCode.UNAVAILABLE, "router not ready")
         return web.Response(text="ok")
@@ -195,20 +189,12 @@ class RegistryServer:
             return await call
 
 
-def oci_error(
-    code: ErrorCode,
-    message: str | None = None,
-    *,
-    status: int | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    """An OCI JSON error response (``status`` overrides the code's usual one)."""
-    return web.Response(
-        status=status or code.status,
-        body=error_body(code, message),
-        content_type="application/json",
-        headers=headers,
-    )
+def _ns(request: web.Request) -> str | None:
+    """The ``ns`` query parameter (the upstream registry), validated."""
+    try:
+        return parse_ns(request.query.getall("ns", []))
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"invalid ns parameter: {exc}") from exc
 
 
 def target_kind(raw_path: str) -> Kind | None:

@@ -37,7 +37,7 @@ class Node:
 
 async def start_node(host: str, store: MemoryStore, mirror: Mirror | None) -> Node:
     server = RegistryServer(
-        store, metrics=Metrics(), coordinator=PageCacheCoordinator(settle=0), mirror=mirror
+        store, metrics=Metrics(), coordinator=PageCacheCoordinator(settle=0), on_miss=mirror
     )
     runner = web.AppRunner(server.application(), access_log=None, handle_signals=False, shutdown_timeout=1)
     await runner.setup()

@@ -25,7 +25,7 @@ from spegel_py.oci.digest import Digest
 from spegel_py.oci.reference import Reference
 from spegel_py.routing.base import Router
 from spegel_py.serving.pagecache import PageCacheCoordinator
-from spegel_py.serving.seam import Mirror
+from spegel_py.serving.seam import MissHandler
 from spegel_py.serving.server import RegistryServer
 from spegel_py.store.base import ContentStore, Descriptor, Event, EventKind, Image
 from spegel_py.store.files import FileBlob, blob_path
@@ -178,7 +178,7 @@ async def start_server(
     store: ContentStore,
     *,
     coordinator: PageCacheCoordinator | None = None,
-    mirror: Mirror | None = None,
+    on_miss: MissHandler | None = None,
     router: Router | None = None,
     store_timeout: float = 1.0,
     metrics: Metrics | None = None,
@@ -187,7 +187,7 @@ async def start_server(
         store,
         metrics=metrics or Metrics(),
         coordinator=coordinator or PageCacheCoordinator(settle=0),
-        mirror=mirror,
+        on_miss=on_miss,
         router=router,
         store_timeout=store_timeout,
     )

@@ -1,4 +1,4 @@
-"""The mirror seam, a store that is down or hangs, readiness, and clients that go away."""
+"""The miss-handler seam, a store that is down or hangs, readiness, and clients that go away."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from spegel_py.store.memory import MemoryStore
 Z = "sha256:" + "0" * 64
 
 
-class RecordingMirror:
-    """A Mirror that answers 200 ``peer`` and records what it was asked."""
+class RecordingMissHandler:
+    """A MissHandler that answers 200 ``peer`` and records what it was asked."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[DistributionPath, str | None]] = []
@@ -100,8 +100,8 @@ async def test_local_misses_go_to_the_mirror_unless_a_peer_asked(
     memory: tuple[MemoryStore, Content], target: str, headers: dict[str, str], mirrored: bool
 ) -> None:
     store, _ = memory
-    mirror = RecordingMirror()
-    runner, client = await start_server(store, mirror=mirror)
+    mirror = RecordingMissHandler()
+    runner, client = await start_server(store, on_miss=mirror)
     try:
         got = await client.request("GET", target, headers)
     finally:
@@ -114,8 +114,8 @@ async def test_local_misses_go_to_the_mirror_unless_a_peer_asked(
 
 async def test_present_content_is_never_mirrored(memory: tuple[MemoryStore, Content]) -> None:
     store, content = memory
-    mirror = RecordingMirror()
-    runner, client = await start_server(store, mirror=mirror)
+    mirror = RecordingMissHandler()
+    runner, client = await start_server(store, on_miss=mirror)
     try:
         for target in (f"/v2/x/blobs/{content.layer}", "/v2/test/small/manifests/v1?ns=127.0.0.1%3A5000"):
             got = await client.request("GET", target, {"X-Spegel-Mirrored": "true"})

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
-from regsupport import RawClient, start_server
+from serving.regsupport import RawClient, start_server  # tests/ is on the path (pyproject)
 
 from spegel_py.debug.outcomes import RecordingHealth, RecordingMirror, recording_hook
 from spegel_py.debug.web import MirrorOutcome, RecentOutcomes
@@ -76,7 +76,7 @@ async def setup() -> AsyncIterator[Setup]:
         health=RecordingHealth(),
         on_result=recording_hook(lambda registry, served: verdicts.append((registry, served))),
     )
-    runner, client = await start_server(MemoryStore(), mirror=RecordingMirror(mirror, outcomes))
+    runner, client = await start_server(MemoryStore(), on_miss=RecordingMirror(mirror, outcomes))
     try:
         yield Setup(client, outcomes, verdicts)
     finally:
