@@ -92,7 +92,8 @@ async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int) 
 
     from spegel_py.metrics import Metrics
     from spegel_py.relay.bufferpool import BufferPool
-    from spegel_py.relay.mirror import Mirror, MirrorSettings
+    from spegel_py.relay.mirror import Mirror
+    from spegel_py.relay.settings import MirrorSettings
     from spegel_py.serving.pagecache import PageCacheCoordinator
     from spegel_py.serving.server import RegistryServer
     from spegel_py.store.memory import MemoryStore

@@ -335,9 +335,10 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     from spegel_py.debug.web import RecentOutcomes, debug_routes
     from spegel_py.oci.filters import RegistryFilter
     from spegel_py.relay.bufferpool import BufferPool
-    from spegel_py.relay.mirror import Mirror, MirrorSettings
+    from spegel_py.relay.mirror import Mirror
     from spegel_py.relay.peerclient import PeerClient
     from spegel_py.relay.peerhealth import PeerHealth
+    from spegel_py.relay.settings import MirrorSettings
     from spegel_py.routing.advertiser import Advertiser
     from spegel_py.serving.seam import MissHandler
 

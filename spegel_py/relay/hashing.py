@@ -1,17 +1,17 @@
-"""Moving relayed bytes into the client's response: ordered hashing and the response sink.
+"""Hashing relayed bytes as they pass, in order, optionally on worker threads.
 
-The peer side lives in :mod:`.peerclient`, the orchestration (resume, hold-back, verification)
-in :mod:`.blobstream`. Here: :class:`StreamHasher` hashes a stream's chunks in order (optionally
-on a worker thread), and :class:`ResponseSink` writes pooled-buffer views into an aiohttp
-response safely, hands out the client socket for splicing, and can cut the connection before
-the body completes.
+Every relayed byte is checked against its digest before the client may see the last one
+(:mod:`.stream`). :class:`StreamHasher` hashes one stream's chunks in order; :class:`HashPool`
+owns the worker threads that all streams of one mirror share (``MirrorSettings.hash_threads``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+
+from spegel_py.oci.digest import Digest
 
 
 class StreamHasher:
@@ -62,3 +62,26 @@ class StreamHasher:
         """The digest of everything passed to :meth:`update`, once the last hash finished."""
         await self._finish_pending()
         return self._hasher.hexdigest()
+
+
+class HashPool:
+    """The ``threads`` worker threads relayed blobs are hashed on (0: on the event loop).
+
+    The threads start with the first stream that needs them; :meth:`close` stops them.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._executor: Executor | None = None
+
+    def hasher(self, digest: Digest) -> StreamHasher:
+        """A fresh :class:`StreamHasher` for a stream that must match ``digest``."""
+        if self._threads > 0 and self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="spegel-hash")
+        return StreamHasher(digest.hasher(), self._executor)
+
+    def close(self) -> None:
+        """Stop the threads (waiting for a hash in progress). Idempotent."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

@@ -14,15 +14,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
-from spegel_py.errors import (
-    NoProviderError,
-    PeerCorruptError,
-    PeerDownError,
-    PeerError,
-    PeerTimeoutError,
-    RoutingError,
-)
-from spegel_py.relay.peerhealth import PeerHealth
+from spegel_py.errors import NoProviderError, PeerCorruptError, RoutingError
+from spegel_py.relay.peerhealth import PeerHealth, PeerReporter
 from spegel_py.routing.base import Peer, Router
 
 T = TypeVar("T")
@@ -101,30 +94,27 @@ class Providers:
 class Hedger(Generic[T]):
     """Runs ``attempt(peer)`` over providers with hedging; the first success is returned.
 
-    ``attempt`` raises :class:`PeerError` subclasses for failures; :class:`PeerMissError` and
-    protocol errors record a (peer, key) miss, a failed dial (:class:`PeerDownError`) marks the
-    peer down for every key, :class:`PeerCorruptError` marks the peer avoided; a slow peer
-    (:class:`PeerTimeoutError`) is only left behind, because slowness under load says nothing
-    about whether it holds the content.
+    ``attempt`` raises :class:`~spegel_py.errors.PeerError` subclasses for failures; each
+    outcome goes to ``reporter`` (which says what a failure means for the peer's health).
     ``discard`` releases a result that lost the race (e.g. a second response head).
+    ``started`` and ``corrupt`` count attempts, for the relay's stats.
     """
 
     def __init__(
         self,
         attempt: Callable[[Peer], Coroutine[Any, Any, T]],
         discard: Callable[[T], None],
-        health: PeerHealth,
+        reporter: PeerReporter,
         *,
         hedge_delay: float,
         first_provider_timeout: float,
     ) -> None:
         self._attempt = attempt
         self._discard = discard
-        self._health = health
+        self._reporter = reporter
         self._hedge_delay = hedge_delay
         self._first_provider_timeout = first_provider_timeout
         self.started = 0
-        self.failed: list[Peer] = []
         self.corrupt = 0
 
     async def run(self, providers: Providers) -> tuple[Peer, T]:
@@ -177,26 +167,14 @@ class Hedger(Generic[T]):
                     peer = running.pop(task)
                     exc = task.exception()
                     if exc is None:
-                        self._health.record_success(peer, providers.key)
+                        self._reporter.served(peer, providers.key)
                         return peer, task.result()
-                    self._record_failure(peer, providers.key, exc)
+                    if isinstance(exc, PeerCorruptError):
+                        self.corrupt += 1
+                    self._reporter.failed(peer, providers.key, exc)
                     hedge_at = loop.time()  # a failure makes room for the next peer at once
         finally:
             await self._cancel(running)
-
-    def _record_failure(self, peer: Peer, key: str, exc: BaseException) -> None:
-        self.failed.append(peer)
-        if isinstance(exc, PeerCorruptError):
-            self._health.record_corruption(peer)
-            self.corrupt += 1
-        elif isinstance(exc, PeerTimeoutError):
-            pass
-        elif isinstance(exc, PeerDownError):
-            self._health.record_down(peer)
-        elif isinstance(exc, PeerError):
-            self._health.record_miss(peer, key)
-        else:
-            raise exc
 
     async def _cancel(self, running: dict[asyncio.Task[T], Peer]) -> None:
         if not running:

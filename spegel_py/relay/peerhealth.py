@@ -1,7 +1,7 @@
 """What this node has recently learned about its peers: who lacked a key, who misbehaved.
 
 Why: DHT provider records cannot be deleted, so a lookup keeps naming peers that are dead or
-that lost the content for up to ~19 minutes (REFERENCE.md section 1). Asking them again on every
+that lost the content for up to a record's lifetime (~19 minutes). Asking them again on every
 request would cost a dial timeout each time and make containerd wait. Three short-lived
 memories fix that: a negative cache of ``(peer, key)`` misses (the peer answered 404 or spoke
 nonsense), a set of peers that are down (a dial was refused or timed out: that says the node is
@@ -9,15 +9,20 @@ gone, so it is skipped for *every* key, and a pull of a many-layer image pays th
 once instead of once per layer) and a set of avoided peers (the peer sent bytes that did not
 match their digest). All expire on their own, because a miss is a hint, not a fact: the peer may
 pull the image a second later. Bounded in size so a flood of keys or peers cannot grow memory.
+
+:class:`PeerReporter` is the one place where what happened with a peer (an answer, an error,
+corrupt bytes) becomes an update of these memories; the hedger and the blob stream report
+through it.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TypeVar
 
+from spegel_py.errors import PeerCorruptError, PeerDownError, PeerError, PeerTimeoutError
 from spegel_py.routing.base import Peer
 
 _K = TypeVar("_K", bound=Hashable)
@@ -116,3 +121,38 @@ class PeerHealth:
     def avoided(self, peer: Peer) -> bool:
         """True while ``peer`` is being avoided for having sent corrupt bytes."""
         return self._active(self._avoided, peer)
+
+
+class PeerReporter:
+    """Turns what happened with a peer into :class:`PeerHealth` updates, the same way everywhere.
+
+    A failed dial (:class:`PeerDownError`) marks the peer down for every key; corrupt bytes
+    (:class:`PeerCorruptError`) make it avoided; any other :class:`PeerError` (404, broke off,
+    nonsense) records a (peer, key) miss; a slow peer (:class:`PeerTimeoutError`) is only left
+    behind, because slowness under load says nothing about whether it holds the content.
+    """
+
+    def __init__(self, health: PeerHealth) -> None:
+        self._health = health
+
+    def served(self, peer: Peer, key: str) -> None:
+        """``peer`` answered well for ``key``."""
+        self._health.record_success(peer, key)
+
+    def failed(self, peer: Peer, key: str, exc: BaseException) -> None:
+        """``peer`` failed ``key`` with ``exc``; anything but a :class:`PeerError` is raised again."""
+        if isinstance(exc, PeerCorruptError):
+            self._health.record_corruption(peer)
+        elif isinstance(exc, PeerTimeoutError):
+            pass
+        elif isinstance(exc, PeerDownError):
+            self._health.record_down(peer)
+        elif isinstance(exc, PeerError):
+            self._health.record_miss(peer, key)
+        else:
+            raise exc
+
+    def corrupted(self, peers: Iterable[Peer]) -> None:
+        """Bytes from ``peers`` (together) did not match their digest: avoid each of them."""
+        for peer in peers:
+            self._health.record_corruption(peer)

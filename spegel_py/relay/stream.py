@@ -1,6 +1,6 @@
 """One large blob relayed from peers to a client: resumed on failure, verified, tail held back.
 
-Why its own module: this is the part of the mirror that runs after the response has started,
+Why its own module: this is the part of the relay that runs after the response has started,
 where the only ways left to fail are "continue from another provider" and "cut the connection".
 Bytes are read into one pooled buffer (two halves: one may still be hashed on a worker thread
 while the other receives, see :class:`~spegel_py.relay.hashing.StreamHasher`), hashed, and
@@ -8,6 +8,10 @@ written to the client, except the last piece, which waits until the whole blob's
 out. If a peer breaks off, another provider continues with ``Range: bytes=<offset>-``; the client
 sees one uninterrupted body. If the digest does not match, the client connection is aborted
 before the last byte, so a client never receives a complete wrong body.
+
+The mirror hands a stream over in two frozen objects: the :class:`StreamContext` it built once
+(client, buffer pool, hashing threads, peer reporter, stats, settings) and the
+:class:`StreamStart` of this blob (the winning peer, its open response, the buffer).
 """
 
 from __future__ import annotations
@@ -15,70 +19,65 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from spegel_py.errors import (
-    IntegrityError,
-    NotFoundError,
-    PeerError,
-    PeerMissError,
-    PeerTimeoutError,
-    RangeNotSatisfiableError,
-    ResumeFailedError,
-)
-from spegel_py.httpx.ranges import parse_range
+from spegel_py.errors import IntegrityError, NotFoundError, PeerError, PeerMissError, ResumeFailedError
+from spegel_py.httpx.answers import BodyHead
+from spegel_py.httpx.headers import MIRRORED_HEADER
 from spegel_py.oci.digest import Digest
 from spegel_py.relay import sockio
 from spegel_py.relay.bufferpool import BufferPool
-from spegel_py.relay.hashing import StreamHasher
+from spegel_py.relay.hashing import HashPool, StreamHasher
 from spegel_py.relay.hedging import Hedger, Providers
 from spegel_py.relay.peerclient import PeerClient, PeerResponse
-from spegel_py.relay.peerhealth import PeerHealth
+from spegel_py.relay.peerhealth import PeerReporter
+from spegel_py.relay.settings import MirrorSettings
 from spegel_py.relay.sockio import ResponseSink
+from spegel_py.relay.stats import RelayStats
 from spegel_py.routing.base import Peer
 
-if TYPE_CHECKING:  # annotations only: mirror.py imports this module
-    from spegel_py.relay.mirror import MirrorRequest, MirrorSettings, MirrorStats
 
-MIRRORED_HEADER = "X-Spegel-Mirrored"
+@dataclass(frozen=True, slots=True)
+class StreamContext:
+    """What every blob stream uses of the mirror that started it (one per mirror)."""
+
+    client: PeerClient  # asks other providers to resume
+    pool: BufferPool  # takes the stream's buffer back
+    hashing: HashPool
+    reporter: PeerReporter  # peers that broke off or sent corrupt bytes
+    stats: RelayStats
+    settings: MirrorSettings
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """One blob's winning first answer: from whom, the open response, and the buffer to use."""
+
+    target: str  # the request target, asked again with Range to resume
+    digest: Digest
+    providers: Providers  # the lookup, still open: resumes take peers from it
+    peer: Peer
+    response: PeerResponse  # its head read, its body not yet (content_length is set)
+    buffer: memoryview  # from context.pool; the stream releases it
 
 
 class BlobStream:
-    """A blob whose response head came from ``peer``; :meth:`respond` relays its body."""
+    """A blob whose response head came from a peer; :meth:`respond` relays its body."""
 
-    def __init__(
-        self,
-        *,
-        request: MirrorRequest,
-        digest: Digest,
-        providers: Providers,
-        peer: Peer,
-        resp: PeerResponse,
-        buffer: memoryview,
-        client: PeerClient,
-        pool: BufferPool,
-        health: PeerHealth,
-        settings: MirrorSettings,
-        stats: MirrorStats,
-        hasher: Callable[[Digest], StreamHasher],
-    ) -> None:
-        assert resp.content_length is not None  # checked by the attempt that produced resp
-        self._request = request
-        self._digest = digest
-        self._providers = providers
-        self._peer = peer
-        self._resp: PeerResponse | None = resp
-        self._buffer: memoryview | None = buffer
-        self._client = client
-        self._pool = pool
-        self._health = health
-        self._settings = settings
-        self._stats = stats
-        self._new_hasher = hasher
-        self._total = resp.content_length
-        self._contributors: set[Peer] = {peer}
+    def __init__(self, context: StreamContext, start: StreamStart) -> None:
+        assert start.response.content_length is not None  # checked by the attempt that won
+        self._context = context
+        self._target = start.target
+        self._digest = start.digest
+        self._providers = start.providers
+        self._peer = start.peer
+        self._resp: PeerResponse | None = start.response
+        self._buffer: memoryview | None = start.buffer
+        self._total = start.response.content_length
+        self._contributors: set[Peer] = {start.peer}
 
     async def aclose(self) -> None:
         """Release the peer connection, the buffer and the lookup. Idempotent."""
@@ -86,28 +85,18 @@ class BlobStream:
             self._resp.release()
             self._resp = None
         if self._buffer is not None:
-            self._pool.release(self._buffer)
+            self._context.pool.release(self._buffer)
             self._buffer = None
         await self._providers.aclose()
 
-    async def respond(self, request: web.BaseRequest, headers: dict[str, str]) -> web.StreamResponse:
-        """Relay the blob (or the client's Range of it) into a response for ``request``."""
+    async def respond(self, request: web.BaseRequest, head: BodyHead) -> web.StreamResponse:
+        """Relay bytes ``[head.start, head.end)`` of the blob in a response with ``head``."""
         try:
-            try:
-                selected = parse_range(self._request.range, self._total)
-            except RangeNotSatisfiableError:
-                return web.Response(status=416, headers={"Content-Range": f"bytes */{self._total}"})
-            headers = dict(headers)
-            start, end, status = 0, self._total, 200
-            if selected is not None:
-                start, end, status = selected.start, selected.end, 206
-                headers["Content-Range"] = selected.content_range()
-            response = web.StreamResponse(status=status, headers=headers)
-            response.content_length = end - start
+            response = head.response()
             await response.prepare(request)
             sink = ResponseSink(request, response)
             try:
-                await self._relay_buffered(sink, start, end)
+                await self._relay_direct(sink, head.start, head.end)
             except (IntegrityError, ResumeFailedError, ConnectionError):
                 # The client connection is gone or was cut on purpose: it sees a short body.
                 sink.abort()
@@ -121,33 +110,25 @@ class BlobStream:
         if self._resp is not None:
             self._resp.release()
             self._resp = None
-        if not isinstance(exc, PeerTimeoutError):
-            self._health.record_miss(self._peer, self._providers.key)
+        self._context.reporter.failed(self._peer, self._providers.key, exc)
 
     async def _verify(self, sink: ResponseSink, hasher: StreamHasher) -> None:
         """Raise :class:`IntegrityError` (after cutting the client off) unless the digest matches."""
         if await hasher.hexdigest() == self._digest.hex:
             return
-        self._stats.corrupt += 1
-        self._stats.aborted += 1
-        for peer in self._contributors:
-            self._health.record_corruption(peer)
+        self._context.stats.stream_corrupt()
+        self._context.reporter.corrupted(self._contributors)
         sink.abort()
         raise IntegrityError(f"relayed bytes do not match {self._digest}")
 
-    async def _relay_buffered(self, sink: ResponseSink, start: int, end: int) -> None:
-        """:meth:`_relay` writing straight into (a duplicate of) the client socket where it can.
-
-        Why: aiohttp's transport copies whatever the socket does not take at once into a
-        buffer of its own, and every ``write`` goes through its writer and flow control; at a
-        few thousand chunks per GiB that was a third of the relay's CPU (bench/relay_bench.py).
-        ``os.write`` from the pooled buffer copies each byte once, into the socket.
-        """
+    async def _relay_direct(self, sink: ResponseSink, start: int, end: int) -> None:
+        """:meth:`_relay` writing straight into (a duplicate of) the client socket where it can
+        (:func:`spegel_py.relay.sockio.send_all`; the module says why), else through aiohttp."""
         fd = await sink.raw_fd()
         if fd is None:
             await self._relay(sink, start, end, sink.write)
             return
-        stall = self._settings.stall_timeout
+        stall = self._context.settings.stall_timeout
 
         async def write(data: memoryview) -> None:
             await sockio.send_all(fd, data, stall_timeout=stall)
@@ -167,12 +148,13 @@ class BlobStream:
     ) -> None:
         """Send bytes ``[start, end)`` of the blob with ``write``; read (and hash) all of it."""
         assert self._buffer is not None
-        hasher = self._new_hasher(self._digest)
+        hasher = self._context.hashing.hasher(self._digest)
         if hasher.offloaded:  # one half may still be read by the hashing thread
             half = len(self._buffer) // 2
             halves = (self._buffer[:half], self._buffer[half : 2 * half])
         else:
             halves = (self._buffer, self._buffer)
+        stall = self._context.settings.stall_timeout
         turn = 0
         pos = 0
         held = b""
@@ -181,9 +163,7 @@ class BlobStream:
             try:
                 if self._resp is None:
                     self._resp = await self._resume(pos)
-                n = await self._resp.readinto(
-                    buf[: self._total - pos], stall_timeout=self._settings.stall_timeout
-                )
+                n = await self._resp.readinto(buf[: self._total - pos], stall_timeout=stall)
             except PeerError as exc:
                 if isinstance(exc, ResumeFailedError):
                     raise
@@ -205,17 +185,18 @@ class BlobStream:
             pos += n
         await self._verify(sink, hasher)
         await write(memoryview(held))
-        self._stats.bytes_relayed += sink.sent
+        self._context.stats.relayed(sink.sent)
 
     async def _resume(self, pos: int) -> PeerResponse:
         """A response from another provider starting at blob offset ``pos``."""
-        settings = self._settings
-        self._stats.resumed += 1
+        context = self._context
+        settings = context.settings
+        context.stats.stream_resumed()
         self._providers.rewind(exclude={self._peer})
         hedger: Hedger[PeerResponse] = Hedger(
             self._range_attempt(pos),
             PeerResponse.release,
-            self._health,
+            context.reporter,
             hedge_delay=settings.hedge_delay,
             first_provider_timeout=settings.first_provider_timeout,
         )
@@ -223,19 +204,19 @@ class BlobStream:
             async with asyncio.timeout(settings.resume_deadline):
                 peer, resp = await hedger.run(self._providers)
         except (TimeoutError, NotFoundError) as exc:
-            self._stats.aborted += 1
+            context.stats.resume_failed()
             raise ResumeFailedError(f"no provider to resume {self._digest} at byte {pos}") from exc
         self._peer = peer
         self._contributors.add(peer)
         return resp
 
     def _range_attempt(self, pos: int) -> Callable[[Peer], Coroutine[Any, Any, PeerResponse]]:
-        settings, r, total = self._settings, self._request, self._total
-        target = f"/v2/{r.name}/blobs/{r.reference}" + (f"?ns={r.registry}" if r.registry else "")
+        client, settings = self._context.client, self._context.settings
+        target, total = self._target, self._total
         expected = f"bytes {pos}-{total - 1}/{total}"
 
         async def attempt(peer: Peer) -> PeerResponse:
-            resp = await self._client.request(
+            resp = await client.request(
                 peer,
                 "GET",
                 target,

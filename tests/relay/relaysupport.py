@@ -20,10 +20,14 @@ import aiohttp
 from aiohttp import web
 
 from spegel_py.errors import NotFoundError
+from spegel_py.httpx.answers import answer_for
+from spegel_py.oci.paths import Kind
 from spegel_py.relay.bufferpool import BufferPool
-from spegel_py.relay.mirror import Mirror, MirrorRequest, MirrorSettings
+from spegel_py.relay.mirror import Mirror
 from spegel_py.relay.peerclient import PeerClient
 from spegel_py.relay.peerhealth import PeerHealth
+from spegel_py.relay.request import MirrorRequest
+from spegel_py.relay.settings import MirrorSettings
 from spegel_py.routing.base import Peer
 
 
@@ -209,9 +213,9 @@ class Front:
         started = time.perf_counter()
         try:
             result = await self.mirror.fetch(mirror_request)
-        except NotFoundError:
+        except NotFoundError as exc:
             self.answer_times.append(time.perf_counter() - started)
-            return web.Response(status=404, text='{"errors":[{"code":"BLOB_UNKNOWN"}]}')
+            return answer_for(exc, Kind(kind))
         self.answer_times.append(time.perf_counter() - started)
         return await result.respond(request)
 

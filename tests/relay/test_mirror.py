@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -317,11 +318,13 @@ async def test_client_ranges(
         cluster.session(), f"{front.url}/v2/a/blobs/{digest}", headers={"Range": header}
     )
     assert got == status
+    if status == 416:  # an OCI error body, as local content answers
+        assert headers["Content-Range"] == f"bytes */{size}"
+        assert json.loads(body)["errors"][0]["code"] == "RANGE_INVALID"
+        return
     assert body == data[piece]
     if status == 206:
         assert headers["Content-Range"].endswith(f"/{size}")
-    if status == 416:
-        assert headers["Content-Range"] == f"bytes */{size}"
 
 
 @pytest.mark.parametrize(
@@ -340,8 +343,9 @@ async def test_registry_filters_and_result_hook(
     from relaysupport import FakeRouter, Front
 
     from spegel_py.oci.filters import RegistryFilter
-    from spegel_py.relay.mirror import Mirror, MirrorSettings
+    from spegel_py.relay.mirror import Mirror
     from spegel_py.relay.peerclient import PeerClient
+    from spegel_py.relay.settings import MirrorSettings
 
     data = blob(500)
     digest = digest_of(data)

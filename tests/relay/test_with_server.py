@@ -15,8 +15,9 @@ from relaysupport import Cluster, FakeRouter
 from spegel_py.metrics import Metrics
 from spegel_py.oci.digest import Digest
 from spegel_py.relay.bufferpool import BufferPool
-from spegel_py.relay.mirror import Mirror, MirrorSettings
+from spegel_py.relay.mirror import Mirror
 from spegel_py.relay.peerclient import PeerClient
+from spegel_py.relay.settings import MirrorSettings
 from spegel_py.routing.base import Peer
 from spegel_py.serving.pagecache import PageCacheCoordinator
 from spegel_py.serving.server import RegistryServer

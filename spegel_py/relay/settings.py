@@ -1,0 +1,38 @@
+"""The relay's tuning, in one frozen dataclass that the mirror, its attempts and streams share.
+
+``app.py`` fills it from the command line (``spegel_py/settings.py`` holds the flags); tests and
+benchmarks build it directly. Every time is in seconds, every size in bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSettings:
+    """Mirror tuning; every time is in seconds."""
+
+    resolve_tags: bool = True  # let peers resolve tags at all
+    resolve_latest: bool = False  # ... including ``:latest`` (off: it moves the most)
+    lookup_limit: int = 4  # providers asked from the router per key
+    # Wait this long for the router's first (or, once all failed, next) provider; Go Spegel's
+    # --mirror-resolve-timeout defaults to 20ms too.
+    first_provider_timeout: float = 0.02
+    hedge_delay: float = 0.03  # start another peer if none answered within this (~p80 on a LAN)
+    dial_timeout: float = 0.2  # TCP connect to a peer
+    # From request sent to response head, per peer. Slow peers are hedged around, not dropped:
+    # by default an attempt may take the whole deadline (a busy peer is still a good peer).
+    first_byte_timeout: float = 2.5
+    deadline: float = 2.5  # whole answer for a manifest/HEAD, head of a blob (containerd: 3 s cap)
+    stall_timeout: float = 3.0  # a blob stream silent this long is resumed elsewhere
+    resume_deadline: float = 3.0  # bound on finding a provider to resume from
+    max_buffered: int = 4 * 1024 * 1024  # manifests larger than this are refused
+    small_blob: int = 64 * 1024  # blobs up to this size are verified before anything is sent
+    buffer_timeout: float = 1.0  # wait for a relay buffer before refusing (404 -> upstream)
+    # Threads hashing relayed blobs next to the event loop (0: hash on the loop). sha256 is two
+    # thirds of the relay's CPU (py-spy), so one thread lets a relay use a second core: with a
+    # peer behind a 10 Gbit/s link, relay 0.87-0.92x a direct GET (0.72-0.77x hashing on the
+    # loop; bench/relay_bench.py --peer-rate 10gbit, docs/benchmarks.md). It costs ~10 % more
+    # CPU per GiB (hand-offs), so a node short of CPU can set 0 (--relay-hash-threads).
+    hash_threads: int = 1

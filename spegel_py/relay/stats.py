@@ -1,0 +1,58 @@
+"""The relay's counters, and the only code that changes them.
+
+The metrics layer reads these plain attributes at scrape time (``app.py``), so this module
+knows nothing about Prometheus; the mirror and its blob streams report events through the
+methods, never by writing the attributes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """Counters of the relay (read, never reset); changed only through the methods below."""
+
+    requests: int = 0
+    served: int = 0
+    not_found: int = 0
+    hedged: int = 0  # extra parallel attempts started beyond the first
+    resumed: int = 0
+    corrupt: int = 0
+    aborted: int = 0  # client responses killed mid-body (no provider left, or corruption)
+    bytes_relayed: int = 0  # body bytes sent to clients from peers (the served bytes, source=peer)
+    last_success: float = 0.0  # wall-clock time of the last request served from a peer
+
+    def request_started(self) -> None:
+        self.requests += 1
+
+    def request_finished(self, *, served: bool) -> None:
+        """A request found a peer's answer (``served``) or ended in a 404."""
+        if served:
+            self.served += 1
+            self.last_success = time.time()
+        else:
+            self.not_found += 1
+
+    def attempts_raced(self, *, started: int, corrupt: int) -> None:
+        """One race over providers ended: ``started`` attempts, ``corrupt`` of them caught lying."""
+        self.hedged += max(0, started - 1)
+        self.corrupt += corrupt
+
+    def relayed(self, nbytes: int) -> None:
+        """``nbytes`` of body went to a client (once per response, never per chunk)."""
+        self.bytes_relayed += nbytes
+
+    def stream_resumed(self) -> None:
+        self.resumed += 1
+
+    def resume_failed(self) -> None:
+        """No provider could continue a broken stream: the client response was cut."""
+        self.aborted += 1
+
+    def stream_corrupt(self) -> None:
+        """A stream's bytes did not match its digest: the client response was cut."""
+        self.corrupt += 1
+        self.aborted += 1
