@@ -2,7 +2,8 @@
 
 Foreign exceptions (grpc, OSError, aiohttp, libp2p) are translated into these types once, at the
 boundary where they occur (``raise X(...) from exc``), so the rest of the code matches failures by
-type and never by message. This module imports nothing from the project or third parties.
+type and never by message. The HTTP answer each type gets is chosen in one place,
+``spegel_py/httpx/answers.py``. This module imports nothing from the project or third parties.
 """
 
 from __future__ import annotations

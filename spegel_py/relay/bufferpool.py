@@ -1,9 +1,10 @@
 """A bounded pool of reusable byte buffers for relaying peers' bytes.
 
-Why: Spegel's memory grew with concurrency (SEEDS.md, report 5). Every relayed stream here reads
-the peer's socket into one of ``count`` preallocated buffers of ``size`` bytes and writes from
-it, so the relay's memory is ``count * size`` however many streams run; when every buffer is in
-use, a new stream waits (bounded) instead of allocating. Counters are plain attributes so the
+Why: the relay's memory must not grow with the number of concurrent streams (a burst of pulls
+would otherwise grow the pod until it is OOM-killed). Every relayed stream reads the peer's
+socket into one of ``count`` preallocated buffers of ``size`` bytes and writes from it, so the
+relay's memory is ``count * size`` however many streams run; when every buffer is in use, a new
+stream waits (bounded) instead of allocating. Counters are plain attributes so the
 metrics layer can export them without this module knowing about Prometheus.
 """
 

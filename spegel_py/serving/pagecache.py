@@ -1,4 +1,4 @@
-"""Keep the page cache that serving charges to our cgroup bounded (field report 5 in SEEDS.md).
+"""Keep the page cache that serving charges to our memory cgroup bounded.
 
 Every page ``sendfile`` reads is charged to this process's memory cgroup, so serving a few large
 layers would grow the pod's "memory" by gigabytes. A stream therefore drops the pages it has

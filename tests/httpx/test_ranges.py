@@ -1,4 +1,4 @@
-"""Range header parsing as RFC 9110 asks (the HTTP-level table is in test_server.py)."""
+"""Range header parsing as RFC 9110 asks (the HTTP-level table is in tests/serving/test_server.py)."""
 
 from __future__ import annotations
 
