@@ -26,10 +26,9 @@ from spegel_py.errors import ConfigurationError, RoutingError, SpegelError
 from spegel_py.metrics import Metrics, StateCollector, counter, gauge
 from spegel_py.registry.pagecache import PageCacheCoordinator
 from spegel_py.registry.server import RegistryServer
-from spegel_py.routing.base import Peer, Router
+from spegel_py.routing.base import RECORD_LIFETIME, Peer, Router
 from spegel_py.routing.bootstrap.http import id_document
 from spegel_py.settings import (
-    RECORD_LIFETIME,
     CleanupSettings,
     CleanupWaitSettings,
     ConfigurationSettings,

@@ -14,6 +14,10 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+# Spegel's provider-record timing, defined once here for the router, the settings and the tests.
+RECORD_LIFETIME = 19 * 60.0  # seconds a provider record stays valid at the peers that store it
+REPROVIDE_INTERVAL = 15 * 60.0  # seconds between re-sends of a node's records; below RECORD_LIFETIME
+
 
 @dataclass(frozen=True, slots=True)
 class Peer:

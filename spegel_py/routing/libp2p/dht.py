@@ -30,7 +30,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from spegel_py.errors import RoutingError
-from spegel_py.routing.base import Peer
+from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL, Peer
 from spegel_py.routing.libp2p import wire
 from spegel_py.routing.libp2p.host import TrackedTCP, dial, split_p2p
 from spegel_py.routing.libp2p.keys import kad_id
@@ -53,8 +53,8 @@ class DhtOptions:
 
     k: int = 20  # peers that store each record (Kademlia's bucket size)
     alpha: int = 3  # requests in flight per lookup
-    record_ttl: float = 19 * 60.0  # seconds a received record stays valid (Spegel: 19 min)
-    reprovide_interval: float = 15 * 60.0  # seconds between re-sends of our records (Spegel: 15 min)
+    record_ttl: float = RECORD_LIFETIME  # seconds a received record stays valid
+    reprovide_interval: float = REPROVIDE_INTERVAL  # seconds between re-sends of our records
     refresh_interval: float = 30.0  # seconds between FIND_NODE walks that learn new peers
     request_timeout: float = 2.0  # seconds one GET_PROVIDERS / FIND_NODE may take
     streams_per_peer: int = 4  # long-lived request streams per peer

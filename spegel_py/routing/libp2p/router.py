@@ -18,7 +18,7 @@ from typing import Protocol
 import trio
 
 from spegel_py.errors import RoutingError
-from spegel_py.routing.base import Peer
+from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL, Peer
 from spegel_py.routing.libp2p.bridge import TrioThread
 from spegel_py.routing.libp2p.dht import DhtNode, DhtOptions
 from spegel_py.routing.libp2p.host import TrackedTCP, build_host, listen_addrs, peer_id_of
@@ -51,8 +51,8 @@ class Libp2pRouter:
         registry_port: int,
         bootstrap: Bootstrapper | None = None,
         alone: bool = False,
-        record_ttl: float = 19 * 60.0,
-        reprovide_interval: float = 15 * 60.0,
+        record_ttl: float = RECORD_LIFETIME,
+        reprovide_interval: float = REPROVIDE_INTERVAL,
         lookup_timeout: float = 2.0,
         cache_ttl: float = 5.0,
         bootstrap_interval: float = 10.0,
