@@ -11,11 +11,12 @@ import pytest
 
 from spegel_py.errors import ConfigurationError
 from spegel_py.routing.libp2p import wire
+from spegel_py.routing.libp2p.addrs import addr_ip, addr_port, tcp_addr
 from spegel_py.routing.libp2p.host import peer_id_of
 from spegel_py.routing.libp2p.identity import load_or_create_seed
 from spegel_py.routing.libp2p.keys import cid, kad_id, multihash
 from spegel_py.routing.libp2p.providers import ProviderStore
-from spegel_py.routing.libp2p.table import RoutingTable, addr_ip, addr_port, tcp_addr
+from spegel_py.routing.libp2p.table import RoutingTable
 
 KEYS = [
     "sha256:b5b2b2c507a0944348e0303114d8d93aaaa081732b86451d9bce1f432a537bc7",
@@ -159,7 +160,7 @@ def test_unspecified_addresses_have_no_ip() -> None:
 def test_routing_table_orders_by_xor_distance() -> None:
     table = RoutingTable(b"self")
     for i in range(30):
-        table.add(f"peer{i}".encode(), f"p{i}", ())
+        table.add(f"peer{i}".encode(), f"p{i}")
     target = kad_id(b"key")
     closest = table.closest(target, 20)
     want = sorted((kad_id(f"peer{i}".encode()) ^ target, f"peer{i}".encode()) for i in range(30))[:20]
