@@ -24,12 +24,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from spegel_py.errors import ConfigurationError, RoutingError, SpegelError
 from spegel_py.metrics import Metrics, StateCollector, counter, gauge
-from spegel_py.routing.base import Peer, Router
+from spegel_py.routing.base import RECORD_LIFETIME, Peer, Router
 from spegel_py.routing.bootstrap.http import id_document
 from spegel_py.serving.pagecache import PageCacheCoordinator
 from spegel_py.serving.server import RegistryServer
 from spegel_py.settings import (
-    RECORD_LIFETIME,
     CleanupSettings,
     CleanupWaitSettings,
     ConfigurationSettings,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from spegel_py.errors import ConfigurationError
+from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL
 
 S = TypeVar("S")
 
@@ -89,9 +90,6 @@ def parse_buffer_size(value: str) -> int:
     if size < 64 << 10:
         raise ValueError(f"must be at least 64KiB: {value!r}")
     return size
-
-
-RECORD_LIFETIME = 19 * 60.0  # seconds a provider record is valid at the peers that store it (Spegel's)
 
 
 def parse_reprovide_interval(value: str) -> float:
@@ -252,7 +250,7 @@ class RegistrySettings:
         "(spegel-py) Threads hashing relayed bytes next to the event loop; 0 hashes on the loop (less "
         "CPU per GiB, about 20 % lower relay throughput, see docs/benchmarks.md).", parse_int)
     reprovide_interval: float = option(
-        "--reprovide-interval", "REPROVIDE_INTERVAL", 15 * 60.0,
+        "--reprovide-interval", "REPROVIDE_INTERVAL", REPROVIDE_INTERVAL,
         "(spegel-py) Time between re-sends of this node's provider records (Go duration; Spegel's is a "
         "fixed 15m). Must stay below the 19m the records are valid.", parse_reprovide_interval)
     store_timeout: float = option("--store-timeout", "STORE_TIMEOUT", 2.0,

@@ -10,9 +10,9 @@ without content-delete events, a pull emits a burst of content events before its
 and a reconnect may lose events (the store then yields ``RESYNC``). So events only say *that*
 something changed; every batch re-lists the images (one cheap call), re-walks the images that
 are new, named in an image event, moved to another root or lost a blob, and bursts are
-debounced into one batch. After an
-image delete or update the whole node is re-checked a few times (GC runs later), and
-periodically anyway, so nothing stays advertised that the node can no longer serve.
+debounced into one batch. After an image delete or update the whole node is re-checked a few
+times (containerd's GC runs after the event), and periodically anyway, so nothing stays
+advertised that the node can no longer serve.
 """
 
 from __future__ import annotations

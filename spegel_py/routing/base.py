@@ -5,7 +5,10 @@ exactly the strings Spegel advertises. Implementations: :mod:`.memory` (tests) a
 :mod:`.libp2p` (the Spegel-compatible Kademlia DHT). Both pass ``tests/conformance/test_router.py``.
 
 Provider records are hints (DHT records cannot be deleted, only left to expire), so callers treat
-every peer a lookup yields as possibly stale.
+every peer a lookup yields as possibly stale. Their lifetime and the reprovide interval that keeps
+them alive are defined here once. The :class:`Bootstrapper` Protocol (how a joining node finds its
+first peers) is here too, between its implementations in ``routing/bootstrap/`` and the libp2p
+router that calls it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+# Spegel's provider-record timing, defined once here for the router, the settings and the tests.
+RECORD_LIFETIME = 19 * 60.0  # seconds a provider record stays valid at the peers that store it
+REPROVIDE_INTERVAL = 15 * 60.0  # seconds between re-sends of a node's records; below RECORD_LIFETIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,4 +61,20 @@ class Router(Protocol):
 
     async def close(self) -> None:
         """Stop reproviding, close connections and threads. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class Bootstrapper(Protocol):
+    """Finds the first peers of a node that is joining the DHT (``routing/bootstrap/`` holds the
+    kinds: static list, DNS, HTTP ``/id``, Kubernetes)."""
+
+    async def peers(self) -> list[str]:
+        """Multiaddr strings to dial, with or without ``/p2p/<id>`` (ids are learned on dial); may
+        be empty.
+
+        Raises a :class:`~spegel_py.errors.SpegelError` (``RoutingError`` when the source cannot
+        be asked, ``ConfigurationError`` when it is set up wrong): the router logs it and asks
+        again at its next round. Any other exception is a bug, and stops the router.
+        """
         ...

@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL
 from spegel_py.routing.libp2p.router import Libp2pRouter
 
 
@@ -55,8 +56,8 @@ async def main() -> None:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--bootstrap", nargs="*", default=[])
     ap.add_argument("--registry-port", type=int, default=5000)
-    ap.add_argument("--record-ttl", type=float, default=19 * 60.0)
-    ap.add_argument("--reprovide", type=float, default=15 * 60.0)
+    ap.add_argument("--record-ttl", type=float, default=RECORD_LIFETIME)
+    ap.add_argument("--reprovide", type=float, default=REPROVIDE_INTERVAL)
     ap.add_argument("--lookup-timeout", type=float, default=2.0)
     ap.add_argument("--cache-ttl", type=float, default=5.0)
     args = ap.parse_args()

@@ -1,6 +1,7 @@
 """Bootstrap: where a starting node finds its first DHT peers.
 
-Every kind answers one question, :meth:`Bootstrapper.peers`: a few multiaddrs to dial. A
+Every kind answers one question, :meth:`~spegel_py.routing.base.Bootstrapper.peers`: a few
+multiaddrs to dial (the Protocol lives in :mod:`spegel_py.routing.base`, beside the router). A
 multiaddr may lack ``/p2p/<id>`` (DNS and Kubernetes only know IPs): the DHT learns the peer id
 during the Noise handshake when it dials. Kinds, chosen by ``--bootstrap-kind``:
 
@@ -19,24 +20,14 @@ pay for it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from spegel_py.errors import ConfigurationError
+from spegel_py.routing.base import Bootstrapper
 from spegel_py.routing.bootstrap.dns import DNSBootstrapper
 from spegel_py.routing.bootstrap.http import HTTPBootstrapper, id_document, parse_id_document
 from spegel_py.routing.bootstrap.kubernetes import KubernetesBootstrapper
 from spegel_py.routing.bootstrap.static import StaticBootstrapper
-
-
-@runtime_checkable
-class Bootstrapper(Protocol):
-    """Finds peers for a node that is joining the DHT."""
-
-    async def peers(self) -> list[str]:
-        """Multiaddr strings to dial (``/p2p/<id>`` optional). May be empty; raises ``RoutingError``
-        when the source cannot be asked (the router retries later)."""
-        ...
-
 
 KINDS = ("", "static", "dns", "http", "kubernetes")
 

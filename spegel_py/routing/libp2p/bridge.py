@@ -5,6 +5,11 @@ cross over an anyio blocking portal: ``start_task_soon`` hands a coroutine to th
 returns a ``concurrent.futures.Future`` that asyncio wraps. Starting and stopping the thread are
 done in a short-lived helper thread and awaited, so they do not block the loop either (joining
 the trio thread can take a few hundred milliseconds while py-libp2p winds down).
+
+The thread is ours rather than anyio's ``start_blocking_portal``, which drops the exception that
+ends its loop: :meth:`TrioThread.ended` reports how the trio loop ended, so the router can tell
+that its thread died (a task raising a ``BaseException`` such as ``SystemExit`` brings the
+portal's task group, and with it the loop, down).
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+import anyio
+from anyio.from_thread import BlockingPortal
 
 from spegel_py.errors import RoutingError
 
@@ -27,14 +33,41 @@ class TrioThread:
 
     def __init__(self, *, name: str = "spegel-libp2p") -> None:
         self._name = name
-        self._cm: AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+        self._ended: Future[None] = Future()
 
     def start(self) -> None:
         """Start the thread, blocking until trio runs (a few milliseconds; see :meth:`astart`)."""
-        cm = start_blocking_portal(backend="trio", name=self._name)
-        self._portal = cm.__enter__()
-        self._cm = cm
+        ready: Future[BlockingPortal] = Future()
+        ended: Future[None] = Future()
+        ended.set_running_or_notify_cancel()  # only the thread completes it; nobody may cancel it
+
+        async def serve_portal() -> None:
+            async with BlockingPortal() as portal:
+                ready.set_result(portal)
+                await portal.sleep_until_stopped()
+
+        def run() -> None:
+            try:
+                anyio.run(serve_portal, backend="trio")
+            except BaseException as exc:  # reported through `ended`; the thread itself just ends
+                if not ready.done():
+                    ready.set_exception(exc)
+                ended.set_exception(exc)
+            else:
+                if not ready.done():
+                    ready.set_exception(RoutingError("the trio loop ended before it started"))
+                ended.set_result(None)
+
+        thread = threading.Thread(target=run, name=self._name, daemon=True)
+        thread.start()
+        try:
+            self._portal = ready.result()
+        except BaseException:
+            thread.join()
+            raise
+        self._thread, self._ended = thread, ended
 
     async def astart(self) -> None:
         await _off_loop(self.start, f"{self._name}-start")
@@ -45,6 +78,11 @@ class TrioThread:
             raise RoutingError("libp2p thread is not running")
         return self._portal
 
+    def ended(self) -> Future[None]:
+        """Done when the trio loop has ended: with None after :meth:`stop`, else with the exception
+        that ended it. Pending until the thread starts and while it runs."""
+        return self._ended
+
     def submit(self, fn: Callable[..., Awaitable[T]], *args: Any) -> asyncio.Future[T]:
         """Start ``fn(*args)`` in the trio thread; the asyncio future cancels the trio task."""
         return asyncio.wrap_future(self.portal.start_task_soon(fn, *args))
@@ -53,10 +91,17 @@ class TrioThread:
         return await self.submit(fn, *args)
 
     def stop(self) -> None:
-        """Stop the portal and join the thread (blocking; see :meth:`astop`)."""
-        cm, self._cm, self._portal = self._cm, None, None
-        if cm is not None:
-            cm.__exit__(None, None, None)
+        """Stop the portal (its running tasks may finish) and join the thread (blocking; see
+        :meth:`astop`). Also joins a thread whose loop already ended on its own."""
+        portal, thread = self._portal, self._thread
+        self._portal = self._thread = None
+        if portal is not None:
+            try:
+                portal.call(portal.stop, False)
+            except RuntimeError:  # the loop has already ended (trio.RunFinishedError included)
+                pass
+        if thread is not None:
+            thread.join()
 
     async def astop(self) -> None:
         await _off_loop(self.stop, f"{self._name}-stop")

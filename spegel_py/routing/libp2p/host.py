@@ -2,8 +2,8 @@
 
 TCP only, Noise only (py-libp2p offers plaintext, secio and TLS by default; Go Spegel speaks
 Noise), Yamux only (py-libp2p's mplex broke under load), an Ed25519 identity, and at most one
-connection per peer: with more, py-libp2p waits a 250 ms happy-eyeballs delay after every
-successful dial (REFERENCE section 5). Everything here runs in the trio thread.
+connection per peer: with more, py-libp2p's ``Swarm.dial_peer`` waits its 250 ms happy-eyeballs
+delay after every successful dial. Everything here runs in the trio thread.
 
 Dialing a bare address (DNS bootstrap gives IPs, not peer ids) needs the remote's id before
 py-libp2p's swarm can dial it; Noise learns it during the handshake, so :func:`dial` performs the

@@ -2,8 +2,14 @@
 
 The libp2p host and the DHT (:mod:`.dht`) live in a trio thread (:mod:`.bridge`); this class is
 the asyncio face: it translates keys (:mod:`.keys`), shares lookups (:mod:`.lookups`), and runs
-the bootstrap loop (a :class:`Bootstrapper` gives multiaddrs; peers found there are dialled and
-walked for more). Lifecycle: ``await start()``, then use, then ``await close()``.
+the bootstrap loop (a :class:`~spegel_py.routing.base.Bootstrapper` gives multiaddrs; peers found
+there are dialled and walked for more). Lifecycle: ``await start()``, then use, then
+``await close()``.
+
+Supervision: the trio thread, the DHT's main task in it (which carries every background task of
+the node) and the bootstrap task must run until :meth:`Libp2pRouter.close`. If one of them ends
+first, the router stops being ready and :meth:`Libp2pRouter.wait_failed` returns the exception,
+for the application to stop the process.
 """
 
 from __future__ import annotations
@@ -12,13 +18,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Protocol
 
 import trio
 
-from spegel_py.errors import RoutingError
-from spegel_py.routing.base import Peer
+from spegel_py.errors import RoutingError, SpegelError
+from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL, Bootstrapper, Peer
 from spegel_py.routing.libp2p.bridge import TrioThread
 from spegel_py.routing.libp2p.dht import DhtNode, DhtOptions
 from spegel_py.routing.libp2p.host import TrackedTCP, build_host, listen_addrs, peer_id_of
@@ -32,14 +38,6 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 10.0  # seconds each shutdown step may take before it is forced
 
 
-class Bootstrapper(Protocol):
-    """Where to find the first peers (DNS, static list, HTTP ``/id``, Kubernetes)."""
-
-    async def peers(self) -> list[str]:
-        """Multiaddr strings of other nodes, with or without ``/p2p/<id>`` (ids are learned on dial)."""
-        ...
-
-
 class Libp2pRouter:
     """Implements :class:`spegel_py.routing.base.Router` on libp2p Kademlia (``/spegel/kad/1.0.0``)."""
 
@@ -51,8 +49,8 @@ class Libp2pRouter:
         registry_port: int,
         bootstrap: Bootstrapper | None = None,
         alone: bool = False,
-        record_ttl: float = 19 * 60.0,
-        reprovide_interval: float = 15 * 60.0,
+        record_ttl: float = RECORD_LIFETIME,
+        reprovide_interval: float = REPROVIDE_INTERVAL,
         lookup_timeout: float = 2.0,
         cache_ttl: float = 5.0,
         bootstrap_interval: float = 10.0,
@@ -98,6 +96,9 @@ class Libp2pRouter:
         self._bootstrap_task: asyncio.Task[None] | None = None
         self._cache = LookupCache(self._start_flight, ttl=cache_ttl)
         self._state = "new"
+        self._failure: BaseException | None = None  # why the router stopped running, if it did
+        self._failed = asyncio.Event()  # set with _failure
+        self._main_lost = False  # the main task was cancelled: the trio loop is going down
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -109,6 +110,12 @@ class Libp2pRouter:
         addrs = listen_addrs(self._listen)
         await self._thread.astart()
         loop = asyncio.get_running_loop()
+
+        def thread_ended(fut: Future[None]) -> None:  # in the trio thread, as it ends
+            with contextlib.suppress(RuntimeError):  # the loop closed first: nobody is waiting
+                loop.call_soon_threadsafe(self._thread_ended, fut)
+
+        self._thread.ended().add_done_callback(thread_ended)
         started: asyncio.Future[None] = loop.create_future()
 
         on_reprovide = self._on_reprovide
@@ -137,7 +144,7 @@ class Libp2pRouter:
                 raise
 
         self._main = self._thread.submit(run)
-        self._main.add_done_callback(_consume)
+        self._main.add_done_callback(self._main_ended)
         try:
             await started
         except BaseException as exc:
@@ -146,7 +153,7 @@ class Libp2pRouter:
         self._state = "running"
         if self._bootstrap is not None:
             self._bootstrap_task = asyncio.create_task(self._bootstrap_loop(), name="libp2p-bootstrap")
-            self._bootstrap_task.add_done_callback(_consume)
+            self._bootstrap_task.add_done_callback(self._bootstrap_ended)
 
     async def close(self) -> None:
         """Stop bootstrapping, lookups and the host; join the thread. Idempotent."""
@@ -179,12 +186,27 @@ class Libp2pRouter:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def wait_failed(self) -> BaseException:
+        """Wait until the router stops running unexpectedly, and return (not raise) why.
+
+        That is: the trio thread ended, the DHT's main task in it ended or failed (any of the
+        node's background tasks failing fails it), or the bootstrap task failed (a bootstrapper
+        raising anything but a :class:`~spegel_py.errors.SpegelError`). From that moment
+        :meth:`ready` is False. Never returns otherwise, :meth:`close` included: the caller
+        cancels the wait at shutdown. The exception keeps its traceback for the caller's log.
+        """
+        await self._failed.wait()
+        assert self._failure is not None  # set together with the event
+        return self._failure
+
     # -- Router ----------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        if self._state != "running" or self._node is None:
+        """True while running, not failed, and with a peer (or configured to be alone)."""
+        node = self._node
+        if not self._usable() or node is None:
             return False
-        return self._alone or len(self._node.table) > 0
+        return self._alone or len(node.table) > 0
 
     async def advertise(self, keys: Iterable[str]) -> None:
         node = self._running()
@@ -195,7 +217,7 @@ class Libp2pRouter:
         await self._thread.call(node.withdraw, [multihash(k) for k in keys])
 
     async def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
-        if self._state != "running" or limit <= 0:
+        if not self._usable() or limit <= 0:
             return
         flight = self._cache.peek(key, limit)
         if flight is None:
@@ -218,19 +240,19 @@ class Libp2pRouter:
 
     def peer_count(self) -> int:
         node = self._node
-        return len(node.table) if node is not None and self._state == "running" else 0
+        return len(node.table) if node is not None and self._usable() else 0
 
     def peers(self) -> list[str]:
         """Peer ids in the routing table, sorted (a snapshot; empty unless running)."""
         node = self._node
-        if node is None or self._state != "running":
+        if node is None or not self._usable():
             return []
         return sorted(entry.b58 for entry in node.table.peers())  # one C-level copy: safe here
 
     def provider_records(self) -> int:
         """(key, provider) records this node stores for the cluster (its own keys not included)."""
         node = self._node
-        return node.store.records if node is not None and self._state == "running" else 0
+        return node.store.records if node is not None and self._usable() else 0
 
     async def connect(self, addr: str) -> str | None:
         """Dial one peer now (what a bootstrap round does for each address); returns its peer id."""
@@ -253,10 +275,41 @@ class Libp2pRouter:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _usable(self) -> bool:
+        return self._state == "running" and self._failure is None and not self._main_lost
+
     def _running(self) -> DhtNode:
+        if self._failure is not None or self._main_lost:
+            raise RoutingError(f"router stopped: {self._failure!r}")
         if self._state != "running" or self._node is None:
             raise RoutingError(f"router is {self._state}")
         return self._node
+
+    # -- supervision (callbacks on the event loop) -------------------------------------------
+
+    def _fail(self, exc: BaseException) -> None:
+        """Record the first unexpected end of the router (ignored once it is closing)."""
+        if self._failure is not None or self._state == "closed":
+            return
+        log.debug("libp2p router stopped: %r", exc, exc_info=exc)
+        self._failure = exc
+        self._failed.set()
+
+    def _main_ended(self, fut: asyncio.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or (exc is not None and _cancelled_only(exc)):
+            # Only close() or the trio loop going down cancels it (py-libp2p's services raise
+            # their cancellations in exception groups); the end of the loop says why it went down.
+            self._main_lost = self._state != "closed"
+            return
+        self._fail(exc or RoutingError("the DHT's main task returned"))
+
+    def _bootstrap_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():  # only close() cancels it
+            self._fail(task.exception() or RoutingError("the bootstrap task returned"))
+
+    def _thread_ended(self, fut: Future[None]) -> None:
+        self._fail(fut.exception() or RoutingError("the libp2p thread ended"))
 
     def _start_flight(self, key: str, flight: Flight) -> None:
         node = self._running()
@@ -287,7 +340,7 @@ class Libp2pRouter:
         while True:
             try:
                 addrs = [a for a in await self._bootstrap.peers() if a.split("/p2p/")[0] not in own]
-            except Exception as exc:  # a bootstrap source failing must not stop the router
+            except SpegelError as exc:  # the source cannot be asked now: retried next round
                 log.warning("bootstrap failed: %s", exc)
                 addrs = []
             if addrs:
@@ -314,6 +367,13 @@ def _set_result(fut: asyncio.Future[None]) -> None:
 def _set_exception(fut: asyncio.Future[None], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(RoutingError(str(exc) or type(exc).__name__))
+
+
+def _cancelled_only(exc: BaseException) -> bool:
+    """True for trio's Cancelled, or an exception group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_cancelled_only(inner) for inner in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
 
 
 def _consume(fut: asyncio.Future[object] | asyncio.Future[None]) -> None:

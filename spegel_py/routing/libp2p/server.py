@@ -4,24 +4,29 @@ One handler per inbound stream reads messages as they come (a peer pipelines man
 stream), answers GET_PROVIDERS / FIND_NODE / PING in order, in one write per batch, and stores
 ADD_PROVIDER records without replying, as go-libp2p-kad-dht does. It also watches connections
 (a notifee), so a peer whose connection closes leaves the routing table.
+
+The server is given the routing table, the record store, the address book and this node's own
+records by the node (:mod:`.dht`), and tells the node about peers through two functions: ``admit``
+(a peer spoke the protocol) and ``on_disconnect`` (its last connection closed).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import multiaddr  # type: ignore[import-untyped]  # py-multiaddr ships no type information
 import trio
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee, IPeerStore
 from libp2p.peer.id import ID
 
 from spegel_py.routing.libp2p import wire
+from spegel_py.routing.libp2p.addrs import AddressBook
 from spegel_py.routing.libp2p.keys import kad_id
+from spegel_py.routing.libp2p.own import OwnRecords
+from spegel_py.routing.libp2p.providers import ProviderStore
 from spegel_py.routing.libp2p.streams import READ_SIZE, reset_quietly
-
-if TYPE_CHECKING:
-    from spegel_py.routing.libp2p.dht import DhtNode
+from spegel_py.routing.libp2p.table import RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +34,30 @@ CLOSE_TIMEOUT = 5.0  # seconds closing a dead connection may take
 
 
 class DhtServer:
-    def __init__(self, node: DhtNode) -> None:
-        self._node = node
+    """The stream handler of the protocol; runs in the trio thread.
+
+    ``peerstore``: py-libp2p's (identify fills it with a peer's listen addresses). ``admit(peer)``:
+    called for every inbound stream, before its messages are read. ``k``: closer peers per answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        table: RoutingTable,
+        store: ProviderStore,
+        book: AddressBook,
+        own: OwnRecords,
+        peerstore: IPeerStore,
+        admit: Callable[[ID], None],
+        k: int,
+    ) -> None:
+        self._table = table
+        self._store = store
+        self._book = book
+        self._own = own
+        self._peerstore = peerstore
+        self._admit = admit
+        self._k = k
 
     async def handle(self, stream: INetStream) -> None:
         remote = stream.muxed_conn.peer_id
@@ -38,10 +65,10 @@ class DhtServer:
         remote_addr = stream.get_remote_address()
         conn_ip = remote_addr[0] if remote_addr else None
         if conn_ip is not None:
-            self._node.conn_ips[rb] = conn_ip
-        if rb not in self._node.addrs:
-            self._node.note_addrs(rb, self._peerstore_addrs(remote), conn_ip)
-        self._node.admit(remote)
+            self._book.note_conn_ip(rb, conn_ip)
+        if rb not in self._book:
+            self._book.note(rb, self._peerstore_addrs(remote), conn_ip)
+        self._admit(remote)
         deframer = wire.Deframer()
         try:
             while True:
@@ -58,7 +85,7 @@ class DhtServer:
 
     def _peerstore_addrs(self, peer: ID) -> list[bytes]:
         try:
-            return [bytes(a.to_bytes()) for a in self._node.host.get_peerstore().addrs(peer)]
+            return [bytes(a.to_bytes()) for a in self._peerstore.addrs(peer)]
         except Exception:  # unknown peer: py-libp2p raises PeerStoreError
             return []
 
@@ -67,14 +94,14 @@ class DhtServer:
         if msg.type == wire.ADD_PROVIDER:
             for info in msg.providers:
                 if info.id == remote:  # a peer may only announce itself (as go-libp2p-kad-dht)
-                    self._node.store.add(msg.key, remote)
-                    if info.addrs and self._node.addrs.get(remote) != info.addrs:
-                        self._node.note_addrs(remote, info.addrs, conn_ip)
+                    self._store.add(msg.key, remote)
+                    if info.addrs and self._book.get(remote) != info.addrs:
+                        self._book.note(remote, info.addrs, conn_ip)
             return None
         if msg.type == wire.GET_PROVIDERS:
-            providers = [self._info(p) for p in self._node.store.get(msg.key) if p != remote]
-            if msg.key in self._node.advertised:
-                providers.append(self._node.self_info)
+            providers = [self._info(p) for p in self._store.get(msg.key) if p != remote]
+            if msg.key in self._own:
+                providers.append(self._own.info)
             reply = wire.Message(wire.GET_PROVIDERS, key=msg.key, providers=providers)
             reply.closer = self._closer(msg.key, remote)
             return wire.frame(wire.encode(reply))
@@ -86,24 +113,29 @@ class DhtServer:
         return None  # PUT_VALUE / GET_VALUE: Spegel stores no values; go answers nothing useful either
 
     def _info(self, pid: bytes) -> wire.PeerInfo:
-        return wire.PeerInfo(pid, self._node.addrs.get(pid, ()))
+        return wire.PeerInfo(pid, self._book.get(pid))
 
     def _closer(self, key: bytes, exclude: bytes) -> list[wire.PeerInfo]:
         out = []
-        for e in self._node.table.closest(kad_id(key), self._node.options.k, exclude):
-            if not e.addrs:  # an inbound peer: identify has filled the peerstore by now, maybe
-                self._node.note_addrs(e.id, self._peerstore_addrs(ID(e.id)), self._node.conn_ips.get(e.id))
-            addrs = e.addrs or self._node.addrs.get(e.id, ())
+        book = self._book
+        for e in self._table.closest(kad_id(key), self._k, exclude):
+            addrs = book.get(e.id)
+            if not addrs:  # an inbound peer: identify has filled the peerstore by now, maybe
+                book.note(e.id, self._peerstore_addrs(ID(e.id)), book.conn_ip(e.id))
+                addrs = book.get(e.id)
             if addrs:
                 out.append(wire.PeerInfo(e.id, addrs, wire.CONNECTED))
         return out
 
 
 class Notifee(INotifee):
-    """Drops a peer from the table when its connection closes (py-libp2p calls these in trio)."""
+    """Reports a peer whose last connection closed (py-libp2p calls these in trio).
 
-    def __init__(self, node: DhtNode) -> None:
-        self._node = node
+    ``on_disconnect(peer)``: the node drops the peer from its table.
+    """
+
+    def __init__(self, on_disconnect: Callable[[ID], None]) -> None:
+        self._on_disconnect = on_disconnect
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         pass
@@ -131,7 +163,7 @@ class Notifee(INotifee):
                     log.debug("closing a dead connection", exc_info=True)
         peer = conn.muxed_conn.peer_id
         if not network.connections.get(peer):
-            self._node.drop(peer)
+            self._on_disconnect(peer)
 
     async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         pass

@@ -1,7 +1,7 @@
 """Long-lived DHT streams to one peer: pipelined ADD_PROVIDER writes and a pool for requests.
 
-Opening a stream costs ~4 ms and ~4-5 ms CPU per side on py-libp2p, and one ``write()`` per
-message costs ~300 us (REFERENCE section 5), so both directions keep streams open:
+Opening a stream costs ~4 ms and ~4-5 ms CPU per side on py-libp2p 0.8, and one ``write()`` per
+message costs ~300 us, so both directions keep streams open:
 
 - :class:`ProvideSender` appends framed ADD_PROVIDER messages to a buffer and a writer task
   drains it in ~64 KB writes on one stream (no reply per ADD_PROVIDER, as go-libp2p-kad-dht).
@@ -25,6 +25,7 @@ from spegel_py.routing.libp2p.wire import Deframer, Message, WireError, decode, 
 
 log = logging.getLogger(__name__)
 
+PROTOCOL = TProtocol("/spegel/kad/1.0.0")  # what every DHT stream speaks (Spegel's Kademlia)
 # 65,507 bytes: a 64 KiB yamux frame plus its header no longer fits one Noise message (65,519
 # bytes max) and py-libp2p splits it in two; this size keeps one write = one Noise message.
 WRITE_CHUNK = 65507
