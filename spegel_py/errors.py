@@ -54,3 +54,16 @@ class RoutingError(SpegelError):
 
 class ConfigurationError(SpegelError):
     """Operator configuration (flags, environment, files) that cannot work."""
+
+
+class TaskFailedError(SpegelError):
+    """A supervised background task ended with an exception, so the daemon stops (exit status 1).
+
+    ``task`` is the task's name; its exception is the ``__cause__``.
+    """
+
+    def __init__(self, task: str, cause: BaseException) -> None:
+        detail = str(cause) if isinstance(cause, SpegelError) else repr(cause)
+        super().__init__(f"task {task} failed: {detail}")
+        self.task = task
+        self.__cause__ = cause

@@ -53,7 +53,7 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
      ("spegel_py.routing.libp2p",)),
     ("kubernetes only in bootstrap", ("spegel_py",), ("kubernetes",), ("spegel_py.routing.bootstrap",)),
     ("aiohttp.web only where HTTP is served", ("spegel_py",), ("aiohttp.web",),
-     ("spegel_py.registry", "spegel_py.app")),
+     ("spegel_py.registry", "spegel_py.app", "spegel_py.endpoints")),
     ("only the CLI builds the app", ("spegel_py",), ("spegel_py.app",), ("spegel_py.cli",)),
     ("nothing imports the CLI", ("spegel_py",), ("spegel_py.cli",), ()),
 ]

@@ -69,10 +69,10 @@ async def serve_content(
     if whole is not None:
         await response.prepare(request)
         await response.write_eof(whole[start:end])
-        metrics.bytes_served.labels("local").inc(end - start)
+        metrics.served_bytes.add_local(end - start)
         return response
     await _send_body(request, response, blob, start, end, coordinator)
-    metrics.bytes_served.labels("local").inc(end - start)
+    metrics.served_bytes.add_local(end - start)
     return response
 
 

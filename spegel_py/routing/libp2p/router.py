@@ -179,6 +179,14 @@ class Libp2pRouter:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def wait_failed(self) -> BaseException:
+        """The exception that stopped the router's thread, main task or bootstrap task; never
+        returns while the router runs (the caller cancels it at shutdown)."""
+        # Placeholder until the dht branch (i9-dht) lands: it supplies the real implementation.
+        # This one never reports a failure.
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
     # -- Router ----------------------------------------------------------------------------
 
     def ready(self) -> bool:
