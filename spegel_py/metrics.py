@@ -1,13 +1,14 @@
 """Every metric family spegel-py exports: names, labels and help texts, on an injected registry.
 
-Names and labels are a contract: the HTTP ones and ``spegel_mirror_*``, ``spegel_resolve_*`` and
-``spegel_advertised_*`` are Spegel's (users' dashboards query them), the rest are plotted by
-``helm/spegel-py/dashboards/spegel-py.json``. Two kinds of families live here:
+Names and labels are a contract: families Spegel also exports (the ``http_*`` ones,
+``spegel_mirror_requests_total``, ``spegel_resolve_duration_seconds``, the
+``spegel_advertised_*`` gauges and others) carry Spegel's names, which users' dashboards query;
+spegel-py's own are plotted by ``helm/spegel-py/dashboards/spegel-py.json``. Two kinds live here:
 
-- instruments the hot paths update (:class:`Metrics`: histograms, the request counters);
+- instruments that the request paths update (:class:`Metrics`: histograms, counters, gauges);
 - collectors that read the components' own plain counters when Prometheus scrapes
-  (:meth:`Metrics.watch`), so nothing is copied between scrapes and no component imports
-  prometheus_client. Each collector states, as a Protocol, what it reads.
+  (:meth:`Metrics.watch`), so nothing is copied between scrapes and the hot paths only add to an
+  int. Each collector states, as a Protocol, what it reads, and imports no component.
 
 Nothing here touches the global registry: each test builds a fresh :class:`Metrics`.
 """
