@@ -235,6 +235,10 @@ def run(_upstream_session: UpstreamRegistry, test_images: ImageSet) -> Iterator[
         n2.pull(upstream.ref(small))
         # and by digest: an image known by digest only is what spegel_advertised_image_digests counts
         n2.pull(f"{upstream.addr}/{small.repository()}@{small.digest}")
+        # node 2's advertiser applies that image record in a debounced batch (tens of ms later):
+        # the snapshot below must not race it
+        wait_until(lambda: totals(cluster).get("spegel_advertised_image_digests", 0.0) > 0, 10,
+                   "node 2 advertises the image it pulled by digest")  # fmt: skip
 
         layer = max(small.blobs, key=lambda d: small.blobs[d])
         held = hold_blob_open(
