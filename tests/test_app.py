@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +229,10 @@ def _serving_record(daemon: Daemon, deadline_s: float = 10.0) -> dict[str, Any]:
     raise AssertionError("no 'serving' log line")
 
 
-def _body_if_ok(url: str) -> bytes | None:
+def _body_if_ok(url: str) -> bytes:
+    """The body of a 200 answer (else empty: not yet)."""
     status, body = get(url, timeout=10)
-    return body if status == 200 else None
+    return body if status == 200 else b""
 
 
 def _debug_page_with(node: Daemon, text: str) -> str:
@@ -290,7 +291,7 @@ def test_two_nodes_mirror_a_blob_only_one_holds(tmp_path: Path) -> None:
     try:
         wait_ready(a)  # alone: no bootstrap configured
         b, _ = start_node(tmp_path / "b-layouts", tmp_path / "b-data", "127.0.0.32", ports,
-                     "--bootstrap-kind", "static", "--static-bootstrap-peers", a_addr)  # fmt: skip
+                          "--bootstrap-kind", "static", "--static-bootstrap-peers", a_addr)  # fmt: skip
         wait_ready(b)  # ready only once A is in its routing table
         url = f"{b.base}/v2/test/app/blobs/{digests['layer']}?ns=127.0.0.1%3A5000"
         # until A's advertisement reached the DHT
@@ -330,7 +331,7 @@ def test_readyz_is_503_while_no_peer_is_reachable(tmp_path: Path) -> None:
     ports = (free_port(host), free_port(host), free_port(host))
     nobody = f"/ip4/127.0.0.36/tcp/{free_port('127.0.0.36')}"  # nothing listens there
     node, _ = start_node(tmp_path / "layouts", tmp_path / "data", host, ports,
-                    "--bootstrap-kind", "static", "--static-bootstrap-peers", nobody)  # fmt: skip
+                         "--bootstrap-kind", "static", "--static-bootstrap-peers", nobody)  # fmt: skip
     try:
         # until the registry answers at all (wait_until retries while the connection is refused)
         status = wait_until(lambda: get(node.base + "/readyz", timeout=1)[0], within=20, what="an answer")
@@ -368,7 +369,8 @@ class FailingRouter:
         pass
 
     async def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
-        for peer in ():
+        nobody: tuple[Peer, ...] = ()
+        for peer in nobody:
             yield peer
 
     async def wait_failed(self) -> BaseException:
@@ -430,9 +432,9 @@ def test_a_failed_router_makes_the_node_not_ready_and_exits_1(
     router = FailingRouter()
 
     async def build_router(
-        settings: RegistrySettings, *, on_reprovide: object = None
+        settings: RegistrySettings, *, on_reprovide: Callable[[int, float], None] | None = None
     ) -> FailingRouter:
-        return router
+        return router  # injected through serve()'s builder parameter, no global patched
 
     base = f"http://{settings.registry_addr}"
     statuses: list[int] = []

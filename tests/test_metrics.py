@@ -64,8 +64,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     host = "127.0.0.33"
     ports = (free_port(host), free_port(host), free_port(host))
     daemon, _ = start_node(tmp_path / "layouts", tmp_path / "data", host, ports,
-                      "--relay-buffers", "7", "--relay-buffer-size", "1MiB", "--relay-hash-threads", "2",
-                      "--reprovide-interval", "1s")  # fmt: skip
+                           "--relay-buffers", "7", "--relay-buffer-size", "1MiB", "--relay-hash-threads", "2",
+                           "--reprovide-interval", "1s")  # fmt: skip
     try:
         wait_ready(daemon)
         get(f"{daemon.base}/v2/test/app/blobs/{digests['layer']}")  # a local hit
