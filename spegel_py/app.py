@@ -1,10 +1,10 @@
 """Composition root: the only module that names concrete components and wires them together.
 
-``run_registry`` builds the content store chosen in the settings (imported lazily, so the
-registry's idle memory holds no client it does not use), the registry server and the metrics
-server, runs them with every background task named and supervised, and shuts down in bounded
-time: the first SIGTERM/SIGINT stops accepting and drains in-flight requests for up to
-``--shutdown-timeout``, a second signal forces the exit.
+:func:`serve` builds the content store chosen in the settings (imported lazily, so the
+registry's idle memory holds no client it does not use), the libp2p router, the relay, the
+advertiser, the registry server and the metrics and ``/id`` endpoints, and runs the background
+tasks under a :class:`~spegel_py.supervise.Supervisor`. The ``run_*`` functions are the CLI's
+subcommands; signals, shutdown and exit statuses are :mod:`spegel_py.supervise`'s.
 """
 
 from __future__ import annotations
@@ -12,22 +12,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import signal
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
-from spegel_py.errors import ConfigurationError, RoutingError, SpegelError
-from spegel_py.metrics import Metrics, StateCollector, counter, gauge
-from spegel_py.routing.base import RECORD_LIFETIME, Peer, Router
-from spegel_py.routing.bootstrap.http import id_document
-from spegel_py.serving.pagecache import PageCacheCoordinator
-from spegel_py.serving.server import RegistryServer
+from spegel_py import endpoints
+from spegel_py.errors import ConfigurationError, RoutingError
+from spegel_py.metrics import Metrics
+from spegel_py.routing.base import RECORD_LIFETIME, Router
+from spegel_py.routing.timed import TimedRouter
 from spegel_py.settings import (
     CleanupSettings,
     CleanupWaitSettings,
@@ -36,50 +29,44 @@ from spegel_py.settings import (
     split_address,
 )
 from spegel_py.store.base import ContentStore
+from spegel_py.supervise import EXIT_OK, Supervisor, exit_status, run
 
 if TYPE_CHECKING:
     from spegel_py.debug.web import DebugInfo, RecentOutcomes
-    from spegel_py.relay.bufferpool import BufferPool
-    from spegel_py.relay.mirror import Mirror
     from spegel_py.routing.advertiser import Advertiser
     from spegel_py.routing.libp2p.router import Libp2pRouter
 
 log = logging.getLogger(__name__)
 
-# Exit statuses: 0 clean shutdown, 1 runtime failure, 2 bad configuration, 130 forced by a 2nd signal.
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_FORCED = 0, 1, 2, 130
+
+class NodeRouter(Router, Protocol):
+    """The router the daemon runs: a :class:`Router` that is started, can fail in the background,
+    and tells ``/id``, ``/debug/web`` and the metrics about itself (``Libp2pRouter``)."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def wait_failed(self) -> BaseException:
+        """The exception that stopped the router; never returns while it runs."""
+        ...
+
+    def listen_multiaddrs(self) -> list[str]: ...
+
+    def peer_count(self) -> int: ...
+
+    def peers(self) -> list[str]: ...
+
+    def provider_records(self) -> int: ...
 
 
-class Supervisor:
-    """Named background tasks; the first one to fail unexpectedly stops the daemon."""
+class RouterBuilder(Protocol):
+    """Builds (does not start) the daemon's router: :func:`build_router`, or a test's."""
 
-    def __init__(self, stop: asyncio.Event) -> None:
-        self._stop = stop
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.failure: BaseException | None = None
-
-    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None and self.failure is None:
-            self.failure = exc
-            log.error("task failed, stopping", extra={"task": task.get_name(), "error": repr(exc)})
-            self._stop.set()
-
-    async def close(self, grace: float) -> None:
-        """Cancel what is still running and wait up to ``grace`` seconds for it to finish."""
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=grace)
+    async def __call__(
+        self, settings: RegistrySettings, *, on_reprovide: Callable[[int, float], None] | None = None
+    ) -> NodeRouter: ...
 
 
 async def build_store(settings: RegistrySettings) -> ContentStore:
@@ -98,32 +85,6 @@ async def build_store(settings: RegistrySettings) -> ContentStore:
     )
 
 
-def metrics_application(metrics: Metrics) -> web.Application:
-    """``GET /metrics`` in the Prometheus text format, from the injected registry."""
-
-    async def handle(_: web.Request) -> web.Response:
-        body = generate_latest(metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/metrics", handle)
-    return app
-
-
-async def _start(stack: AsyncExitStack, app: web.Application, address: str) -> web.AppRunner:
-    # In-flight requests are drained before cleanup (RegistryServer.drain): what is left for
-    # aiohttp's own shutdown are idle keep-alive connections, so its bound can be short.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    stack.push_async_callback(runner.cleanup)
-    host, port = split_address(address)
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
-    return runner
-
-
 def router_multiaddr(address: str) -> str:
     """``--router-addr`` (``host:port`` or ``:port``) as a libp2p listen multiaddr."""
     host, port = split_address(address)
@@ -134,39 +95,6 @@ def router_multiaddr(address: str) -> str:
     except ValueError as exc:
         raise ConfigurationError(f"--router-addr needs an IP address, not {host!r}") from exc
     return f"/ip{ip.version}/{ip}/tcp/{port}"
-
-
-class TimedRouter:
-    """A :class:`Router` that observes each lookup's time to its first provider.
-
-    Wrapping keeps the metric out of the router (and of the mirror): this is the one place that
-    knows both the metrics and the concrete router.
-    """
-
-    def __init__(self, router: Router, observe: Callable[[float], None]) -> None:
-        self._router = router
-        self._observe = observe
-
-    def ready(self) -> bool:
-        return self._router.ready()
-
-    async def advertise(self, keys: Iterable[str]) -> None:
-        await self._router.advertise(keys)
-
-    async def withdraw(self, keys: Iterable[str]) -> None:
-        await self._router.withdraw(keys)
-
-    async def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
-        started = time.monotonic()
-        first = True
-        async for peer in self._router.lookup(key, limit=limit):
-            if first:
-                self._observe(time.monotonic() - started)
-                first = False
-            yield peer
-
-    async def close(self) -> None:
-        await self._router.close()
 
 
 async def build_router(
@@ -203,86 +131,13 @@ async def build_router(
     )
 
 
-def id_application(router: Libp2pRouter, settings: RegistrySettings) -> web.Application:
-    """``GET /id`` for ``--bootstrap-kind=http`` peers: this node's dialable router address."""
-    _, router_port = split_address(settings.router_addr)
-
-    async def handle(request: web.Request) -> web.Response:
-        addrs = router.listen_multiaddrs()
-        if settings.pod_ip:  # listening on 0.0.0.0: the pod IP is what peers can dial
-            version = ipaddress.ip_address(settings.pod_ip).version
-            addrs = [f"/ip{version}/{settings.pod_ip}/tcp/{router_port}", *addrs]
-        fmt: Literal["text", "json"] = "json" if request.query.get("format") == "json" else "text"
-        try:
-            body = id_document(router.peer_id, addrs, fmt=fmt)
-        except RoutingError as exc:
-            return web.Response(status=503, text=str(exc))
-        return web.Response(text=body)
-
-    app = web.Application()
-    app.router.add_get("/id", handle)
-    return app
+async def watch_router(router: NodeRouter) -> None:
+    """The supervised task "router": ends the daemon when the router stops on a failure."""
+    exc = await router.wait_failed()
+    raise RoutingError(f"router stopped: {exc!r}")
 
 
-def state_metrics(
-    *, router: Libp2pRouter, advertiser: Advertiser, mirror: Mirror, pool: BufferPool
-) -> Callable[[], Iterable[Metric]]:
-    """Scrape-time metrics read from the components' own counters."""
-
-    def source() -> Iterable[Metric]:
-        families = {
-            "spegel_advertised_images": "Images advertised to peers, by registry.",
-            "spegel_advertised_image_tags": "Tagged images advertised to peers, by registry.",
-            "spegel_advertised_image_digests": "Images advertised by digest only, by registry.",
-            "spegel_advertised_content_digests": "Distinct blob digests advertised, by registry.",
-        }
-        gauges = {name: GaugeMetricFamily(name, text, labels=["registry"]) for name, text in families.items()}
-        for registry, counts in advertiser.counts().items():
-            gauges["spegel_advertised_images"].add_metric([registry], counts.images)
-            gauges["spegel_advertised_image_tags"].add_metric([registry], counts.image_tags)
-            gauges["spegel_advertised_image_digests"].add_metric([registry], counts.image_digests)
-            gauges["spegel_advertised_content_digests"].add_metric([registry], counts.content_digests)
-        yield from gauges.values()
-        yield gauge("spegel_advertised_keys", "Keys announced through the router.",
-                    len(advertiser.advertised()))
-        yield counter("spegel_advertise_failures", "Advertise batches that failed and were retried.",
-                      advertiser.failures)
-        yield gauge("spegel_router_peers", "Peers in the routing table.", router.peer_count())
-        yield gauge("spegel_router_provider_records",
-                    "Provider records (key, provider) this node's DHT stores for the cluster.",
-                    router.provider_records())
-        stats = mirror.stats
-        yield counter("spegel_mirror_resumed_streams", "Blob streams resumed from another peer.",
-                      stats.resumed)
-        yield counter("spegel_mirror_integrity_failures",
-                      "Peer responses whose bytes did not match their digest.", stats.corrupt)
-        yield counter("spegel_mirror_hedged_attempts", "Extra parallel peer attempts started.", stats.hedged)
-        yield counter("spegel_mirror_aborted_responses", "Client responses killed mid-body.", stats.aborted)
-        relayed = CounterMetricFamily("spegel_relayed_bytes", "Body bytes relayed from peers.")
-        relayed.add_metric([], stats.bytes_relayed)
-        yield relayed
-        yield gauge("spegel_relay_buffers_in_use", "Relay buffers in use.", pool.in_use)
-        yield gauge("spegel_relay_buffers_capacity", "Relay buffers available at most.", pool.capacity)
-        yield gauge("spegel_relay_buffers_allocated", "Relay buffers allocated so far.", pool.allocated)
-        yield gauge("spegel_relay_buffer_size_bytes", "Size of each relay buffer (--relay-buffer-size).",
-                    pool.size)
-        yield gauge("spegel_relay_hash_threads",
-                    "Threads hashing relayed bytes (--relay-hash-threads; 0: on the event loop).",
-                    mirror.settings.hash_threads)
-        yield counter("spegel_relay_buffer_waits", "Times a stream waited for a relay buffer.",
-                      pool.waits_total)
-        yield counter("spegel_relay_buffer_timeouts", "Times a stream gave up waiting for a relay buffer.",
-                      pool.timeouts_total)
-        cache = cgroup_cache_bytes()
-        if cache is not None:
-            yield gauge("spegel_cgroup_page_cache_bytes",
-                        "Page cache charged to this process's memory cgroup (v1 total_cache, v2 file).",
-                        cache)
-
-    return source
-
-
-def debug_info(*, router: Libp2pRouter, advertiser: Advertiser, outcomes: RecentOutcomes) -> DebugInfo:
+def debug_info(*, router: NodeRouter, advertiser: Advertiser, outcomes: RecentOutcomes) -> DebugInfo:
     """What ``/debug/web`` shows, read from the live components at each request."""
     from spegel_py.debug.web import Advertised, AdvertisedImage, DebugInfo
 
@@ -302,34 +157,14 @@ def debug_info(*, router: Libp2pRouter, advertiser: Advertiser, outcomes: Recent
     )
 
 
-def cgroup_cache_bytes() -> float | None:
-    """Page cache charged to this process's memory cgroup, or None where it cannot be read."""
-    try:
-        with open("/proc/self/cgroup", encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    candidates: list[tuple[str, str]] = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            candidates.append((f"/sys/fs/cgroup{path}/memory.stat", "file"))
-        elif "memory" in controllers.split(","):
-            candidates.append((f"/sys/fs/cgroup/memory{path}/memory.stat", "total_cache"))
-    for stat, key in candidates:
-        try:
-            with open(stat, encoding="ascii") as f:
-                for row in f:
-                    name, _, value = row.partition(" ")
-                    if name == key:
-                        return float(value)
-        except OSError:
-            continue
-    return None
+async def serve(
+    settings: RegistrySettings, stop: asyncio.Event, *, router_builder: RouterBuilder = build_router
+) -> None:
+    """Run until ``stop`` is set, then shut down gracefully (bounded by ``shutdown_timeout``).
 
-
-async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set, then shut down gracefully (bounded by ``shutdown_timeout``)."""
+    The first supervised task to fail sets ``stop`` too, makes ``/readyz`` answer 503 from then
+    on, and is raised (a :class:`~spegel_py.errors.TaskFailedError`) once the daemon has drained.
+    """
     from spegel_py.debug.outcomes import RecordingHealth, RecordingMirror, recording_hook
     from spegel_py.debug.web import RecentOutcomes, debug_routes
     from spegel_py.oci.filters import RegistryFilter
@@ -339,10 +174,11 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     from spegel_py.relay.peerhealth import PeerHealth
     from spegel_py.relay.settings import MirrorSettings
     from spegel_py.routing.advertiser import Advertiser
+    from spegel_py.serving.pagecache import PageCacheCoordinator
     from spegel_py.serving.seam import MissHandler
+    from spegel_py.serving.server import RegistryServer
 
     metrics = Metrics()
-    ProcessCollector(registry=metrics.registry)  # process_resident_memory_bytes and friends
     filters = RegistryFilter.from_flags(
         mirrored_registries=settings.mirrored_registries, registry_filters=settings.registry_filters
     )
@@ -356,12 +192,15 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         stack.callback(coordinator.close)
         store = await build_store(settings)
         stack.push_async_callback(store.close)
-        libp2p = await build_router(
+        node = await router_builder(
             settings, on_reprovide=lambda _keys, seconds: metrics.reprovide_duration.observe(seconds)
         )
-        stack.push_async_callback(libp2p.close)
-        await libp2p.start()
-        router = TimedRouter(libp2p, metrics.resolve_duration.labels("libp2p").observe)
+        stack.push_async_callback(node.close)
+        await node.start()
+        # What the mirror and /readyz use: not ready from the moment a supervised task failed.
+        router = TimedRouter(
+            node, metrics.resolve_duration.labels("libp2p").observe, healthy=lambda: supervisor.healthy
+        )
         pool = BufferPool(count=settings.relay_buffers, size=settings.relay_buffer_size)
         # /debug/web's recent outcomes: the mirror's result hook and peer health, noted per request
         outcomes = RecentOutcomes() if settings.debug_web_enabled else None
@@ -383,11 +222,11 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         advertiser = Advertiser(
             store, router, registry_filter=filters, on_batch=metrics.advertise_duration.observe
         )
+        # Registered after the router's close: the tasks are cancelled before the router closes.
         stack.push_async_callback(supervisor.close, settings.shutdown_timeout)
+        supervisor.spawn("router", watch_router(node))
         supervisor.spawn("advertiser", advertiser.run())
-        metrics.registry.register(
-            StateCollector(state_metrics(router=libp2p, advertiser=advertiser, mirror=mirror, pool=pool))
-        )
+        metrics.watch(router=node, advertiser=advertiser, relay=mirror, pool=pool)
         on_miss: MissHandler = mirror if outcomes is None else RecordingMirror(mirror, outcomes)
         server = RegistryServer(
             store,
@@ -401,22 +240,26 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         if outcomes is not None:
             # aiohttp (3.10 and later) tries the most specific path first: this exact route wins
             # over the server's catch-all; disabled, /debug/web is an unknown path there (404).
-            info = debug_info(router=libp2p, advertiser=advertiser, outcomes=outcomes)
+            info = debug_info(router=node, advertiser=advertiser, outcomes=outcomes)
             registry_app.router.add_routes(debug_routes(info))
         # Registered after the store: cleanup runs in reverse, so servers drain before it closes.
-        registry = await _start(stack, registry_app, settings.registry_addr)
-        await _start(stack, metrics_application(metrics), settings.metrics_addr)
+        registry = await endpoints.start(stack, registry_app, settings.registry_addr)
+        await endpoints.start(stack, endpoints.metrics_application(metrics.registry), settings.metrics_addr)
         if settings.http_bootstrap_addr:
-            await _start(stack, id_application(libp2p, settings), settings.http_bootstrap_addr)
+            id_app = endpoints.id_application(
+                node, router_port=split_address(settings.router_addr)[1], pod_ip=settings.pod_ip
+            )
+            await endpoints.start(stack, id_app, settings.http_bootstrap_addr)
         addresses = {
             "registry_addr": settings.registry_addr,
             "metrics_addr": settings.metrics_addr,
-            "router_addrs": libp2p.listen_multiaddrs(),
-            "peer_id": libp2p.peer_id,
+            "router_addrs": node.listen_multiaddrs(),
+            "peer_id": node.peer_id,
         }
         log.info("serving", extra={**addresses, "content_store": settings.content_store})
         await stop.wait()
-        log.info("shutting down", extra={"drain_timeout_s": settings.shutdown_timeout})
+        failed = {"failed_task": supervisor.failure.task} if supervisor.failure is not None else {}
+        log.info("shutting down", extra={"drain_timeout_s": settings.shutdown_timeout, **failed})
         for site in list(registry.sites):  # stop accepting first, then drain what is in flight
             await site.stop()
         try:
@@ -428,57 +271,9 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         raise supervisor.failure
 
 
-async def _until_signalled(body: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
-    """Run ``body(stop)``: the first SIGTERM/SIGINT sets ``stop``, a second cancels ``body``."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    main = asyncio.current_task()
-    received = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal received
-        received += 1
-        if received == 1:
-            log.info("signal received, draining", extra={"signal": signal.Signals(signum).name})
-            stop.set()
-        elif main is not None:
-            log.warning("second signal, forcing exit", extra={"signal": signal.Signals(signum).name})
-            main.cancel()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        await body(stop)
-    except asyncio.CancelledError:
-        return EXIT_FORCED
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-    return EXIT_OK
-
-
-def _run(body: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
-    """Run a daemon body to completion; returns the process exit status."""
-    try:
-        return asyncio.run(_until_signalled(body))
-    except ConfigurationError as exc:
-        log.error("configuration error", extra={"error": str(exc)})
-        return EXIT_CONFIG
-    except SpegelError as exc:
-        log.error("stopped on error", extra={"error": str(exc)})
-        return EXIT_FAILURE
-    except Exception:  # a bug: report it as one JSON log line (with its traceback), exit 1
-        log.exception("crashed")
-        return EXIT_FAILURE
-
-
 def run_registry(settings: RegistrySettings) -> int:
     """Run ``spegel-py registry`` to completion; returns the process exit status."""
-
-    async def body(stop: asyncio.Event) -> None:
-        await serve(settings, stop)
-
-    return _run(body)
+    return run(lambda stop: serve(settings, stop))
 
 
 def run_configuration(settings: ConfigurationSettings) -> int:
@@ -496,12 +291,8 @@ def run_configuration(settings: ConfigurationSettings) -> int:
         )
         certs_dir = settings.containerd_registry_config_path
         findings = check_containerd_config(settings.containerd_config, certs_dir)
-    except ConfigurationError as exc:
-        log.error("configuration error", extra={"error": str(exc)})
-        return EXIT_CONFIG
-    except SpegelError as exc:
-        log.error("configuration failed", extra={"error": str(exc)})
-        return EXIT_FAILURE
+    except Exception as exc:
+        return exit_status(exc)
     for warning in warnings:
         log.warning(warning)
     for finding in findings:
@@ -516,7 +307,7 @@ def run_cleanup(settings: CleanupSettings) -> int:
     async def body(stop: asyncio.Event) -> None:
         await restore_and_report(settings.containerd_registry_config_path, settings.addr, stop)
 
-    return _run(body)
+    return run(body)
 
 
 def run_cleanup_wait(settings: CleanupWaitSettings) -> int:
@@ -539,4 +330,4 @@ def run_cleanup_wait(settings: CleanupWaitSettings) -> int:
         if failure is not None:
             raise failure
 
-    return _run(body)
+    return run(body)

@@ -30,7 +30,7 @@ from spegel_py.settings import (
 COMMANDS: dict[str, tuple[type[Any], str]] = {
     "registry": (
         RegistrySettings,
-        "Serve this node's content (and, once mirroring lands, its peers') over the OCI pull API.",
+        "Serve this node's content over the OCI pull API, and relay its peers' content on a miss.",
     ),
     "configuration": (ConfigurationSettings, "Point containerd at the mirror (certs.d hosts.toml)."),
     "cleanup": (CleanupSettings, "Restore containerd's certs.d, then answer /healthz until stopped."),
@@ -78,7 +78,7 @@ def _add_options(parser: argparse.ArgumentParser, cls: type[Any], *, suppress_de
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser (also used by tests to check that every REFERENCE flag exists)."""
+    """The full parser (also used by tests to check that every flag of Spegel's exists)."""
     parser = _Parser(prog="spegel-py", description="Node-local P2P OCI image mirror, compatible with Spegel.")
     _add_options(parser, GlobalSettings)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -104,3 +104,16 @@ class IntegrityError(PeerCorruptError):
 
 class ResumeFailedError(PeerError):
     """No provider could continue a broken blob stream; the client response was aborted."""
+
+
+class TaskFailedError(SpegelError):
+    """A supervised background task ended with an exception, so the daemon stops (exit status 1).
+
+    ``task`` is the task's name; its exception is the ``__cause__``.
+    """
+
+    def __init__(self, task: str, cause: BaseException) -> None:
+        detail = str(cause) if isinstance(cause, SpegelError) else repr(cause)
+        super().__init__(f"task {task} failed: {detail}")
+        self.task = task
+        self.__cause__ = cause

@@ -1,17 +1,29 @@
-"""Every metric spegel-py exports, built on an injected ``CollectorRegistry``.
+"""Every metric family spegel-py exports: names, labels and help texts, on an injected registry.
 
-One place for names and labels (the HTTP ones are Spegel's, which users' dashboards query);
-components receive a :class:`Metrics` and never touch the global registry, so each test gets a
-fresh one.
+Names and labels are a contract: families Spegel also exports (the ``http_*`` ones,
+``spegel_mirror_requests_total``, ``spegel_resolve_duration_seconds``, the
+``spegel_advertised_*`` gauges and others) carry Spegel's names, which users' dashboards query;
+spegel-py's own are plotted by ``helm/spegel-py/dashboards/spegel-py.json``. Two kinds live here:
+
+- instruments that the request paths update (:class:`Metrics`: histograms, counters, gauges);
+- collectors that read the components' own plain counters when Prometheus scrapes
+  (:meth:`Metrics.watch`), so nothing is copied between scrapes and the hot paths only add to an
+  int. Each collector states, as a Protocol, what it reads, and imports no component.
+
+Nothing here touches the global registry: each test builds a fresh :class:`Metrics`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Collection, Iterable, Mapping
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from spegel_py.cgroup import page_cache_bytes
 
 # Response sizes span JSON errors (100 B) to layers (GiB): powers of 10 from 100 B to 10 GB.
 _SIZE_BUCKETS = tuple(float(10**n) for n in range(2, 11))
@@ -20,8 +32,81 @@ _SIZE_BUCKETS = tuple(float(10**n) for n in range(2, 11))
 _BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+# -- what the collectors read ------------------------------------------------------------------
+class RelayCounters(Protocol):
+    """The relay's counters (the mirror's ``stats``), each only ever incremented."""
+
+    @property
+    def bytes_relayed(self) -> int: ...
+    @property
+    def resumed(self) -> int: ...
+    @property
+    def corrupt(self) -> int: ...
+    @property
+    def hedged(self) -> int: ...
+    @property
+    def aborted(self) -> int: ...
+
+
+class RelayTuning(Protocol):
+    @property
+    def hash_threads(self) -> int: ...
+
+
+class Relay(Protocol):
+    """The peer relay (the mirror): its counters and its settings."""
+
+    @property
+    def stats(self) -> RelayCounters: ...
+    @property
+    def settings(self) -> RelayTuning: ...
+
+
+class RelayPool(Protocol):
+    """The relay's buffer pool."""
+
+    @property
+    def in_use(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def allocated(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def waits_total(self) -> int: ...
+    @property
+    def timeouts_total(self) -> int: ...
+
+
+class RegistryCounts(Protocol):
+    """What one registry contributes to the advertisement."""
+
+    @property
+    def images(self) -> int: ...
+    @property
+    def image_tags(self) -> int: ...
+    @property
+    def image_digests(self) -> int: ...
+    @property
+    def content_digests(self) -> int: ...
+
+
+class AdvertiserState(Protocol):
+    def counts(self) -> Mapping[str, RegistryCounts]: ...
+    def advertised(self) -> Collection[str]: ...
+    @property
+    def failures(self) -> int: ...
+
+
+class RouterState(Protocol):
+    def peer_count(self) -> int: ...
+    def provider_records(self) -> int: ...
+
+
+# -- instruments -------------------------------------------------------------------------------
 class Metrics:
-    """The metric objects; ``registry`` is what the ``/metrics`` endpoint exposes."""
+    """The instruments, and the registry that ``/metrics`` exposes (``registry``)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -50,15 +135,9 @@ class Metrics:
             "Bytes of served files whose pages were advised out of the page cache (DONTNEED).",
             registry=self.registry,
         )
-        self.bytes_served = Counter(
-            "spegel_served_bytes",
-            "Body bytes served, by source: local (sendfile or streamed from the store), peer (relayed).",
-            ("source",),
-            registry=self.registry,
-        )
-        # exported at 0 from the start, so rate() sees the first bytes; bytes relayed from peers
-        # are counted by the mirror and exported as spegel_relayed_bytes_total
-        self.bytes_served.labels("local")
+        # local serving adds to it; the relay's bytes are read from its stats (see watch)
+        self.served_bytes = ServedBytes()
+        self.registry.register(self.served_bytes)
         self.mirror_requests = Counter(
             "spegel_mirror_requests",
             "Requests the mirror tried to serve from peers, by registry and cache=hit (served) or miss.",
@@ -77,7 +156,6 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
-
         self.advertise_duration = Histogram(
             "spegel_advertise_duration_seconds",
             "Time to apply one advertise batch (list images, walk changed ones, advertise and withdraw "
@@ -99,30 +177,155 @@ class Metrics:
         if served:
             self.mirror_last_success.set_to_current_time()
 
+    def watch(
+        self, *, router: RouterState, advertiser: AdvertiserState, relay: Relay, pool: RelayPool
+    ) -> None:
+        """Register the collectors of the daemon's components and process (call once per registry)."""
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
+        self.served_bytes.read_peer_from(relay)
+        for collector in (
+            AdvertiserCollector(advertiser),
+            RouterCollector(router),
+            RelayCollector(relay, pool),
+            CgroupCollector(),
+        ):
+            self.registry.register(collector)
 
-class StateCollector(Collector):
-    """Gauges and counters read from live components at scrape time.
 
-    Components keep plain attributes (cheap on their hot paths); this turns ``source()`` into
-    metric families only when Prometheus asks, so nothing is copied between scrapes.
+# -- collectors --------------------------------------------------------------------------------
+class ServedBytes(Collector):
+    """``spegel_served_bytes_total{source}``: body bytes this node served to its clients.
+
+    ``source="local"``: from its own content store, added by the local serving path
+    (:meth:`add_local`); ``source="peer"``: relayed from other nodes, read from the relay's
+    stats at scrape time (0 until :meth:`read_peer_from`). Both series exist from the start, so
+    ``rate()`` sees the first bytes.
     """
 
-    def __init__(self, source: Callable[[], Iterable[Metric]]) -> None:
-        self._source = source
+    def __init__(self) -> None:
+        self.local = 0
+        self._relay: Relay | None = None
+        self._created = time.time()
+
+    def add_local(self, count: int) -> None:
+        """``count`` more body bytes were sent from the local content store."""
+        self.local += count
+
+    def read_peer_from(self, relay: Relay) -> None:
+        """Report ``relay.stats.bytes_relayed`` as ``source="peer"`` from now on."""
+        self._relay = relay
 
     def collect(self) -> Iterable[Metric]:
-        return list(self._source())
+        family = CounterMetricFamily(
+            "spegel_served_bytes",
+            "Body bytes served to clients, by source: local (from this node's content store), peer "
+            "(relayed from other nodes, the bytes of spegel_relayed_bytes_total).",
+            labels=["source"],
+        )
+        peer = self._relay.stats.bytes_relayed if self._relay is not None else 0
+        family.add_metric(["local"], self.local, created=self._created)
+        family.add_metric(["peer"], peer, created=self._created)
+        return [family]
 
 
-def gauge(name: str, help: str, value: float, **labels: str) -> GaugeMetricFamily:
-    """One gauge family with one sample (labels optional)."""
-    family = GaugeMetricFamily(name, help, labels=list(labels))
-    family.add_metric(list(labels.values()), value)
+class AdvertiserCollector(Collector):
+    """``spegel_advertised_*`` (by registry) and the advertiser's key and failure counts."""
+
+    def __init__(self, advertiser: AdvertiserState) -> None:
+        self._advertiser = advertiser
+
+    def collect(self) -> Iterable[Metric]:
+        advertiser = self._advertiser
+        families = {
+            "spegel_advertised_images": "Images advertised to peers, by registry.",
+            "spegel_advertised_image_tags": "Tagged images advertised to peers, by registry.",
+            "spegel_advertised_image_digests": "Images advertised by digest only, by registry.",
+            "spegel_advertised_content_digests": "Distinct blob digests advertised, by registry.",
+        }
+        gauges = {name: GaugeMetricFamily(name, text, labels=["registry"]) for name, text in families.items()}
+        for registry, counts in advertiser.counts().items():
+            gauges["spegel_advertised_images"].add_metric([registry], counts.images)
+            gauges["spegel_advertised_image_tags"].add_metric([registry], counts.image_tags)
+            gauges["spegel_advertised_image_digests"].add_metric([registry], counts.image_digests)
+            gauges["spegel_advertised_content_digests"].add_metric([registry], counts.content_digests)
+        return [
+            *gauges.values(),
+            gauge("spegel_advertised_keys", "Keys announced through the router.",
+                  len(advertiser.advertised())),
+            counter("spegel_advertise_failures", "Advertise batches that failed and were retried.",
+                    advertiser.failures),
+        ]  # fmt: skip
+
+
+class RouterCollector(Collector):
+    """The router's table and record store sizes."""
+
+    def __init__(self, router: RouterState) -> None:
+        self._router = router
+
+    def collect(self) -> Iterable[Metric]:
+        return [
+            gauge("spegel_router_peers", "Peers in the routing table.", self._router.peer_count()),
+            gauge("spegel_router_provider_records",
+                  "Provider records (key, provider) this node's DHT stores for the cluster.",
+                  self._router.provider_records()),
+        ]  # fmt: skip
+
+
+class RelayCollector(Collector):
+    """The relay's counters, its hashing threads and its buffer pool."""
+
+    def __init__(self, relay: Relay, pool: RelayPool) -> None:
+        self._relay = relay
+        self._pool = pool
+
+    def collect(self) -> Iterable[Metric]:
+        stats, pool = self._relay.stats, self._pool
+        return [
+            counter("spegel_mirror_resumed_streams", "Blob streams resumed from another peer.",
+                    stats.resumed),
+            counter("spegel_mirror_integrity_failures",
+                    "Peer responses whose bytes did not match their digest.", stats.corrupt),
+            counter("spegel_mirror_hedged_attempts", "Extra parallel peer attempts started.", stats.hedged),
+            counter("spegel_mirror_aborted_responses", "Client responses killed mid-body.", stats.aborted),
+            counter("spegel_relayed_bytes", "Body bytes relayed from peers.", stats.bytes_relayed),
+            gauge("spegel_relay_buffers_in_use", "Relay buffers in use.", pool.in_use),
+            gauge("spegel_relay_buffers_capacity", "Relay buffers available at most.", pool.capacity),
+            gauge("spegel_relay_buffers_allocated", "Relay buffers allocated so far.", pool.allocated),
+            gauge("spegel_relay_buffer_size_bytes", "Size of each relay buffer (--relay-buffer-size).",
+                  pool.size),
+            gauge("spegel_relay_hash_threads",
+                  "Threads hashing relayed bytes (--relay-hash-threads; 0: on the event loop).",
+                  self._relay.settings.hash_threads),
+            counter("spegel_relay_buffer_waits", "Times a stream waited for a relay buffer.",
+                    pool.waits_total),
+            counter("spegel_relay_buffer_timeouts", "Times a stream gave up waiting for a relay buffer.",
+                    pool.timeouts_total),
+        ]  # fmt: skip
+
+
+class CgroupCollector(Collector):
+    """``spegel_cgroup_page_cache_bytes``, where the memory cgroup can be read (else nothing)."""
+
+    def collect(self) -> Iterable[Metric]:
+        cache = page_cache_bytes()
+        if cache is None:
+            return []
+        return [
+            gauge("spegel_cgroup_page_cache_bytes",
+                  "Page cache charged to this process's memory cgroup (v1 total_cache, v2 file).", cache)
+        ]  # fmt: skip
+
+
+def gauge(name: str, help: str, value: float) -> GaugeMetricFamily:
+    """One gauge family with one unlabelled sample."""
+    family = GaugeMetricFamily(name, help)
+    family.add_metric([], value)
     return family
 
 
 def counter(name: str, help: str, value: float) -> CounterMetricFamily:
-    """One counter family (``name`` without ``_total``) with one sample."""
+    """One counter family (``name`` without ``_total``) with one unlabelled sample."""
     family = CounterMetricFamily(name, help)
     family.add_metric([], value)
     return family

@@ -2,8 +2,8 @@
 
 The CLI is generated from these fields (so ``--help``, env vars and defaults cannot drift apart)
 and components receive plain values from them; nothing else reads argv or the environment.
-Flags and env vars of ``registry`` are Spegel's (REFERENCE.md section 1), so a DaemonSet written
-for Spegel works unchanged; spegel-py's own additions are marked as such in their help.
+Flags and env vars of ``registry`` are those of Spegel's ``registry`` command, so a DaemonSet
+written for Spegel works unchanged; spegel-py's own additions are marked "(spegel-py)" in their help.
 Precedence: command-line flag, then environment variable, then default.
 """
 
@@ -160,7 +160,7 @@ class GlobalSettings:
 
 @dataclass(frozen=True, slots=True)
 class RegistrySettings:
-    """``spegel-py registry``: serve this node's content (and, once mirroring lands, its peers')."""
+    """``spegel-py registry``: serve this node's content, and relay its peers' on a local miss."""
 
     registry_addr: str = option("--registry-addr", "REGISTRY_ADDR", ":5000",
                                 "Address the OCI registry listens on.", parse_address)

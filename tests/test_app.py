@@ -1,104 +1,47 @@
-"""The real ``spegel-py registry`` process over an OCI layout: serves, drains on SIGTERM, exits.
+"""The real ``spegel-py registry`` process over an OCI layout: serves, drains on SIGTERM, exits;
+and, in process, the daemon going down when a supervised task (the router's) fails.
 
 Every process started here is stopped by its pid in a ``finally``, also when an assertion fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import os
 import re
 import select
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from support.daemon import (
+    SPEGEL,
+    Daemon,
+    MiB,
+    free_port,
+    get,
+    kill,
+    make_layout,
+    metric,
+    start_node,
+    stop,
+    wait_ready,
+)
+from support.poll import eventually, wait_until
 
-SPEGEL = os.path.join(os.path.dirname(sys.executable), "spegel-py")
-MiB = 1 << 20
-REGISTRY = "127.0.0.1:5000"
-
-
-def _blob(root: Path, data: bytes) -> dict[str, object]:
-    digest = hashlib.sha256(data).hexdigest()
-    path = root / "blobs" / "sha256" / digest
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
-def make_layout(root: Path, layer_size: int) -> dict[str, str]:
-    """One image, ``<root>/test/app`` tagged ``v1``: a config, one layer of ``layer_size`` bytes."""
-    layout = root / "test" / "app"
-    layout.mkdir(parents=True)
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    config = _blob(layout, json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {}}).encode())
-    layer = _blob(layout, b"\x1f\x8b" + os.urandom(layer_size - 2))
-    manifest_doc = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
-    }
-    manifest = _blob(layout, json.dumps(manifest_doc).encode())
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                **manifest,
-                "annotations": {"org.opencontainers.image.ref.name": "v1"},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
-    return {"manifest": str(manifest["digest"]), "layer": str(layer["digest"])}
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    base: str
-    metrics: str
-    host: str
-    port: int
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _wait_ready(daemon: Daemon, deadline_s: float = 20.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        assert daemon.proc.poll() is None, daemon.proc.stderr.read() if daemon.proc.stderr else ""
-        try:
-            if _get(daemon.base + "/readyz", timeout=1)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)  # polling a condition with a deadline
-    raise AssertionError("spegel-py never became ready")
+from spegel_py import app
+from spegel_py.routing.base import Peer
+from spegel_py.settings import RegistrySettings
+from spegel_py.supervise import EXIT_FAILURE, run
 
 
 @pytest.fixture
@@ -111,35 +54,25 @@ def layout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def daemon(layout: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[Daemon]:
     root, _ = layout
     host = "127.0.0.23"
-    port, mport, rport = _free_port(host), _free_port(host), _free_port(host)
-    argv = [SPEGEL, "registry", "--content-store", "oci-layout", "--oci-layout-path", str(root),
-            "--oci-layout-registry", REGISTRY, "--registry-addr", f"{host}:{port}",
-            "--metrics-addr", f"{host}:{mport}", "--router-addr", f"{host}:{rport}",
-            "--data-dir", str(tmp_path / "data"), "--shutdown-timeout", "3s"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    d = Daemon(proc, f"http://{host}:{port}", f"http://{host}:{mport}", host, port)
+    d, _ = start_node(root, tmp_path / "data", host, (free_port(host), free_port(host), free_port(host)))
     try:
-        _wait_ready(d)
+        wait_ready(d)
         yield d
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
+        kill(d)
 
 
 def test_serves_content_and_metrics(daemon: Daemon, layout: tuple[Path, dict[str, str]]) -> None:
     _, digests = layout
-    status, body = _get(f"{daemon.base}/v2/test/app/manifests/v1?ns=127.0.0.1%3A5000")
+    status, body = get(f"{daemon.base}/v2/test/app/manifests/v1?ns=127.0.0.1%3A5000")
     assert status == 200 and hashlib.sha256(body).hexdigest() == digests["manifest"].split(":")[1]
-    status, body = _get(f"{daemon.base}/v2/test/app/blobs/{digests['layer']}")
+    status, body = get(f"{daemon.base}/v2/test/app/blobs/{digests['layer']}")
     assert status == 200 and hashlib.sha256(body).hexdigest() == digests["layer"].split(":")[1]
-    status, text = _get(daemon.metrics + "/metrics")
+    status, text = get(daemon.metrics + "/metrics")
     assert status == 200
     assert b'http_requests_inflight{handler="blob"}' in text
     assert b"process_resident_memory_bytes" in text
-    assert _get(daemon.base + "/livez")[0] == 200
+    assert get(daemon.base + "/livez")[0] == 200
 
 
 def _start_download(daemon: Daemon, digest: str) -> tuple[socket.socket, int]:
@@ -153,6 +86,15 @@ def _start_download(daemon: Daemon, digest: str) -> tuple[socket.socket, int]:
         assert chunk
         got += len(chunk)
     return sock, got
+
+
+def _refuses_connections(daemon: Daemon) -> bool:
+    """True once the registry's listener is closed (the drain has begun)."""
+    try:
+        socket.create_connection((daemon.host, daemon.port), timeout=1).close()
+    except OSError:
+        return True
+    return False
 
 
 def _drain(sock: socket.socket) -> int:
@@ -170,15 +112,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(
     try:
         daemon.proc.send_signal(signal.SIGTERM)
         # new connections are refused once draining begins
-        deadline = time.monotonic() + 5
-        refused = False
-        while time.monotonic() < deadline and not refused:
-            try:
-                socket.create_connection((daemon.host, daemon.port), timeout=1).close()
-                time.sleep(0.02)
-            except OSError:
-                refused = True
-        assert refused
+        wait_until(lambda: _refuses_connections(daemon), within=5, what="listener closed")
         assert daemon.proc.poll() is None  # still sending the in-flight body
         received = _drain(sock) + first
     finally:
@@ -207,13 +141,7 @@ def test_second_signal_forces_exit(daemon: Daemon, layout: tuple[Path, dict[str,
     try:
         started = time.monotonic()
         daemon.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # wait until the drain has begun (listener closed)
-            try:
-                socket.create_connection((daemon.host, daemon.port), timeout=1).close()
-                time.sleep(0.02)
-            except OSError:
-                break
+        wait_until(lambda: _refuses_connections(daemon), within=5, what="drain begun (listener closed)")
         daemon.proc.send_signal(signal.SIGINT)
         assert daemon.proc.wait(10) == 130
         assert time.monotonic() - started < 2.0  # well before the 3 s drain bound
@@ -230,8 +158,8 @@ def test_address_in_use_is_a_clean_error(layout: tuple[Path, dict[str, str]], tm
         port = busy.getsockname()[1]
         out = subprocess.run(
             [SPEGEL, "registry", "--content-store", "oci-layout", "--oci-layout-path", str(root),
-             "--registry-addr", f"{host}:{port}", "--metrics-addr", f"{host}:{_free_port(host)}",
-             "--router-addr", f"{host}:{_free_port(host)}", "--data-dir", str(tmp_path / "data")],
+             "--registry-addr", f"{host}:{port}", "--metrics-addr", f"{host}:{free_port(host)}",
+             "--router-addr", f"{host}:{free_port(host)}", "--data-dir", str(tmp_path / "data")],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     assert out.returncode == 2
@@ -260,7 +188,7 @@ def test_configuration_cleanup_and_cleanup_wait_round_trip(tmp_path: Path) -> No
     assert any(json.loads(line).get("problem") == "config-not-found" for line in out.stderr.splitlines())
 
     host = "127.0.0.25"
-    port = _free_port(host)
+    port = free_port(host)
     cleanup = subprocess.Popen(
         [SPEGEL, "cleanup", f"--containerd-registry-config-path={certs}", f"--addr={host}:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -278,45 +206,6 @@ def test_configuration_cleanup_and_cleanup_wait_round_trip(tmp_path: Path) -> No
         if cleanup.poll() is None:
             cleanup.kill()
         cleanup.wait(10)
-
-
-def _node(
-    layouts: Path, data: Path, host: str, ports: tuple[int, int, int], *extra: str
-) -> tuple[Daemon, str]:
-    # Peers are dialled on their router address, but fetched from on the registry port they all
-    # share (Spegel assumes one port cluster-wide): every node uses the same ports on its own IP.
-    port, mport, rport = ports
-    argv = [SPEGEL, "registry", "--content-store", "oci-layout", "--oci-layout-path", str(layouts),
-            "--oci-layout-registry", REGISTRY, "--registry-addr", f"{host}:{port}",
-            "--metrics-addr", f"{host}:{mport}", "--router-addr", f"{host}:{rport}",
-            "--data-dir", str(data), "--shutdown-timeout", "3s", *extra]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    daemon = Daemon(proc, f"http://{host}:{port}", f"http://{host}:{mport}", host, port)
-    return daemon, f"/ip4/{host}/tcp/{rport}"
-
-
-def _stop(daemon: Daemon) -> int:
-    if daemon.proc.poll() is None:
-        daemon.proc.send_signal(signal.SIGTERM)
-        try:
-            return daemon.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.proc.kill()
-            daemon.proc.wait(10)
-            raise
-        finally:
-            if daemon.proc.stderr:
-                daemon.proc.stderr.close()
-    return daemon.proc.returncode if daemon.proc.returncode is not None else -1
-
-
-def _metric(daemon: Daemon, line_prefix: str) -> float:
-    _, body = _get(daemon.metrics + "/metrics")
-    total = 0.0
-    for line in body.decode().splitlines():
-        if line.startswith(line_prefix):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _serving_record(daemon: Daemon, deadline_s: float = 10.0) -> dict[str, Any]:
@@ -340,6 +229,18 @@ def _serving_record(daemon: Daemon, deadline_s: float = 10.0) -> dict[str, Any]:
     raise AssertionError("no 'serving' log line")
 
 
+def _body_if_ok(url: str) -> bytes:
+    """The body of a 200 answer (else empty: not yet)."""
+    status, body = get(url, timeout=10)
+    return body if status == 200 else b""
+
+
+def _debug_page_with(node: Daemon, text: str) -> str:
+    """The ``/debug/web`` page once it shows ``text`` (else empty: not yet)."""
+    page = get(node.base + "/debug/web")[1].decode()
+    return page if text in page else ""
+
+
 def _debug_table(page: str, table_id: str) -> list[list[str]]:
     """The cell texts of each body row of a ``/debug/web`` table."""
     table = page.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
@@ -351,36 +252,32 @@ def _debug_table(page: str, table_id: str) -> list[list[str]]:
 def test_debug_web_shows_the_node_or_is_404_when_disabled(tmp_path: Path, enabled: bool) -> None:
     make_layout(tmp_path / "layouts", 1 << 20)
     host = "127.0.0.38"
-    ports = (_free_port(host), _free_port(host), _free_port(host))
+    ports = (free_port(host), free_port(host), free_port(host))
     extra = () if enabled else ("--debug-web-enabled=false",)
-    node, _ = _node(tmp_path / "layouts", tmp_path / "data", host, ports, *extra)
+    node, _ = start_node(tmp_path / "layouts", tmp_path / "data", host, ports, *extra)
     try:
-        _wait_ready(node)
+        wait_ready(node)
         peer_id = _serving_record(node)["peer_id"]
         missing = f"sha256:{'0' * 64}"
-        assert _get(f"{node.base}/v2/x/blobs/{missing}?ns=example.com")[0] == 404  # a mirrored miss
-        status, body = _get(node.base + "/debug/web")
+        assert get(f"{node.base}/v2/x/blobs/{missing}?ns=example.com")[0] == 404  # a mirrored miss
+        status, body = get(node.base + "/debug/web")
         if not enabled:
             assert status == 404
             assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"  # an unknown path
-            assert _stop(node) == 0
+            assert stop(node) == 0
             return
         assert status == 200
-        deadline = time.monotonic() + 15
-        while "127.0.0.1:5000/test/app:v1" not in body.decode() and time.monotonic() < deadline:
-            time.sleep(0.1)  # polling a condition with a deadline: the advertiser's first walk
-            status, body = _get(node.base + "/debug/web")
-        page = body.decode()
+        # the advertiser's first walk is asynchronous
+        page = wait_until(lambda: _debug_page_with(node, "127.0.0.1:5000/test/app:v1"), within=15,
+                          what="the layout's image on /debug/web")  # fmt: skip
         assert f'<code id="peer-id">{peer_id}</code>' in page
         assert _debug_table(page, "peers") == [["none"]]  # alone: no bootstrap configured
         assert [row[0] for row in _debug_table(page, "images")] == ["127.0.0.1:5000/test/app:v1"]
         ((_, key, peer, result, size, _),) = _debug_table(page, "outcomes")
         assert (key, peer, result, size) == (missing, "-", "miss", "0")
-        assert _stop(node) == 0
+        assert stop(node) == 0
     finally:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(10)
+        kill(node)
 
 
 @pytest.mark.integration
@@ -388,73 +285,186 @@ def test_two_nodes_mirror_a_blob_only_one_holds(tmp_path: Path) -> None:
     """B has no content; it finds A through the DHT (static bootstrap) and relays A's blob."""
     digests = make_layout(tmp_path / "a-layouts", 4 * MiB)
     (tmp_path / "b-layouts").mkdir()
-    ports = (_free_port("127.0.0.31"), _free_port("127.0.0.31"), _free_port("127.0.0.31"))
-    a, a_addr = _node(tmp_path / "a-layouts", tmp_path / "a-data", "127.0.0.31", ports)
+    ports = (free_port("127.0.0.31"), free_port("127.0.0.31"), free_port("127.0.0.31"))
+    a, a_addr = start_node(tmp_path / "a-layouts", tmp_path / "a-data", "127.0.0.31", ports)
     b: Daemon | None = None
     try:
-        _wait_ready(a)  # alone: no bootstrap configured
-        b, _ = _node(tmp_path / "b-layouts", tmp_path / "b-data", "127.0.0.32", ports,
-                     "--bootstrap-kind", "static", "--static-bootstrap-peers", a_addr)  # fmt: skip
-        _wait_ready(b)  # ready only once A is in its routing table
+        wait_ready(a)  # alone: no bootstrap configured
+        b, _ = start_node(tmp_path / "b-layouts", tmp_path / "b-data", "127.0.0.32", ports,
+                          "--bootstrap-kind", "static", "--static-bootstrap-peers", a_addr)  # fmt: skip
+        wait_ready(b)  # ready only once A is in its routing table
         url = f"{b.base}/v2/test/app/blobs/{digests['layer']}?ns=127.0.0.1%3A5000"
-        deadline = time.monotonic() + 30
-        status, body = 0, b""
-        while time.monotonic() < deadline:  # until A's advertisement reached the DHT
-            status, body = _get(url, timeout=10)
-            if status == 200:
-                break
-            time.sleep(0.1)  # polling a condition with a deadline
-        assert status == 200
+        # until A's advertisement reached the DHT
+        body = wait_until(lambda: _body_if_ok(url), within=30, what="B relays A's layer")
         assert "sha256:" + hashlib.sha256(body).hexdigest() == digests["layer"]
-        assert _metric(b, 'spegel_mirror_requests_total{cache="hit"') >= 1
-        assert _metric(b, "spegel_relayed_bytes_total") >= len(body)
-        assert _metric(a, 'spegel_served_bytes_total{source="local"}') >= len(body)
-        assert _metric(b, "spegel_resolve_duration_seconds_count") >= 1
-        assert _metric(b, "spegel_router_peers") >= 1
-        assert _metric(a, 'spegel_advertised_content_digests{registry="127.0.0.1:5000"}') == 3
+        assert metric(b, 'spegel_mirror_requests_total{cache="hit"') >= 1
+        assert metric(b, "spegel_relayed_bytes_total") >= len(body)
+        assert metric(b, 'spegel_served_bytes_total{source="peer"}') >= len(body)  # the same bytes
+        assert metric(a, 'spegel_served_bytes_total{source="local"}') >= len(body)
+        assert metric(b, "spegel_resolve_duration_seconds_count") >= 1
+        assert metric(b, "spegel_router_peers") >= 1
+        assert metric(a, 'spegel_advertised_content_digests{registry="127.0.0.1:5000"}') == 3
         # B stores A's records: three digests and the tag (A stores none, B advertises nothing)
-        deadline = time.monotonic() + 10
-        while _metric(b, "spegel_router_provider_records ") < 4 and time.monotonic() < deadline:
-            time.sleep(0.1)  # polling a condition with a deadline
-        assert _metric(b, "spegel_router_provider_records ") == 4
-        assert _metric(a, "spegel_router_provider_records ") == 0
+        wait_until(lambda: metric(b, "spegel_router_provider_records ") >= 4, within=10,
+                   what="B stores A's four records")  # fmt: skip
+        assert metric(b, "spegel_router_provider_records ") == 4
+        assert metric(a, "spegel_router_provider_records ") == 0
         # B's /debug/web: A in its routing table, and the relayed layer served by A
         a_id, b_id = _serving_record(a)["peer_id"], _serving_record(b)["peer_id"]
-        page = _get(b.base + "/debug/web")[1].decode()
+        page = get(b.base + "/debug/web")[1].decode()
         assert f'<code id="peer-id">{b_id}</code>' in page
         assert _debug_table(page, "peers") == [[a_id]]
         hits = [row[1:5] for row in _debug_table(page, "outcomes") if row[3] == "hit"]
         assert hits == [[digests["layer"], a_id, "hit", f"{len(body):,}"]]
-        assert _stop(b) == 0
-        assert _stop(a) == 0
+        assert stop(b) == 0
+        assert stop(a) == 0
     finally:
         for node in (a, b):
-            if node is not None and node.proc.poll() is None:
-                node.proc.kill()
-                node.proc.wait(10)
+            if node is not None:
+                kill(node)
 
 
 def test_readyz_is_503_while_no_peer_is_reachable(tmp_path: Path) -> None:
     """With a bootstrap configured, a node without peers is not ready (containerd skips it)."""
     (tmp_path / "layouts").mkdir()
     host = "127.0.0.35"
-    ports = (_free_port(host), _free_port(host), _free_port(host))
-    nobody = f"/ip4/127.0.0.36/tcp/{_free_port('127.0.0.36')}"  # nothing listens there
-    node, _ = _node(tmp_path / "layouts", tmp_path / "data", host, ports,
-                    "--bootstrap-kind", "static", "--static-bootstrap-peers", nobody)  # fmt: skip
+    ports = (free_port(host), free_port(host), free_port(host))
+    nobody = f"/ip4/127.0.0.36/tcp/{free_port('127.0.0.36')}"  # nothing listens there
+    node, _ = start_node(tmp_path / "layouts", tmp_path / "data", host, ports,
+                         "--bootstrap-kind", "static", "--static-bootstrap-peers", nobody)  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        status = 0
-        while time.monotonic() < deadline:  # until the registry answers at all
-            try:
-                status = _get(node.base + "/readyz", timeout=1)[0]
-                break
-            except OSError:
-                assert node.proc.poll() is None
-                time.sleep(0.05)  # polling a condition with a deadline
+        # until the registry answers at all (wait_until retries while the connection is refused)
+        status = wait_until(lambda: get(node.base + "/readyz", timeout=1)[0], within=20, what="an answer")
         assert status == 503
-        assert _stop(node) == 0
+        assert node.proc.poll() is None
+        assert stop(node) == 0
     finally:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(10)
+        kill(node)
+
+
+# -- supervision, in process -------------------------------------------------------------------
+class FailingRouter:
+    """A router (``app.NodeRouter``) that is ready until told to fail, and then does not say so:
+    ``ready()`` stays True, so a 503 from ``/readyz`` is the app's doing, not the router's."""
+
+    peer_id = "12D3KooWFailingRouter"
+
+    def __init__(self) -> None:
+        self.fail = asyncio.Event()
+        self.closed = False
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def ready(self) -> bool:
+        return True
+
+    async def advertise(self, keys: Iterable[str]) -> None:
+        pass
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        pass
+
+    async def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
+        nobody: tuple[Peer, ...] = ()
+        for peer in nobody:
+            yield peer
+
+    async def wait_failed(self) -> BaseException:
+        await self.fail.wait()
+        return RuntimeError("libp2p main task died")
+
+    def listen_multiaddrs(self) -> list[str]:
+        return [f"/ip4/127.0.0.1/tcp/1/p2p/{self.peer_id}"]
+
+    def peer_count(self) -> int:
+        return 0
+
+    def peers(self) -> list[str]:
+        return []
+
+    def provider_records(self) -> int:
+        return 0
+
+
+async def _readyz(session: aiohttp.ClientSession, base: str) -> int:
+    """``/readyz``'s status; 0 while nothing listens yet."""
+    try:
+        async with session.get(base + "/readyz") as response:
+            await response.read()
+            return response.status
+    except aiohttp.ClientConnectionError:
+        return 0
+
+
+async def _hold_download(host: str, port: int, path: str) -> asyncio.StreamWriter:
+    """A GET whose body is left unread once its head arrived: the request stays in flight (so the
+    daemon's drain waits) until the returned writer is closed."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    return writer
+
+
+def test_a_failed_router_makes_the_node_not_ready_and_exits_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The router's background work dies: ``/readyz`` answers 503 at once, in-flight requests
+    still drain, and the daemon exits 1 with one error line naming the task."""
+    digests = make_layout(tmp_path / "layouts", 32 * MiB)  # more than the socket buffers hold
+    host = "127.0.0.39"
+    settings = RegistrySettings(
+        registry_addr=f"{host}:{free_port(host)}",
+        metrics_addr=f"{host}:{free_port(host)}",
+        router_addr=f"{host}:{free_port(host)}",
+        content_store="oci-layout",
+        oci_layout_path=str(tmp_path / "layouts"),
+        data_dir=str(tmp_path / "data"),
+        shutdown_timeout=30.0,  # the held download ends the drain, not this bound
+    )
+    router = FailingRouter()
+
+    async def build_router(
+        settings: RegistrySettings, *, on_reprovide: Callable[[int, float], None] | None = None
+    ) -> FailingRouter:
+        return router  # injected through serve()'s builder parameter, no global patched
+
+    base = f"http://{settings.registry_addr}"
+    statuses: list[int] = []
+
+    async def body(stop: asyncio.Event) -> None:
+        serving = asyncio.create_task(app.serve(settings, stop, router_builder=build_router))
+        # one connection, kept alive: it can still ask /readyz after the listener has closed
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            statuses.append(await eventually(lambda: _readyz(session, base), what="registry up"))
+            held = await _hold_download(host, int(settings.registry_addr.rsplit(":", 1)[1]),
+                                        f"/v2/test/app/blobs/{digests['layer']}?ns=localhost")  # fmt: skip
+            try:
+                router.fail.set()
+                await eventually(stop.is_set, what="the supervisor stops the daemon")
+                statuses.append(await _readyz(session, base))
+                assert not serving.done()  # still draining the held download
+            finally:
+                held.close()
+        await serving
+
+    with caplog.at_level(logging.INFO):
+        assert run(body) == EXIT_FAILURE
+    assert statuses == [200, 503]
+    assert router.closed
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [(r.getMessage(), getattr(r, "task", None)) for r in errors] == [("stopped on error", "router")]
+    assert errors[0].error == (  # type: ignore[attr-defined]  # an extra= field of the record
+        "task router failed: router stopped: RuntimeError('libp2p main task died')"
+    )
+    shutting_down = [r for r in caplog.records if r.getMessage() == "shutting down"]
+    assert [getattr(r, "failed_task", None) for r in shutting_down] == ["router"]
+

@@ -1,4 +1,4 @@
-"""The CLI: every REFERENCE flag exists with its env var, and bad input is one line + exit 2."""
+"""The CLI: every flag of Spegel's exists with its env var, and bad input is one line + exit 2."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from spegel_py.cli import build_parser, main
 
 SPEGEL = os.path.join(os.path.dirname(sys.executable), "spegel-py")
 
-# REFERENCE.md section 1: every flag of `registry`, and its env var.
+# Every flag of Spegel's `registry` command and its env var, then spegel-py's own additions.
 REGISTRY_FLAGS = {
     "--registry-addr": "REGISTRY_ADDR",
     "--router-addr": "ROUTER_ADDR",

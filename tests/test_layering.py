@@ -57,7 +57,7 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
      ("spegel_py.routing.libp2p",)),
     ("kubernetes only in bootstrap", ("spegel_py",), ("kubernetes",), ("spegel_py.routing.bootstrap",)),
     ("aiohttp.web only where HTTP is served", ("spegel_py",), ("aiohttp.web",),
-     (*HTTP_PACKAGES, "spegel_py.app")),
+     (*HTTP_PACKAGES, "spegel_py.app", "spegel_py.endpoints")),
     ("local serving never imports the relay", ("spegel_py.serving",),
      ("spegel_py.relay", "spegel_py.debug"), ()),
     ("the relay never imports local serving", ("spegel_py.relay",),

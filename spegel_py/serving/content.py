@@ -59,7 +59,7 @@ async def serve_content(
     else:
         response = head.response()
         await _send_body(request, response, blob, head.start, head.end, coordinator)
-    metrics.bytes_served.labels("local").inc(head.end - head.start)
+    metrics.served_bytes.add_local(head.end - head.start)
     return response
 
 

@@ -138,11 +138,7 @@ class ClusterNode:
         except OSError:
             return {}
         prefix = 'spegel_served_bytes_total{source="'
-        out = {k[len(prefix) : -2]: v for k, v in metrics.items() if k.startswith(prefix)}
-        # bytes relayed from peers are counted by the mirror under their own name
-        if "spegel_relayed_bytes_total" in metrics:
-            out["peer"] = out.get("peer", 0.0) + metrics["spegel_relayed_bytes_total"]
-        return out
+        return {k[len(prefix) : -2]: v for k, v in metrics.items() if k.startswith(prefix)}
 
     def head(
         self, path: str, *, ns: str | None = None, mirrored: bool = False, method: str = "HEAD"

@@ -10,7 +10,9 @@ node 2 pulls the same image through its spegel-py from node 1. Then:
 - the template variables' ``label_values`` queries list the scrape's labels;
 - expressions over metrics only a kubelet has (cAdvisor's ``container_*``) are listed in
   :data:`KUBELET_ONLY` and checked for syntax with ``promtool check rules``;
-- every Spegel metric name of REFERENCE.md section 1 is exported and moves during the pull, and
+- the "Bytes served by source" panel shows both sources, ``local`` (node 1) and ``peer``
+  (node 2's relay);
+- every metric name of Spegel's is exported and moves during the pull, and
   so do spegel-py's routing metrics (records held, advertise and reprovide durations: the nodes
   reprovide every 2 s here instead of 15 min, so the reprovide panel has data).
 """
@@ -52,7 +54,7 @@ VARIABLES = {"job": JOB, "namespace": NAMESPACE, "pod": ".*", "__rate_interval":
 # Metrics that only a kubelet (cAdvisor) exports: nothing here can produce them.
 KUBELET_ONLY = ("container_memory_working_set_bytes", "container_memory_cache", "container_memory_rss")
 
-# REFERENCE.md section 1: the series name that must move for each metric users' dashboards query.
+# Spegel's metrics: the series name that must move for each metric users' dashboards query.
 SPEGEL_METRICS = {
     "spegel_mirror_requests_total": "spegel_mirror_requests_total",
     "spegel_mirror_last_success_timestamp_seconds": "spegel_mirror_last_success_timestamp_seconds",
@@ -199,6 +201,7 @@ class Run:
     after: dict[str, float]
     inflight: float
     done: float
+    relayed_at_least: int  # bytes of the image node 2 pulled through its relay (its root aside)
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +235,10 @@ def run(_upstream_session: UpstreamRegistry, test_images: ImageSet) -> Iterator[
         n2.pull(upstream.ref(small))
         # and by digest: an image known by digest only is what spegel_advertised_image_digests counts
         n2.pull(f"{upstream.addr}/{small.repository()}@{small.digest}")
+        # node 2's advertiser applies that image record in a debounced batch (tens of ms later):
+        # the snapshot below must not race it
+        wait_until(lambda: totals(cluster).get("spegel_advertised_image_digests", 0.0) > 0, 10,
+                   "node 2 advertises the image it pulled by digest")  # fmt: skip
 
         layer = max(small.blobs, key=lambda d: small.blobs[d])
         held = hold_blob_open(
@@ -250,7 +257,8 @@ def run(_upstream_session: UpstreamRegistry, test_images: ImageSet) -> Iterator[
         after = totals(cluster)
         done = time.time()
         wait_until(lambda: prometheus.scraped_after(done), 30, "a scrape after the pull")
-        yield Run(cluster, prometheus, before, after, inflight[-1], done)
+        relayed = small.total_size - small.blobs[small.digest]
+        yield Run(cluster, prometheus, before, after, inflight[-1], done, relayed)
     finally:
         processes.stop_all()
         cleanup_mounts(workdir)
@@ -337,6 +345,20 @@ def test_kubelet_only_expressions_parse(tmp_path: Path) -> None:
     assert f"{len(exprs)} rules found" in result.stdout
     broken = check([exprs[0].replace(")", "", 1)])
     assert broken.returncode != 0
+
+
+def test_bytes_served_by_source_shows_local_and_peer_bytes(run: Run) -> None:
+    """The panel's own expression: node 1 served from its content store, node 2 relayed those
+    bytes from node 1 (``spegel_served_bytes_total{source="peer"}``)."""
+    (expr,) = [e for where, e in panel_exprs() if where.startswith("Bytes served by source /")]
+    data = run.prometheus.api("query", query=substitute(expr), time=f"{run.done + 1:.3f}")
+    by_source = {s["metric"]["source"]: float(s["value"][1]) for s in data["result"]}
+    assert by_source.get("local", 0.0) > 0, by_source
+    assert by_source.get("peer", 0.0) > 0, by_source
+    # and the counters themselves: node 2 relayed at least the image it pulled through node 1
+    n2 = run.cluster.nodes[1]
+    served = n2.served_bytes()
+    assert served.get("peer", 0.0) >= run.relayed_at_least, served
 
 
 @pytest.mark.parametrize("name", sorted(SPEGEL_METRICS))

@@ -1,0 +1,81 @@
+"""The daemon's small HTTP endpoints beside the registry: ``/metrics`` and ``/id``.
+
+Also :func:`start`, which puts any of the daemon's aiohttp applications (these and the
+registry's) on an address, so ``spegel_py/app.py`` only says which application goes where.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from contextlib import AsyncExitStack
+from typing import Literal, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from spegel_py.errors import ConfigurationError, RoutingError
+from spegel_py.routing.bootstrap.http import id_document
+from spegel_py.settings import split_address
+
+
+class Identity(Protocol):
+    """What ``/id`` tells peers about this node's router."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    def listen_multiaddrs(self) -> list[str]: ...
+
+
+def metrics_application(registry: CollectorRegistry) -> web.Application:
+    """``GET /metrics`` in the Prometheus text format, from ``registry`` (never the global one)."""
+
+    async def handle(_: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    return app
+
+
+def id_application(router: Identity, *, router_port: int, pod_ip: str = "") -> web.Application:
+    """``GET /id`` for ``--bootstrap-kind=http`` peers: this node's dialable router address.
+
+    ``pod_ip`` (``--pod-ip``): listed first, with ``router_port``, because a router listening on
+    every interface (0.0.0.0) has no address of its own that peers could dial.
+    """
+
+    async def handle(request: web.Request) -> web.Response:
+        addrs = router.listen_multiaddrs()
+        if pod_ip:
+            version = ipaddress.ip_address(pod_ip).version
+            addrs = [f"/ip{version}/{pod_ip}/tcp/{router_port}", *addrs]
+        fmt: Literal["text", "json"] = "json" if request.query.get("format") == "json" else "text"
+        try:
+            body = id_document(router.peer_id, addrs, fmt=fmt)
+        except RoutingError as exc:
+            return web.Response(status=503, text=str(exc))
+        return web.Response(text=body)
+
+    app = web.Application()
+    app.router.add_get("/id", handle)
+    return app
+
+
+async def start(stack: AsyncExitStack, app: web.Application, address: str) -> web.AppRunner:
+    """Serve ``app`` on ``address`` (``host:port`` or ``:port``) until ``stack`` closes.
+
+    Raises :class:`ConfigurationError` when the address cannot be listened on (in use, not ours).
+    """
+    # In-flight registry requests are drained before cleanup (RegistryServer.drain): what is left
+    # for aiohttp's own shutdown are idle keep-alive connections, so its bound can be short.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    host, port = split_address(address)
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+    return runner
