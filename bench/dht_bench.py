@@ -267,7 +267,7 @@ async def node_main(args: argparse.Namespace) -> None:
     ips = args.ips.split(",")
     node: Any = (OursNode if args.impl == "ours" else StockNode)(ips, args.bootstrap, tmp)
     addrs = await node.start()
-    gc.freeze()  # start-up objects never need collecting; cuts full-GC pauses (REFERENCE 5)
+    gc.freeze()  # start-up objects never need collecting; cuts full-GC pauses
     print(json.dumps({"addrs": addrs}), flush=True)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

@@ -280,7 +280,8 @@ class Libp2pRouter:
 
     def _running(self) -> DhtNode:
         if self._failure is not None or self._main_lost:
-            raise RoutingError(f"router stopped: {self._failure!r}")
+            why = repr(self._failure) if self._failure is not None else "its trio thread is ending"
+            raise RoutingError(f"router stopped: {why}")
         if self._state != "running" or self._node is None:
             raise RoutingError(f"router is {self._state}")
         return self._node
