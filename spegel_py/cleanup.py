@@ -8,7 +8,7 @@ address has answered 200 on ``threshold`` consecutive rounds, ``period`` apart: 
 is restored and Helm may delete the hook resources. This matches Go Spegel's behaviour.
 
 The probe server speaks just enough HTTP/1.1 for a kubelet readiness probe and for
-``cleanup-wait``; aiohttp's server stays in the serving layers (see tests/test_layering.py).
+``cleanup-wait``, on asyncio streams: aiohttp's server is not needed for one fixed answer.
 """
 
 from __future__ import annotations

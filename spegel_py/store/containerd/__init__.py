@@ -1,6 +1,6 @@
 """The containerd content store: images, content and events of one containerd namespace over gRPC.
 
-``grpc`` is imported only inside this package (tests/test_layering.py); the generated stubs live
+``grpc`` is imported only inside this package (.importlinter); the generated stubs live
 in the private :mod:`._api` (``scripts/gen_protos.sh``).
 """
 
