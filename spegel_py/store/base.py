@@ -3,7 +3,8 @@
 Implementations: :mod:`.memory` (tests), :mod:`.ocilayout` (a directory of OCI image layouts) and
 :mod:`.containerd` (the node's containerd). All of them pass ``tests/conformance/test_store.py``.
 
-Rules every implementation keeps (field report 3 in SEEDS.md): presence is checked against the
+Rules every implementation keeps (a cached "present" that containerd has since garbage-collected
+would send peers to content that is gone): presence is checked against the
 backend on every call, nothing "exists" from a cache, and nothing is ever deleted or pinned
 beyond the life of one open :class:`Blob`.
 """

@@ -1,7 +1,7 @@
 """A containerd 1.6 "node": its own root, state, socket, certs.d and log, started by pid.
 
 Each node is a full containerd daemon as on a Kubernetes node, configured as spegel-py needs
-(REFERENCE.md section 1): the CRI registry ``config_path`` points at the node's own ``certs.d``
+(docs/operations.md, containerd prerequisites): the CRI registry ``config_path`` points at the node's own ``certs.d``
 and ``discard_unpacked_layers = false`` keeps layer blobs in the content store after unpacking.
 Snapshotters that cannot work here are disabled so the log stays readable.
 

@@ -1,6 +1,6 @@
 """A ``spegel-py registry`` process for one node, started by pid and ready when /readyz says so.
 
-The command line is the product's public one (Spegel's flags, REFERENCE.md section 1), so the
+The command line is the product's public one (Spegel's flags, ``spegel_py/settings.py``), so the
 harness exercises exactly what a DaemonSet would run. Every listening address is given
 explicitly on the node's own IP, so several nodes on one machine never fight over ports.
 """

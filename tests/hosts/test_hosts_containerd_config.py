@@ -108,7 +108,7 @@ def test_a_missing_file_is_reported_as_not_checked(tmp_path: Path) -> None:
 
 
 def test_the_testbed_node_config_passes(tmp_path: Path) -> None:
-    """The shape of config the project's containerd test nodes run with (REFERENCE.md section 2)."""
+    """The shape of config the project's containerd test nodes run with (tests/harness/containerd.py)."""
     certs = tmp_path / "certs.d"
     config = tmp_path / "config.toml"
     config.write_text(f"""version = 2
