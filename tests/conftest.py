@@ -28,6 +28,7 @@ from harness import (
 )
 from harness.procs import PidRegistry, ProcessRecord, default_pid_dir
 from harness.require import require, require_cluster, require_root, require_spegel
+from support import spawnguard
 
 NodeFactory = Callable[..., ContainerdNode]
 RegistryFactory = Callable[..., SpegelRegistry]
@@ -80,6 +81,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" and report.failed and isinstance(group, ProcessGroup) and group.pids:
         report.sections.append(("harness process logs", group.tails()))
     return report
+
+
+# -- the fast lane: unmarked tests may not start processes (support/spawnguard.py) ---------------
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with spawnguard.guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with spawnguard.guard(item):
+        return (yield)
 
 
 # -- processes ---------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.process  # every test runs the spegel-py console script
+
 SPEGEL = os.path.join(os.path.dirname(sys.executable), "spegel-py")
 MiB = 1 << 20
 REGISTRY = "127.0.0.1:5000"

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import pytest
 from test_app import Daemon, _free_port, _get, _metric, _node, _stop, _wait_ready, make_layout
 
+pytestmark = pytest.mark.process  # one real spegel-py node serves the whole module
+
 NAMES = [
     "http_request_duration_seconds",
     "http_response_size_bytes",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -40,7 +39,7 @@ def _tee() -> Callable[[int, int, int, int], int] | None:
     if not hasattr(os, "splice"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # libc is loaded already; find_library would spawn ldconfig
         tee = libc.tee
     except (OSError, AttributeError):
         return None

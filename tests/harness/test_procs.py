@@ -23,6 +23,8 @@ import pytest
 
 from harness.procs import PidRegistry, ProcessGroup, ProcessRecord, pid_alive, start_time, wait_until
 
+pytestmark = pytest.mark.process  # real child processes throughout
+
 TESTS_DIR = Path(__file__).resolve().parents[1]
 IDLE = [sys.executable, "-c", "import signal; signal.pause()"]  # a daemon stand-in: idles until signalled
 

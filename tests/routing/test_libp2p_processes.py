@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.process  # every test drives nodes in child processes
+
 DRIVER = Path(__file__).with_name("libp2p_node.py")
 ROOT = Path(__file__).resolve().parents[2]
 REPLY_TIMEOUT = 30.0  # seconds a node may take to answer one command
