@@ -11,10 +11,12 @@ can never go green by skipping.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from harness import (
     BuiltImage,
     ContainerdNode,
@@ -28,7 +30,7 @@ from harness import (
 )
 from harness.procs import PidRegistry, ProcessRecord, default_pid_dir
 from harness.require import require, require_cluster, require_root, require_spegel
-from support import spawnguard
+from support import leaks, spawnguard
 
 NodeFactory = Callable[..., ContainerdNode]
 RegistryFactory = Callable[..., SpegelRegistry]
@@ -94,6 +96,37 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     with spawnguard.guard(item):
         return (yield)
+
+
+# -- leaks: no test leaves tasks, threads or fds behind (support/leaks.py) ----------------------
+@pytest.fixture
+def _no_leaked_threads_or_fds() -> Iterator[None]:
+    before = leaks.baseline()
+    yield
+    problem = leaks.check_threads_and_fds(before)
+    if problem:
+        pytest.fail(problem)
+
+
+@pytest.fixture
+async def _no_leaked_tasks() -> AsyncIterator[None]:
+    before = asyncio.all_tasks()
+    yield
+    problem = await leaks.check_tasks(before)
+    if problem:
+        pytest.fail(problem)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest, _no_leaked_threads_or_fds: None) -> None:
+    """Fail a test that leaves asyncio tasks, threads or file descriptors behind.
+
+    Teardown order is what makes each check fair: the task check runs on the test's loop after
+    the test's other fixtures are torn down and before pytest-asyncio closes that loop (which
+    would cancel leftovers silently); the thread and fd check runs after the loop is closed.
+    """
+    if pytest_asyncio.is_async_test(request.node):
+        request.getfixturevalue("_no_leaked_tasks")
 
 
 # -- processes ---------------------------------------------------------------------------------
