@@ -99,13 +99,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 # -- leaks: no test leaves tasks, threads or fds behind (support/leaks.py) ----------------------
-@pytest.fixture
-def _no_leaked_threads_or_fds() -> Iterator[None]:
-    before = leaks.baseline()
-    yield
-    problem = leaks.check_threads_and_fds(before)
-    if problem:
-        pytest.fail(problem)
+_LEAK_BASELINE = pytest.StashKey[leaks.Baseline]()
 
 
 @pytest.fixture
@@ -118,15 +112,31 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks(request: pytest.FixtureRequest, _no_leaked_threads_or_fds: None) -> None:
+def no_leaks(request: pytest.FixtureRequest) -> None:
     """Fail a test that leaves asyncio tasks, threads or file descriptors behind.
 
-    Teardown order is what makes each check fair: the task check runs on the test's loop after
-    the test's other fixtures are torn down and before pytest-asyncio closes that loop (which
-    would cancel leftovers silently); the thread and fd check runs after the loop is closed.
+    The baseline is taken here, after the session- and module-scoped fixtures of the test are
+    up (pytest sets up wider scopes first). The task check runs on the test's loop after the
+    test's other fixtures are torn down and before pytest-asyncio closes that loop (which would
+    cancel leftovers silently); threads and fds are checked by :func:`pytest_runtest_teardown`.
     """
+    request.node.stash[_LEAK_BASELINE] = leaks.baseline()
     if pytest_asyncio.is_async_test(request.node):
         request.getfixturevalue("_no_leaked_tasks")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Threads and fds, once the whole teardown is done: every fixture of the test is finalized
+    and its loop closed, and the logging plugin has dropped the test's captured records (a
+    record's exception can hold a closed grpc channel, and with it grpc's poller thread)."""
+    result = yield
+    before = item.stash.get(_LEAK_BASELINE, None)
+    if before is not None:
+        problem = leaks.check_threads_and_fds(before)
+        if problem:
+            pytest.fail(problem)
+    return result
 
 
 # -- processes ---------------------------------------------------------------------------------
