@@ -7,6 +7,7 @@ pytest run in this process, with that conftest, of tests that leak or spawn on p
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import threading
@@ -124,3 +125,34 @@ def test_the_conftest_fails_tests_that_leak_or_spawn_unmarked(
     assert "-> pipe:" in output
     assert "left behind pending tasks" in output and "leaked-by-inner-test" in output
     assert "test_spawns_without_a_mark started a process (subprocess.Popen) but is not marked" in output
+
+
+# test_metrics.py still borrows test_app.py's daemon helpers; the app work moves them into
+# tests/support/daemon.py, and this entry goes with them.
+KNOWN_CROSS_IMPORTS = {("test_metrics.py", "test_app")}
+
+
+def test_no_test_module_imports_a_test_module_or_a_conftest() -> None:
+    """Shared helpers live in non-test modules (tests/support/, ``<pkg>support.py``), so a test
+    module can be moved, renamed or deleted without breaking another one."""
+    tests = Path(__file__).parent
+    offending = []
+    for path in sorted(tests.rglob("*.py")):
+        if "node_modules" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                first, last = name.split(".")[0], name.rsplit(".", 1)[-1]
+                ours = (tests / first).is_dir() or any(
+                    (where / f"{first}.py").exists() for where in (tests, path.parent)
+                )
+                borrowed = ours and (last.startswith("test_") or last == "conftest")
+                if borrowed and (path.name, last) not in KNOWN_CROSS_IMPORTS:
+                    offending.append(f"{path.relative_to(tests)} imports {name}")
+    assert not offending, offending

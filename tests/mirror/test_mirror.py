@@ -9,8 +9,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Cluster
 from mirror_fakes import digest_of
+from mirrorsupport import Cluster
 from support.poll import eventually
 
 from spegel_py.registry.peerclient import PeerClient, PeerResponse

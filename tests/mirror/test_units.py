@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from conftest import Cluster
 from mirror_fakes import digest_of
+from mirrorsupport import Cluster
 
 from spegel_py.registry.bufferpool import BufferPool, BufferPoolExhaustedError
 from spegel_py.registry.peerhealth import PeerHealth

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import Cluster
 from mirror_fakes import FakeRouter
+from mirrorsupport import Cluster
 
 from spegel_py.metrics import Metrics
 from spegel_py.oci.digest import Digest
