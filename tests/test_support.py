@@ -75,10 +75,11 @@ def test_wait_until_fails_at_its_deadline_with_the_last_error_and_a_diagnosis() 
 
 
 LEAKY_TESTS = '''
-import asyncio, os, subprocess, threading, time
+import asyncio, os, subprocess, threading
 
 def test_leaks_a_thread():
-    threading.Thread(target=time.sleep, args=(0.3,), name="leaked-by-inner-test", daemon=True).start()
+    hold = int(os.environ["HOLD_FD"])  # the outer test writes to it once this run is over
+    threading.Thread(target=os.read, args=(hold, 1), name="leaked-by-inner-test", daemon=True).start()
 
 def test_leaks_an_fd():
     with open(os.environ["LEAKED_FDS"], "w") as record:
@@ -103,14 +104,17 @@ def test_the_conftest_fails_tests_that_leak_or_spawn_unmarked(
     monkeypatch.setattr(leaks, "GRACE", 0.05)  # the inner session shares this module
     leaked_fds = tmp_path / "leaked-fds"
     monkeypatch.setenv("LEAKED_FDS", str(leaked_fds))
+    hold, release = os.pipe()
+    monkeypatch.setenv("HOLD_FD", str(hold))
     try:
         result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     finally:
+        os.write(release, b"x")
         for thread in threading.enumerate():
             if thread.name == "leaked-by-inner-test":
                 thread.join()
-        for fd in leaked_fds.read_text().split() if leaked_fds.exists() else []:
-            os.close(int(fd))
+        for fd in [hold, release, *map(int, leaked_fds.read_text().split() if leaked_fds.exists() else [])]:
+            os.close(fd)
     result.assert_outcomes(passed=3, failed=1, errors=3)
     result.stdout.re_match_lines(
         [
