@@ -2,7 +2,10 @@
 #   make deps    Debian packages (scripts/install-deps.sh; idempotent)
 #   make venv    .venv with spegel-py and its test extra (re-run only when pyproject.toml changes)
 #   make lint    ruff, mypy (strict), import contracts
-#   make test    deps + venv + lint + the whole pytest suite (PYTEST_ARGS=... to pass options)
+#   make test    deps + venv + lint + the whole pytest suite, serially (PYTEST_ARGS=... to pass options)
+#   make test-fast  the tests that start no process and need no network beyond in-process sockets
+#                (-m "not process and not integration"), on FAST_WORKERS pytest-xdist workers:
+#                about a minute on 2 cores. No lint (a cold mypy alone takes ~25 s): `make lint`.
 #   make demo    the local multi-node demo (scripts/demo.py)
 #   make bench   the issue-2 serving benchmark next to nginx (root; BENCH_ARGS=... to pass options)
 #   make clean   caches, built test images and the virtualenv
@@ -11,8 +14,9 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+FAST_WORKERS ?= 2
 
-.PHONY: all deps venv lint test demo bench clean
+.PHONY: all deps venv lint test test-fast demo bench clean
 
 all: test
 
@@ -36,6 +40,9 @@ lint: venv
 test: deps venv lint
 	$(VENV)/bin/pytest -ra --durations=15 $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest: no tests collected"; status=0; fi; exit $$status
+
+test-fast: venv
+	$(VENV)/bin/pytest -q -n $(FAST_WORKERS) -m "not process and not integration" $(PYTEST_ARGS)
 
 demo: deps venv
 	$(VENV)/bin/python scripts/demo.py

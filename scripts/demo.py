@@ -41,6 +41,7 @@ from harness import (  # noqa: E402  (needs the path above)
     spegel_binary,
 )
 from harness.cluster import Cluster, ClusterNode, image_complete  # noqa: E402
+from support.poll import ConditionTimeout  # noqa: E402  (the harness's waits raise it)
 
 BOLD, DIM, GREEN, RED, RESET = (
     ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
@@ -218,7 +219,7 @@ def main() -> int:
         ok = run(workdir, group, with_big=not args.no_big)
     except KeyboardInterrupt:
         print(f"\n{RED}interrupted{RESET}")
-    except (HarnessError, TimeoutError) as exc:
+    except (HarnessError, ConditionTimeout, TimeoutError) as exc:
         print(f"\n{RED}demo failed:{RESET} {exc}")
         # spegel-py's and the upstream's logs tell the story; containerd's boot log would bury them
         print("\n".join(group.get(n).tail(15) for n in group.pids if not n.startswith("containerd")))

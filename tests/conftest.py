@@ -11,10 +11,12 @@ can never go green by skipping.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from harness import (
     BuiltImage,
     ContainerdNode,
@@ -28,6 +30,7 @@ from harness import (
 )
 from harness.procs import PidRegistry, ProcessRecord, default_pid_dir
 from harness.require import require, require_cluster, require_root, require_spegel
+from support import leaks, spawnguard
 
 NodeFactory = Callable[..., ContainerdNode]
 RegistryFactory = Callable[..., SpegelRegistry]
@@ -80,6 +83,60 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" and report.failed and isinstance(group, ProcessGroup) and group.pids:
         report.sections.append(("harness process logs", group.tails()))
     return report
+
+
+# -- the fast lane: unmarked tests may not start processes (support/spawnguard.py) ---------------
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with spawnguard.guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with spawnguard.guard(item):
+        return (yield)
+
+
+# -- leaks: no test leaves tasks, threads or fds behind (support/leaks.py) ----------------------
+_LEAK_BASELINE = pytest.StashKey[leaks.Baseline]()
+
+
+@pytest.fixture
+async def _no_leaked_tasks() -> AsyncIterator[None]:
+    before = asyncio.all_tasks()
+    yield
+    problem = await leaks.check_tasks(before)
+    if problem:
+        pytest.fail(problem)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> None:
+    """Fail a test that leaves asyncio tasks, threads or file descriptors behind.
+
+    The baseline is taken here, after the session- and module-scoped fixtures of the test are
+    up (pytest sets up wider scopes first). The task check runs on the test's loop after the
+    test's other fixtures are torn down and before pytest-asyncio closes that loop (which would
+    cancel leftovers silently); threads and fds are checked by :func:`pytest_runtest_teardown`.
+    """
+    request.node.stash[_LEAK_BASELINE] = leaks.baseline()
+    if pytest_asyncio.is_async_test(request.node):
+        request.getfixturevalue("_no_leaked_tasks")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Threads and fds, once the whole teardown is done: every fixture of the test is finalized
+    and its loop closed, and the logging plugin has dropped the test's captured records (a
+    record's exception can hold a closed grpc channel, and with it grpc's poller thread)."""
+    result = yield
+    before = item.stash.get(_LEAK_BASELINE, None)
+    if before is not None:
+        problem = leaks.check_threads_and_fds(before)
+        if problem:
+            pytest.fail(problem)
+    return result
 
 
 # -- processes ---------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ from spegel_py.routing.base import Peer
 from spegel_py.settings import RegistrySettings
 from spegel_py.supervise import EXIT_FAILURE, run
 
+pytestmark = pytest.mark.process  # most tests run the spegel-py console script
+
 
 @pytest.fixture
 def layout(tmp_path: Path) -> tuple[Path, dict[str, str]]:

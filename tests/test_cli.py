@@ -49,6 +49,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return subprocess.run([SPEGEL, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
+@pytest.mark.process
 def test_registry_help_lists_every_flag_and_env_var() -> None:
     out = _run("registry", "--help")
     assert out.returncode == 0
@@ -58,6 +59,7 @@ def test_registry_help_lists_every_flag_and_env_var() -> None:
         assert f"env {env}" in text, env
 
 
+@pytest.mark.process
 def test_top_level_help_lists_commands() -> None:
     out = _run("--help")
     assert out.returncode == 0 and "registry" in out.stdout and "version" in out.stdout
@@ -72,6 +74,7 @@ def test_version(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == __version__
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("argv", "env"),
     [
@@ -141,6 +144,7 @@ def test_flag_beats_env_beats_default_through_the_parser() -> None:
     assert settings.router_addr == ":5001"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("command", "flags"),
     [
@@ -172,6 +176,7 @@ def test_helm_facing_commands_have_spegels_flags(command: str, flags: dict[str, 
         assert flag in text and f"env {env}" in text, flag
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "argv",
     [

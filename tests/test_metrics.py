@@ -21,6 +21,8 @@ from support.poll import wait_until
 from spegel_py.cgroup import page_cache_bytes
 from spegel_py.metrics import Metrics
 
+pytestmark = pytest.mark.process  # one real spegel-py node serves the whole module
+
 NAMES = [
     "http_request_duration_seconds",
     "http_response_size_bytes",

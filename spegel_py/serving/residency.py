@@ -12,7 +12,6 @@ its granule. Python has no ``mincore`` binding; mapping the file costs no I/O.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 
 PAGE = mmap.PAGESIZE
@@ -23,7 +22,7 @@ class _Libc:
     """The three libc calls needed, loaded once per process on first use."""
 
     def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # libc is loaded already; find_library would spawn ldconfig
         self.mmap = libc.mmap
         self.mmap.restype = ctypes.c_void_p
         self.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,

@@ -13,9 +13,11 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import pytest
+from support import poll
 
 from spegel_py.errors import RoutingError
 from spegel_py.routing.base import Peer, Router
@@ -41,12 +43,7 @@ class Static:
         return self.addrs
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = DEADLINE) -> None:
-    end = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > end:
-            pytest.fail(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)
+eventually = partial(poll.eventually, within=DEADLINE, interval=0.05)  # a check is a lookup: 20 a second
 
 
 async def found(router: Router, key: str, limit: int = 3) -> list[Peer]:

@@ -31,8 +31,8 @@ from harness import (
     cleanup_mounts,
 )
 from harness.cluster import Cluster, image_complete, process_io
-from harness.procs import wait_until
 from harness.require import require_cluster, require_spegel
+from support.poll import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -173,7 +173,9 @@ def test_peer_killed_mid_transfer_the_pull_completes_from_another_peer(
                     return name
             return None
 
-        victim = str(wait_until(serving, 60, "a peer to start serving the big image", interval=0.005))
+        victim = str(
+            wait_until(serving, within=60, what="a peer to start serving the big image", interval=0.005)
+        )
         sent_at_kill = process_io(pids[victim]).get("wchar", 0) - base[victim]
         cluster.stop_spegel(peers[victim], kill=True)
     finally:
@@ -246,7 +248,9 @@ def test_image_deleted_on_the_only_peer_falls_back_fast(
     n1.pull(ref)
     cluster.wait_findable([small], by=[n2])
     n1.containerd.remove_image(ref)
-    wait_until(lambda: not n1.containerd.has_blob(layer), 30, "node 1's content GC to remove the layer")
+    wait_until(
+        lambda: not n1.containerd.has_blob(layer), within=30, what="node 1's content GC to remove the layer"
+    )
 
     stale = n2.head(f"/v2/{small.repository()}/blobs/{layer}", ns=upstream.addr)
     again = n2.head(f"/v2/{small.repository()}/blobs/{layer}", ns=upstream.addr)

@@ -8,7 +8,7 @@ from .containerd import ContainerdNode, PullResult, cleanup_mounts
 from .images import BuiltImage, ImageSet, build_image, default_cache_dir
 from .net import free_port, http_status
 from .netns import Netns, NetnsNetwork, list_namespaces
-from .procs import HarnessError, ProcessGroup, log_tail, pid_alive, wait_until
+from .procs import HarnessError, ProcessGroup, log_tail, pid_alive
 from .spegel import SpegelRegistry, spegel_binary
 from .upstream import UpstreamRegistry
 
@@ -32,5 +32,4 @@ __all__ = [
     "log_tail",
     "pid_alive",
     "spegel_binary",
-    "wait_until",
 ]

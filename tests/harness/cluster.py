@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support.poll import wait_until
+
 from .containerd import ContainerdNode, PullResult
 from .images import BuiltImage
 from .net import free_port
-from .procs import HarnessError, ProcessGroup, run_command, wait_until
+from .procs import HarnessError, ProcessGroup, run_command
 from .spegel import SpegelRegistry, spegel_binary
 from .upstream import MANIFEST_TYPES, UpstreamRegistry
 
@@ -203,8 +205,8 @@ class Cluster:
         first.spegel.start(wait=False)
         wait_until(
             lambda: self._accepts(first.ip, self.router_port),
-            timeout,
-            f"{first.name}'s router on {first.ip}:{self.router_port}",
+            within=timeout,
+            what=f"{first.name}'s router on {first.ip}:{self.router_port}",
             diagnose=self.tails,
         )
         for node in self.nodes[1:]:
@@ -267,8 +269,8 @@ class Cluster:
 
         wait_until(
             done,
-            timeout,
-            "every node to find the images through its spegel-py",
+            within=timeout,
+            what="every node to find the images through its spegel-py",
             interval=0.2,
             diagnose=lambda: f"still missing (node, path): {sorted(pending)[:6]}\n{self.tails()}",
         )

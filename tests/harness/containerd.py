@@ -1,8 +1,8 @@
 """A containerd 1.6 "node": its own root, state, socket, certs.d and log, started by pid.
 
 Each node is a full containerd daemon as on a Kubernetes node, configured as spegel-py needs
-(docs/operations.md, containerd prerequisites): the CRI registry ``config_path`` points at the node's own ``certs.d``
-and ``discard_unpacked_layers = false`` keeps layer blobs in the content store after unpacking.
+(docs/operations.md, containerd prerequisites): the CRI registry ``config_path`` points at the
+node's own ``certs.d`` and ``discard_unpacked_layers = false`` keeps layer blobs in the content store after unpacking.
 Snapshotters that cannot work here are disabled so the log stays readable.
 
 Pulls use ``ctr images pull``, which fetches in the ctr process itself: run inside a node's
@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.poll import wait_until
+
 from . import cri
 from .net import free_port
 from .netns import Netns
-from .procs import HarnessError, ProcessGroup, log_tail, run_command, wait_until
+from .procs import HarnessError, ProcessGroup, log_tail, run_command
 
 NAMESPACE = "k8s.io"
 
@@ -127,8 +129,8 @@ class ContainerdNode:
         )
         wait_until(
             self._answering,
-            timeout,
-            f"containerd {self.name} on {self.socket}",
+            within=timeout,
+            what=f"containerd {self.name} on {self.socket}",
             diagnose=lambda: log_tail(self.log_path),
         )
 
@@ -280,4 +282,4 @@ def cleanup_mounts(workdir: Path) -> None:
     for mount in sorted(mounts, reverse=True):
         run_command(["umount", "-l", mount], timeout=30)
     if mounts:
-        wait_until(lambda: not _mounts_under(prefix), 10, f"mounts under {workdir} to go")
+        wait_until(lambda: not _mounts_under(prefix), within=10, what=f"mounts under {workdir} to go")

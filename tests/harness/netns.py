@@ -19,7 +19,9 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .procs import HarnessError, run_command, wait_until
+from support.poll import wait_until
+
+from .procs import HarnessError, run_command
 
 _counter = itertools.count()  # per-process uniqueness of interface names (not shared state of tests)
 
@@ -108,7 +110,7 @@ class NetnsNetwork:
         for veth in veths:
             if link_exists(veth):
                 run_command(["ip", "link", "del", veth], timeout=30)
-        wait_until(lambda: not any(link_exists(v) for v in veths), 10, f"veths {veths} to go")
+        wait_until(lambda: not any(link_exists(v) for v in veths), within=10, what=f"veths {veths} to go")
         self.namespaces.clear()
         if self._created and link_exists(self.bridge):
             _ip("link", "del", self.bridge)

@@ -29,7 +29,6 @@ import select
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -43,36 +42,6 @@ T = TypeVar("T")
 
 class HarnessError(RuntimeError):
     """A harness step failed; the message says which and carries the relevant log tail."""
-
-
-def wait_until(
-    predicate: Callable[[], object],
-    timeout: float,
-    what: str,
-    *,
-    interval: float = 0.05,
-    diagnose: Callable[[], str] | None = None,
-) -> object:
-    """Poll ``predicate`` until it returns something truthy; return that value.
-
-    Raises :class:`TimeoutError` naming ``what`` (and the output of ``diagnose``, e.g. a log
-    tail) after ``timeout`` seconds. The short sleep between polls is pacing, not
-    synchronisation: the condition itself is what is waited for.
-    """
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-        except Exception as exc:  # a predicate may fail until the thing is up (connection refused)
-            value, last_exc = None, exc
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_exc!r})" if last_exc is not None else ""
-            extra = f"\n{diagnose()}" if diagnose is not None else ""
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}{detail}{extra}")
-        time.sleep(interval)
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

@@ -11,11 +11,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from support.poll import wait_until
+
 from .containerd import ContainerdNode
 from .images import repo_root
 from .net import free_port, http_status
 from .netns import Netns
-from .procs import ProcessGroup, log_tail, wait_until
+from .procs import ProcessGroup, log_tail
 
 
 def spegel_binary() -> Path:
@@ -110,8 +112,8 @@ class SpegelRegistry:
     def wait_ready(self, *, timeout: float = 30.0) -> None:
         wait_until(
             self._ready,
-            timeout,
-            f"{self.name} /readyz on {self.addr}",
+            within=timeout,
+            what=f"{self.name} /readyz on {self.addr}",
             diagnose=lambda: log_tail(self.log_path),
         )
 

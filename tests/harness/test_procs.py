@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from support.poll import wait_until
 
-from harness.procs import PidRegistry, ProcessGroup, ProcessRecord, pid_alive, start_time, wait_until
+from harness.procs import PidRegistry, ProcessGroup, ProcessRecord, pid_alive, start_time
+
+pytestmark = pytest.mark.process  # real child processes throughout
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 IDLE = [sys.executable, "-c", "import signal; signal.pause()"]  # a daemon stand-in: idles until signalled
@@ -29,7 +32,8 @@ IDLE = [sys.executable, "-c", "import signal; signal.pause()"]  # a daemon stand
 CHILD = """
 import os, sys, threading
 from pathlib import Path
-from harness.procs import PidRegistry, ProcessGroup, wait_until
+from harness.procs import PidRegistry, ProcessGroup
+from support.poll import wait_until
 
 workdir = Path(sys.argv[1])
 group = ProcessGroup(pid_registry=PidRegistry(workdir / "pids"))
@@ -39,7 +43,7 @@ worker.start()
 worker.join()
 # until the worker thread is gone in the kernel too: had it forked the daemon, its exit would
 # have sent the daemon its PDEATHSIG by now
-wait_until(lambda: not os.path.exists(f"/proc/self/task/{worker.native_id}"), 10, "worker exit")
+wait_until(lambda: not os.path.exists(f"/proc/self/task/{worker.native_id}"), within=10, what="worker exit")
 print(group.pids["idle"], flush=True)
 sys.stdin.read()  # until killed
 """
@@ -90,7 +94,7 @@ def test_a_daemon_dies_with_its_sigkilled_harness(tmp_path: Path) -> None:
 
         child.kill()  # like an outer `timeout -s KILL`: no finalizer, no atexit
         child.wait(10)
-        wait_until(lambda: not pid_alive(daemon), 10, f"daemon {daemon} to die with its parent")
+        wait_until(lambda: not pid_alive(daemon), within=10, what=f"daemon {daemon} to die with its parent")
     finally:
         child.kill()
         child.wait(10)

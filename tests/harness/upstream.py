@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.poll import wait_until
+
 from .images import MT_INDEX, MT_MANIFEST, BuiltImage
 from .net import free_port, http_status
-from .procs import HarnessError, ProcessGroup, log_tail, run_command, wait_until
+from .procs import HarnessError, ProcessGroup, log_tail, run_command
 
 # 127.0.0.1 - - [23/Nov/2026:20:33:14 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "curl/7.88.1"
 _ACCESS = re.compile(r'^\S+ - \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3}) \S+ "[^"]*" "([^"]*)"')
@@ -101,8 +103,8 @@ class UpstreamRegistry:
         )
         wait_until(
             lambda: self._alive_and_answering(),
-            timeout,
-            f"upstream registry on {self.addr}",
+            within=timeout,
+            what=f"upstream registry on {self.addr}",
             diagnose=lambda: log_tail(self.log_path),
         )
 
@@ -114,7 +116,9 @@ class UpstreamRegistry:
         """Stop the process (by pid) and wait until the port refuses connections."""
         self.processes.stop(self.name)
         wait_until(
-            lambda: http_status(f"{self.url}/v2/", timeout=0.5) == 0, 10, f"{self.addr} to stop answering"
+            lambda: http_status(f"{self.url}/v2/", timeout=0.5) == 0,
+            within=10,
+            what=f"{self.addr} to stop answering",
         )
 
     def push(self, image: BuiltImage, *, timeout: float = 300.0) -> str:

@@ -177,6 +177,7 @@ def test_every_object_deserializes_losslessly(
         assert api.sanitize_for_serialization(model) == obj, f"{where}: fields lost in the model round trip"
 
 
+@pytest.mark.process  # runs the real `spegel-py <subcommand> --help`
 @pytest.mark.parametrize("case", CASES)
 def test_every_flag_exists_in_the_cli(case: str, renders: dict[str, Rendered]) -> None:
     """Each container's flags, against the real ``spegel-py <subcommand> --help`` and parser."""

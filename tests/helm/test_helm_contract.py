@@ -268,6 +268,7 @@ def test_long_release_names_keep_suffixed_names_within_dns_label_limits(chart: h
     assert len(set(names)) >= 5
 
 
+@pytest.mark.process  # runs the real spegel-py configuration
 def test_init_container_args_configure_a_real_certs_d(defaults: Rendered, tmp_path: Path) -> None:
     """The init container's exact args, run through the real CLI against a scratch certs.d (only
     the two host paths are moved and $(NODE_IP) expanded, as the kubelet would)."""

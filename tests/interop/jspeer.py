@@ -165,15 +165,3 @@ async def js_peers(*ips: str) -> AsyncIterator[list[JsPeer]]:
         yield peers
     finally:
         await asyncio.gather(*(p.stop() for p in peers), return_exceptions=True)
-
-
-async def wait_for(predicate: Any, *, within: float, interval: float = 0.05) -> None:
-    """Poll an async ``predicate()`` until it is true; fail the test at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        if await predicate():
-            return
-        if loop.time() > deadline:
-            pytest.fail(f"condition not met within {within}s: {getattr(predicate, '__name__', predicate)}")
-        await asyncio.sleep(interval)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from jspeer import JsPeer, ensure_installed, js_peers, wait_for
+from jspeer import JsPeer, ensure_installed, js_peers
+from support.poll import eventually
 
 from spegel_py.routing.base import Peer
 from spegel_py.routing.bootstrap import StaticBootstrapper
@@ -59,7 +60,7 @@ async def connected(router: Libp2pRouter, *peers: JsPeer) -> None:
     async def ready() -> bool:
         return router.ready() and all([await p.routing_table_size() > 0 for p in peers])
 
-    await wait_for(ready, within=20)
+    await eventually(ready, within=20, interval=0.05)
 
 
 async def test_js_finds_a_py_provider(tmp_path: Path) -> None:
@@ -129,20 +130,15 @@ async def test_js_finds_what_the_advertiser_announces(tmp_path: Path) -> None:
         advertiser = Advertiser(store, router)
         task = asyncio.create_task(advertiser.run(), name="advertiser")
         try:
-            await wait_for(_async(lambda: len(advertiser.advertised()) == len(image.present) + 1), within=10)
+            await eventually(
+                lambda: len(advertiser.advertised()) == len(image.present) + 1, within=10, interval=0.05
+            )
             for key in [image.name, str(image.root), *(str(d) for d in image.layers)]:
                 assert router.peer_id in await js.find_providers(key), key
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _async(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return condition()
-
-    return check
 
 
 async def test_two_py_nodes_meet_through_a_js_node(tmp_path: Path) -> None:
@@ -161,7 +157,7 @@ async def test_two_py_nodes_meet_through_a_js_node(tmp_path: Path) -> None:
         async def js_holds_it() -> bool:
             return py_a.peer_id in await js.find_providers(key, timeout_ms=1000)
 
-        await wait_for(js_holds_it, within=10)
+        await eventually(js_holds_it, within=10, interval=0.05)
         peers = await lookup(py_b, key)
         assert py_a.peer_id in {p.peer_id for p in peers}
         assert next(p for p in peers if p.peer_id == py_a.peer_id).host == "127.0.0.36"

@@ -10,7 +10,8 @@ import base64
 import hashlib
 
 import pytest
-from jspeer import ensure_installed, js_peers, wait_for
+from jspeer import ensure_installed, js_peers
+from support.poll import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ async def test_two_js_peers_find_each_others_providers() -> None:
         async def both_routed() -> bool:
             return await a.routing_table_size() > 0 and await b.routing_table_size() > 0
 
-        await wait_for(both_routed, within=10)
+        await eventually(both_routed, within=10, interval=0.05)
         for i, key in enumerate(KEYS):
             provider, seeker = (a, b) if i % 2 == 0 else (b, a)
             assert await provider.provide(key) == spegel_cid(key)

@@ -39,8 +39,8 @@ import pytest
 from harness import ImageSet, ProcessGroup, UpstreamRegistry, cleanup_mounts
 from harness.cluster import Cluster
 from harness.net import free_port
-from harness.procs import wait_until
 from harness.require import require, require_cluster, require_spegel
+from support.poll import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -157,7 +157,7 @@ def start_prometheus(processes: ProcessGroup, workdir: Path, cluster: Cluster) -
         log_path=workdir / "prometheus.log",
     )
     prom = Prometheus(f"http://{PROM_HOST}:{port}")
-    wait_until(lambda: _ready(prom.url), 30, "prometheus ready")
+    wait_until(lambda: _ready(prom.url), within=30, what="prometheus ready")
     return prom
 
 
@@ -220,7 +220,7 @@ def run(_upstream_session: UpstreamRegistry, test_images: ImageSet) -> Iterator[
                           extra_args=["--reprovide-interval", REPROVIDE_INTERVAL])  # fmt: skip
         cluster.start()
         prometheus = start_prometheus(processes, workdir, cluster)
-        wait_until(lambda: prometheus.scraped_after(time.time() - 1), 30, "both targets scraped")
+        wait_until(lambda: prometheus.scraped_after(time.time() - 1), within=30, what="both targets scraped")
         n1, n2 = cluster.nodes
         before = totals(cluster)
 
@@ -230,15 +230,15 @@ def run(_upstream_session: UpstreamRegistry, test_images: ImageSet) -> Iterator[
         # node 2's lookups above created its mirror and HTTP series; a scrape now gives rate()
         # a first sample, so the pull below shows up as an increase (rate ignores new series)
         findable = time.time()
-        wait_until(lambda: prometheus.scraped_after(findable), 30, "a scrape before the pull")
+        wait_until(lambda: prometheus.scraped_after(findable), within=30, what="a scrape before the pull")
         upstream.stop()  # every byte node 2 gets comes through the mirror
         n2.pull(upstream.ref(small))
         # and by digest: an image known by digest only is what spegel_advertised_image_digests counts
         n2.pull(f"{upstream.addr}/{small.repository()}@{small.digest}")
         # node 2's advertiser applies that image record in a debounced batch (tens of ms later):
         # the snapshot below must not race it
-        wait_until(lambda: totals(cluster).get("spegel_advertised_image_digests", 0.0) > 0, 10,
-                   "node 2 advertises the image it pulled by digest")  # fmt: skip
+        wait_until(lambda: totals(cluster).get("spegel_advertised_image_digests", 0.0) > 0, within=10,
+                   what="node 2 advertises the image it pulled by digest")  # fmt: skip
 
         layer = max(small.blobs, key=lambda d: small.blobs[d])
         held = hold_blob_open(
@@ -251,12 +251,12 @@ def run(_upstream_session: UpstreamRegistry, test_images: ImageSet) -> Iterator[
                 inflight.append(totals(cluster).get("http_requests_inflight", 0.0))
                 return inflight[-1] > 0
 
-            wait_until(seen_inflight, 10, "a held request counted in http_requests_inflight")
+            wait_until(seen_inflight, within=10, what="a held request counted in http_requests_inflight")
         finally:
             held.close()
         after = totals(cluster)
         done = time.time()
-        wait_until(lambda: prometheus.scraped_after(done), 30, "a scrape after the pull")
+        wait_until(lambda: prometheus.scraped_after(done), within=30, what="a scrape after the pull")
         relayed = small.total_size - small.blobs[small.digest]
         yield Run(cluster, prometheus, before, after, inflight[-1], done, relayed)
     finally:

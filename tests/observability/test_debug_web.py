@@ -14,7 +14,6 @@ import json
 import shutil
 import socket
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,6 +23,7 @@ import pytest
 from aiohttp import web
 from harness.require import missing
 from pngread import read_png
+from support.poll import eventually
 
 from spegel_py.debug.web import (
     Advertised,
@@ -256,11 +256,13 @@ async def test_a_real_registry_process_debug_page_in_headless_chromium(tmp_path:
             return 0, ""  # not listening yet
 
     async def until(what: str, condition: Callable[[], Awaitable[bool]]) -> None:
-        deadline = time.monotonic() + 30
-        while not await condition():  # polling a condition with a deadline
+        async def met() -> bool:
+            if await condition():
+                return True
             assert proc.returncode is None, "spegel-py exited"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.1)
+            return False
+
+        await eventually(met, within=30, interval=0.1, what=what)
 
     async def ready() -> bool:
         return (await asyncio.to_thread(fetch, "/readyz"))[0] == 200

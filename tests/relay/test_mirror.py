@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from relaysupport import Cluster, digest_of
+from support.poll import eventually
 
 from spegel_py.relay.peerclient import PeerClient, PeerResponse
 from spegel_py.routing.base import Peer
@@ -399,10 +400,10 @@ async def test_client_leaving_mid_blob_releases_everything(
         assert resp.status == 200
         await resp.content.readexactly(100_000)
         resp.close()  # drop the connection mid-body
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while pool.in_use or mirror._client.open_connections:
-        assert loop.time() < deadline, (pool.in_use, mirror._client.open_connections)
-        await asyncio.sleep(0.01)  # polling a condition with a deadline
+    await eventually(
+        lambda: not pool.in_use and not mirror._client.open_connections,
+        within=5,
+        what="buffers and the peer connection released",
+    )
     status, body, _ = await get(session, f"{front.url}/v2/a/blobs/{digest}")
     assert status == 200 and body == data

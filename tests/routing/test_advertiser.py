@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
 from conformance.store_images import StoreImage, multi_arch_image, small_image
+from support import poll
 
 from spegel_py.errors import RoutingError
 from spegel_py.oci.filters import RegistryFilter
@@ -26,14 +28,7 @@ from spegel_py.store.memory import MemoryStore
 WITHIN = 5.0  # seconds: every condition below is met in milliseconds; this only bounds a failure
 
 
-async def eventually(condition: Callable[[], bool], *, within: float = WITHIN) -> None:
-    """Poll ``condition`` until true; fail at the deadline (never a bare sleep as synchronisation)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail("condition not met in time")
-        await asyncio.sleep(0.005)
+eventually = partial(poll.eventually, within=WITHIN, interval=0.005)  # this module's bound and pace
 
 
 def add(store: MemoryStore, image: StoreImage, name: str | None = None) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from fakes.kube_apiserver import FakeKubeApiServer, make_pod
+from support.poll import eventually
 
 from spegel_py.errors import ConfigurationError, RoutingError
 from spegel_py.routing.bootstrap import Bootstrapper, KubernetesBootstrapper
@@ -144,7 +143,7 @@ async def test_libp2p_routers_meet_through_the_api_server(tmp_path: Path) -> Non
         try:
             for router in routers:
                 await router.start()
-            await _eventually(lambda: all(r.ready() for r in routers))
+            await eventually(lambda: all(r.ready() for r in routers), within=20.0)
             await routers[0].advertise(["docker.io/library/nginx:1.25"])
             found = [p async for p in routers[1].lookup("docker.io/library/nginx:1.25")]
             assert [(p.peer_id, p.host) for p in found] == [(routers[0].peer_id, ips[0])]
@@ -167,12 +166,3 @@ def _free_port_on(ips: tuple[str, ...]) -> int:
                 continue
             return port
     pytest.fail("no common free port")
-
-
-async def _eventually(condition: Callable[[], bool], within: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail("condition not met in time")
-        await asyncio.sleep(0.02)

@@ -7,12 +7,10 @@ event loop that started the router. Records live 3 s and are reprovided every 0.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+from support.poll import eventually
 
 from spegel_py.routing.libp2p.router import Libp2pRouter
 
@@ -25,15 +23,6 @@ class Static:
 
     async def peers(self) -> list[str]:
         return self.addrs
-
-
-async def eventually(condition: Callable[[], bool], within: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail("condition not met in time")
-        await asyncio.sleep(0.02)  # polling a condition with a deadline
 
 
 async def test_records_peers_and_reprovides_are_counted(tmp_path: Path) -> None:

@@ -13,14 +13,15 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness.netns import Netns, NetnsNetwork
 from harness.require import require, require_root
+from support import poll
 
 pytestmark = pytest.mark.integration
 
@@ -94,12 +95,7 @@ async def netns_nodes(tmp_path: Path) -> AsyncIterator[Start]:
             await asyncio.gather(*(n.stop() for n in nodes))  # before the namespaces go
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = DEADLINE) -> None:
-    end = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > end:
-            pytest.fail(f"condition not met within {within}s")
-        await asyncio.sleep(0.1)
+eventually = partial(poll.eventually, within=DEADLINE, interval=0.1)  # a check is a lookup: 10 a second
 
 
 async def test_nodes_in_namespaces_find_each_other_by_bare_address(netns_nodes: Start) -> None:

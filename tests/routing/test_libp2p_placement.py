@@ -7,14 +7,13 @@ Spegel node asks the same peers), and a node holding no record finds the provide
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from libp2p.peer.id import ID
+from support.poll import eventually
 
 from spegel_py.routing.libp2p.keys import multihash
 from spegel_py.routing.libp2p.router import Libp2pRouter
@@ -49,10 +48,9 @@ async def five(tmp_path: Path) -> AsyncIterator[list[Libp2pRouter]]:
             )
             await r.start()
             routers.append(r)
-        end = time.monotonic() + 30
-        while not all(r.peer_count() == 4 for r in routers):
-            assert time.monotonic() < end, [r.peer_count() for r in routers]
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: all(r.peer_count() == 4 for r in routers), within=30, interval=0.05, what="a full mesh"
+        )
         yield routers
     finally:
         for r in routers:
@@ -78,10 +76,12 @@ def holders(routers: list[Libp2pRouter], key: str) -> set[str]:
 async def test_records_land_at_the_k_closest_and_are_found_in_one_round(five: list[Libp2pRouter]) -> None:
     provider = five[0]
     await provider.advertise(KEYS)
-    end = time.monotonic() + 20
-    while not all(holders(five, k) >= closest(five, k, provider) for k in KEYS):
-        assert time.monotonic() < end
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: all(holders(five, k) >= closest(five, k, provider) for k in KEYS),
+        within=20,
+        interval=0.05,
+        what="records at the K closest",
+    )
     for key in KEYS:
         assert holders(five, key) == closest(five, key, provider), key
         for seeker in five[1:]:

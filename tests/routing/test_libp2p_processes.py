@@ -14,10 +14,14 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import poll
+
+pytestmark = pytest.mark.process  # every test drives nodes in child processes
 
 DRIVER = Path(__file__).with_name("libp2p_node.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,12 +111,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
         await asyncio.gather(*(n.stop() for n in nodes))
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = DEADLINE) -> None:
-    end = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > end:
-            pytest.fail(f"condition not met within {within}s")
-        await asyncio.sleep(0.1)
+eventually = partial(poll.eventually, within=DEADLINE, interval=0.1)  # a check is a lookup: 10 a second
 
 
 async def finds(node: Node, key: str, provider: Node) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -37,12 +36,3 @@ async def served(
     finally:
         await runner.cleanup()
 
-
-@pytest.fixture(autouse=True)
-async def no_leaked_tasks() -> AsyncIterator[None]:
-    """Fail a test that leaves tasks running (servers, senders, watchdogs must all be cleaned up)."""
-    before = asyncio.all_tasks()
-    yield
-    current = asyncio.current_task()
-    leaked = [t for t in asyncio.all_tasks() - before if t is not current and not t.done()]
-    assert not leaked, leaked

@@ -89,7 +89,7 @@ class Content:
     small_layer: Digest
     json_no_type: Digest
     empty: Digest
-    data: dict[Digest, bytes] = field(default_factory=dict)
+    data: dict[Digest, bytes] = field(default_factory=dict, repr=False)  # MiBs: a repr would copy them
 
 
 @functools.cache

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from pathlib import Path
 
 import pytest
 from regsupport import FileStore, resident_fraction, start_server
+from support.poll import eventually
 
 from spegel_py.serving.pagecache import PageCacheCoordinator
 from spegel_py.serving.residency import GRANULE, resident_granules
@@ -164,17 +164,6 @@ def test_mincore_sees_the_page_cache(tmp_path: Path) -> None:
         os.close(fd)
 
 
-async def _wait_for(predicate, within: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until true or the deadline (no sleeps as synchronisation)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("eviction", [True, False])
 async def test_serving_a_cold_file_leaves_it_evicted_only_when_on(tmp_path: Path, eviction: bool) -> None:
@@ -196,7 +185,9 @@ async def test_serving_a_cold_file_leaves_it_evicted_only_when_on(tmp_path: Path
         got = await client.request("GET", f"/v2/a/blobs/{digest}")
         assert got.status == 200 and hashlib.sha256(got.body).hexdigest() == digest.hex
         if eviction:
-            assert await _wait_for(lambda: resident_fraction(path) < 0.05), resident_fraction(path)
+            await eventually(
+                lambda: resident_fraction(path) < 0.05, within=10.0, interval=0.05, what="the pages dropped"
+            )
         else:
             assert resident_fraction(path) > 0.9
     finally:

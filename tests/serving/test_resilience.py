@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from regsupport import REGISTRY, Content, FileStore, make_content, start_server
+from support.poll import eventually
 
 from spegel_py.errors import StoreUnavailableError
 from spegel_py.metrics import Metrics
@@ -183,7 +184,6 @@ async def test_client_going_away_mid_body_releases_everything(tmp_path: Path) ->
     coordinator = PageCacheCoordinator(settle=0)
     metrics = Metrics()
     runner, client = await start_server(store, coordinator=coordinator, metrics=metrics)
-    loop = asyncio.get_running_loop()
     try:
         reader, writer = await asyncio.open_connection(client.host, client.port)
         writer.write(f"GET /v2/x/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -191,12 +191,13 @@ async def test_client_going_away_mid_body_releases_everything(tmp_path: Path) ->
         writer.transport.abort()  # RST, mid-body
         fd = os.open(store.blobs / "sha256" / digest.hex, os.O_RDONLY)
         try:
-            deadline = loop.time() + 10
-            while loop.time() < deadline:
-                inflight = metrics.registry.get_sample_value("http_requests_inflight", {"handler": "blob"})
-                if coordinator.in_flight(fd) == 0 and inflight == 0:
-                    break
-                await asyncio.sleep(0.02)
+            await eventually(
+                lambda: coordinator.in_flight(fd) == 0
+                and metrics.registry.get_sample_value("http_requests_inflight", {"handler": "blob"}) == 0,
+                within=10,
+                interval=0.02,
+                what="the aborted request released",
+            )
             assert coordinator.in_flight(fd) == 0
             assert metrics.registry.get_sample_value("http_requests_inflight", {"handler": "blob"}) == 0
         finally:

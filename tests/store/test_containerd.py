@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conformance.store_images import small_image, write_archive
 from harness import ContainerdNode
+from support.poll import eventually
 
 from spegel_py.errors import ContentNotFoundError, ImageNotFoundError, StoreUnavailableError
 from spegel_py.oci.digest import Digest
@@ -72,15 +73,17 @@ async def next_event(events: AsyncGenerator[Event, None], wanted: Callable[[Even
     raise AssertionError("subscription ended")
 
 
-async def eventually(probe: Callable[[], Awaitable[object]]) -> None:
-    """Await ``probe()`` until it stops raising StoreUnavailableError (bounded)."""
-    async with asyncio.timeout(DEADLINE):
-        while True:
-            try:
-                await probe()
-                return
-            except StoreUnavailableError:
-                await asyncio.sleep(0.05)  # pacing between probes of a condition
+def answers(probe: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[bool]]:
+    """A check for :func:`eventually`: ``probe()`` no longer raises StoreUnavailableError."""
+
+    async def check() -> bool:
+        try:
+            await probe()
+        except StoreUnavailableError:
+            return False
+        return True
+
+    return check
 
 
 async def test_namespace_missing_then_appears(
@@ -131,7 +134,7 @@ async def test_recovers_after_containerd_is_killed_and_restarted(
             await store.stat(small_image().root)
         assert time.monotonic() - started < 5.0  # fails fast, well within the deadline
         await asyncio.to_thread(node.start)
-        await eventually(store.list_images)
+        await eventually(answers(store.list_images), within=DEADLINE, interval=0.05)
         assert [i.name for i in await store.list_images()] == [small_image().name]
         # the subscription survived: it re-subscribed and says events may have been lost
         resync = await next_event(events, lambda e: True)
