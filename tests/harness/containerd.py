@@ -2,8 +2,8 @@
 
 Each node is a full containerd daemon as on a Kubernetes node, configured as spegel-py needs
 (docs/operations.md, containerd prerequisites): the CRI registry ``config_path`` points at the
-node's own ``certs.d`` and ``discard_unpacked_layers = false`` keeps layer blobs in the content store after unpacking.
-Snapshotters that cannot work here are disabled so the log stays readable.
+node's own ``certs.d`` and ``discard_unpacked_layers = false`` keeps layer blobs in the content
+store after unpacking. Snapshotters that cannot work here are disabled so the log stays readable.
 
 Pulls use ``ctr images pull``, which fetches in the ctr process itself: run inside a node's
 network namespace, that pull can reach only what the namespace can reach. The daemon socket is
