@@ -1,8 +1,13 @@
-"""Fixtures of the local-cluster harness (``tests/harness``), shared by every test package.
+"""What every test package shares: the leak check, the spawn guard and the harness fixtures.
 
-Expensive things are session-scoped and lazy: test images are built (or taken from the on-disk
-cache) only when a test asks for them, the big image only by tests that request ``big_image``,
-and one upstream registry serves the whole session. Everything a fixture starts is stopped by
+Every test fails if it leaves asyncio tasks, threads or file descriptors behind
+(``support/leaks.py``), and a test that starts a process must be marked ``process`` or
+``integration`` (``support/spawnguard.py``), which keeps ``make test-fast`` free of them.
+
+The fixtures of the local-cluster harness (``tests/harness``): expensive things are
+session-scoped and lazy: test images are built (or taken from the on-disk cache) only when a
+test asks for them, the big image only by tests that request ``big_image``, and one upstream
+registry serves the whole session. Everything a fixture starts is stopped by
 pid in its teardown, whatever the test's outcome.
 
 Missing components: :func:`require` skips a test locally but fails it when ``CI=true``, so CI

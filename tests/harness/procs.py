@@ -292,6 +292,7 @@ class ProcessGroup:
         self._stop_timeout = stop_timeout
         self._registry = pid_registry if pid_registry is not None else PidRegistry(default_pid_dir())
         self._spawner: _Spawner | None = None
+        self._spawner_lock = threading.Lock()  # nodes start in parallel threads: one spawner
         self._procs: dict[str, Managed] = {}
         self.started_pids: list[int] = []  # every pid ever started here, for leak checks
         atexit.register(self.stop_all)
@@ -336,9 +337,11 @@ class ProcessGroup:
             self._registry.record(popen.pid, full)
             return popen
 
-        if self._spawner is None:
-            self._spawner = _Spawner(f"harness-spawner-{id(self):x}")
-        popen = self._spawner.call(spawn)
+        with self._spawner_lock:
+            if self._spawner is None:
+                self._spawner = _Spawner(f"harness-spawner-{id(self):x}")
+            spawner = self._spawner
+        popen = spawner.call(spawn)
         self._procs[name] = Managed(name, list(full), popen, log_path)
         self.started_pids.append(popen.pid)
         return popen
@@ -368,9 +371,12 @@ class ProcessGroup:
         then the spawner thread (a later :meth:`start` makes a new one)."""
         for name in reversed(list(self._procs)):
             self.stop(name)
-        if self._spawner is not None and not self._procs:
-            self._spawner.close()
-            self._spawner = None
+        with self._spawner_lock:
+            spawner = self._spawner if not self._procs else None
+            if spawner is not None:
+                self._spawner = None
+        if spawner is not None:
+            spawner.close()
 
     def check_running(self, name: str) -> None:
         """Raise with the log tail if a process exited unexpectedly."""
