@@ -131,9 +131,6 @@ def test_the_conftest_fails_tests_that_leak_or_spawn_unmarked(
     assert "test_spawns_without_a_mark started a process (subprocess.Popen) but is not marked" in output
 
 
-# test_metrics.py still borrows test_app.py's daemon helpers; the app work moves them into
-# tests/support/daemon.py, and this entry goes with them.
-KNOWN_CROSS_IMPORTS = {("test_metrics.py", "test_app")}
 
 
 def test_no_test_module_imports_a_test_module_or_a_conftest() -> None:
@@ -157,6 +154,6 @@ def test_no_test_module_imports_a_test_module_or_a_conftest() -> None:
                     (where / f"{first}.py").exists() for where in (tests, path.parent)
                 )
                 borrowed = ours and (last.startswith("test_") or last == "conftest")
-                if borrowed and (path.name, last) not in KNOWN_CROSS_IMPORTS:
+                if borrowed:
                     offending.append(f"{path.relative_to(tests)} imports {name}")
     assert not offending, offending
