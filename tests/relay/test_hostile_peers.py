@@ -8,6 +8,7 @@ answering a hostile response first, then (in some tests) an honest peer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 
@@ -228,3 +229,31 @@ async def test_a_peer_that_ignores_range_sends_the_whole_blob_which_is_verified(
         else:
             assert await resp.read() == data[10:20]
     assert peer.body_bytes_sent == len(data)
+
+
+@pytest.mark.parametrize("accept", ["application/json\u20ac".encode(), b"a\xff", b"text/plain\x01"])
+async def test_a_client_accept_that_is_not_ascii_is_not_sent_on(
+    node: tuple[Node, FakeRouter], cluster: Cluster, blob: Callable[[int], bytes], accept: bytes
+) -> None:
+    """A value that cannot be written into a request to a peer is dropped (it was a 500)."""
+    b, router = node
+    data = blob(1000)
+    digest = digest_of(data)
+    peer = await cluster.peer({digest: data})
+    router.peers = [peer.peer]
+    reader, writer = await asyncio.open_connection("127.0.0.60", b.port)
+    try:
+        writer.write(
+            f"GET /v2/library/app/blobs/{digest}?ns=docker.io HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Accept: "
+            + accept
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        response = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    status = response.split(b" ", 2)[1]
+    assert status in (b"200", b"400"), response[:200]  # aiohttp refuses a control character itself
+    if status == b"200":
+        assert response.endswith(data)
