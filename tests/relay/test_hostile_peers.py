@@ -83,7 +83,11 @@ async def raw_peer(cluster: Cluster) -> AsyncIterator[RawPeer]:
         await peer.stop()
 
 
-@pytest.mark.parametrize("size", SIZES)
+# (method, what, size): a blob verified whole, a streamed blob, its HEAD, a manifest by tag
+ASKED = [("GET", "blob", 1000), ("GET", "blob", 300_000), ("HEAD", "blob", 300_000), ("GET", "tag", 1000)]
+
+
+@pytest.mark.parametrize(("method", "what", "size"), ASKED, ids=[f"{m}-{w}-{n}" for m, w, n in ASKED])
 @pytest.mark.parametrize("answer", list(HOSTILE.values()), ids=list(HOSTILE))
 async def test_a_hostile_answer_is_a_404_never_a_500(
     node: tuple[Node, FakeRouter],
@@ -91,6 +95,8 @@ async def test_a_hostile_answer_is_a_404_never_a_500(
     cluster: Cluster,
     blob: Callable[[int], bytes],
     answer: Callable[[str, bytes], bytes],
+    method: str,
+    what: str,
     size: int,
 ) -> None:
     b, router = node
@@ -98,11 +104,14 @@ async def test_a_hostile_answer_is_a_404_never_a_500(
     digest = digest_of(data)
     raw_peer.answer = lambda head: answer(digest, data)
     router.peers = [raw_peer.peer]
-    async with cluster.session().get(f"{b.url}/v2/library/app/blobs/{digest}?ns=docker.io") as resp:
+    path = f"blobs/{digest}" if what == "blob" else "manifests/v1"
+    async with cluster.session().request(method, f"{b.url}/v2/library/app/{path}?ns=docker.io") as resp:
         body = await resp.read()
         status, content_type = resp.status, resp.content_type
     assert (status, content_type) == (404, "application/json"), body[:200]
-    assert json.loads(body)["errors"][0]["code"] == "BLOB_UNKNOWN"
+    if method == "GET":
+        code = "BLOB_UNKNOWN" if what == "blob" else "MANIFEST_UNKNOWN"
+        assert json.loads(body)["errors"][0]["code"] == code
     assert len(raw_peer.heads) == 1
 
 
