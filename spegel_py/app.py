@@ -178,10 +178,10 @@ async def serve(
     from spegel_py.serving.seam import MissHandler
     from spegel_py.serving.server import RegistryServer
 
-    metrics = Metrics()
     filters = RegistryFilter.from_flags(
         mirrored_registries=settings.mirrored_registries, registry_filters=settings.registry_filters
     )
+    metrics = Metrics(mirrored_registries=filters.registries)
     coordinator = PageCacheCoordinator(
         enabled=settings.page_cache_eviction,
         lag=settings.page_cache_eviction_lag,

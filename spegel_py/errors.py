@@ -94,6 +94,12 @@ class PeerMissError(PeerError):
     """The peer answered but does not hold the content (404 or an unusable answer)."""
 
 
+class PeerProtocolError(PeerError):
+    """The peer's response head breaks HTTP/1.1 or the relay's bounds (a malformed status line,
+    non-ASCII digits, a bare CR or LF, too many or too long headers, conflicting lengths): a miss,
+    so the client gets the 404 that sends it upstream, never a 500."""
+
+
 class PeerCorruptError(PeerError):
     """The peer's bytes do not match their digest."""
 

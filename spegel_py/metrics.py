@@ -32,6 +32,17 @@ _SIZE_BUCKETS = tuple(float(10**n) for n in range(2, 11))
 _BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+# Labels never carry client input verbatim (a label set is a time series that lives as long as
+# the process): methods and registries outside a fixed set are counted as OTHER.
+OTHER = "other"
+_METHODS = frozenset({"GET", "HEAD"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of the HTTP families: ``GET``, ``HEAD`` (all that is served) or ``other``."""
+    return method if method in _METHODS else OTHER
+
+
 # -- what the collectors read ------------------------------------------------------------------
 class RelayCounters(Protocol):
     """The relay's counters (the mirror's ``stats``), each only ever incremented."""
@@ -108,8 +119,13 @@ class RouterState(Protocol):
 class Metrics:
     """The instruments, and the registry that ``/metrics`` exposes (``registry``)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, mirrored_registries: Collection[str] | None = None
+    ) -> None:
+        """``mirrored_registries``: the hosts of ``--mirrored-registries`` (``None``: every
+        registry is mirrored), the only values of the ``registry`` label besides ``other``."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._registry_labels = frozenset(mirrored_registries or ())
         labels = ("handler", "method", "code")
         self.http_request_duration = Histogram(
             "http_request_duration_seconds",
@@ -172,8 +188,13 @@ class Metrics:
         )
 
     def mirror_result(self, registry: str, served: bool) -> None:
-        """The Mirror's ``on_result`` hook: one call per mirrored request."""
-        self.mirror_requests.labels(registry, "hit" if served else "miss").inc()
+        """The Mirror's ``on_result`` hook: one call per mirrored request.
+
+        ``registry`` is the client's ``ns``: it becomes the label only when it is one of the
+        configured mirrored registries (or empty: no ``ns``), else ``other``.
+        """
+        label = registry if registry in self._registry_labels or not registry else OTHER
+        self.mirror_requests.labels(label, "hit" if served else "miss").inc()
         if served:
             self.mirror_last_success.set_to_current_time()
 

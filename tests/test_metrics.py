@@ -19,7 +19,7 @@ from support.daemon import Daemon, free_port, get, kill, make_layout, metric, st
 from support.poll import wait_until
 
 from spegel_py.cgroup import page_cache_bytes
-from spegel_py.metrics import Metrics
+from spegel_py.metrics import Metrics, method_label
 
 pytestmark = pytest.mark.process  # one real spegel-py node serves the whole module
 
@@ -279,3 +279,29 @@ def test_cgroup_page_cache(
 
 def test_cgroup_page_cache_without_proc(tmp_path: Path) -> None:
     assert page_cache_bytes(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "label"),
+    [("GET", "GET"), ("HEAD", "HEAD"), ("POST", "other"), ("PROPFIND", "other"), ("get", "other"),
+     ("", "other")],
+)  # fmt: skip
+def test_the_method_label_is_a_fixed_set(method: str, label: str) -> None:
+    assert method_label(method) == label
+
+
+@pytest.mark.parametrize(
+    ("mirrored", "registry", "label"),
+    [
+        (frozenset({"docker.io"}), "docker.io", "docker.io"),
+        (frozenset({"docker.io"}), "evil.example.com", "other"),
+        (frozenset({"docker.io"}), "", ""),  # no ns
+        (None, "docker.io", "other"),  # every registry mirrored: no fixed set to name them by
+    ],
+)
+def test_the_registry_label_is_a_configured_registry_or_other(
+    mirrored: frozenset[str] | None, registry: str, label: str
+) -> None:
+    metrics = Metrics(mirrored_registries=mirrored)
+    metrics.mirror_result(registry, served=False)
+    assert _exposed(metrics)[f'spegel_mirror_requests_total{{cache="miss",registry="{label}"}}'] == 1

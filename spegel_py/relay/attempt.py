@@ -5,29 +5,51 @@ answer that passed every check here can win. Manifests, HEADs and small blobs ar
 verified whole; a large blob's answer carries the open peer response, which the blob stream
 (:mod:`.stream`) relays. A tag's bytes are verified against the ``Docker-Content-Digest`` the
 peer reports, which must parse.
+
+A client's range of a blob is asked of the peer as that range (:attr:`MirrorRequest.peer_range`):
+a 206 is accepted only with the ``Content-Range`` the range selects of the size the peer states
+and a matching ``Content-Length``; a 416 only with ``bytes */size`` of a size the range cannot
+select; a 200 (a peer that ignores ranges) is the whole blob, verified as without a range. The
+bytes of a 206 cannot be checked against the blob's digest (docs/operations.md says so).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from spegel_py.errors import InvalidDigestError, PeerCorruptError, PeerError, PeerMissError
+from spegel_py.errors import (
+    InvalidDigestError,
+    PeerCorruptError,
+    PeerError,
+    PeerMissError,
+    PeerProtocolError,
+    RangeNotSatisfiableError,
+)
 from spegel_py.httpx.headers import DIGEST_HEADER, MIRRORED_HEADER
+from spegel_py.httpx.ranges import RangeSpec, parse_content_range
 from spegel_py.oci.digest import Digest
 from spegel_py.relay.peerclient import PeerClient, PeerResponse
 from spegel_py.relay.request import MirrorRequest
 from spegel_py.relay.settings import MirrorSettings
 from spegel_py.routing.base import Peer
 
+_UNSATISFIED = re.compile(r"bytes \*/([0-9]{1,19})")
+
 
 @dataclass(slots=True)
 class Answer:
-    """A peer's validated answer: the client's headers and the verified body or the open stream."""
+    """A peer's validated answer: the client's headers and the verified body or the open stream.
+
+    ``status`` is 200, 206 (the client's range: ``headers`` carry its ``Content-Range`` and
+    ``Content-Length``) or 416 (``size`` is the blob's size; no body).
+    """
 
     status: int
     headers: dict[str, str]
     body: bytes | None = None
     stream: PeerResponse | None = None
+    size: int | None = None
 
     @staticmethod
     def discard(answer: Answer) -> None:
@@ -50,20 +72,31 @@ class PeerAttempt:
         self._settings = settings
         self._request = request
         self._digest = digest
+        self._range = request.peer_range
 
     async def run(self, peer: Peer) -> Answer:
         s = self._settings
         r = self._request
+        headers = {MIRRORED_HEADER: "true", "Accept": r.accept or "*/*"}
+        if self._range is not None:
+            headers["Range"] = self._range.header()
         resp: PeerResponse | None = await self._client.request(
             peer,
             r.method,
             r.target,
-            {MIRRORED_HEADER: "true", "Accept": r.accept or "*/*"},
+            headers,
             dial_timeout=s.dial_timeout,
             first_byte_timeout=s.first_byte_timeout,
         )
         assert resp is not None
         try:
+            if self._range is not None and resp.status == 416:
+                return Answer(416, {}, size=_unsatisfiable_size(resp, self._range))
+            if self._range is not None and resp.status == 206:
+                answer = await self._ranged(resp, self._range)
+                if answer.stream is not None:
+                    resp = None  # ownership passes to the answer
+                return answer
             if resp.status != 200:
                 raise PeerMissError(f"peer answered {resp.status}")
             if resp.content_length is None:
@@ -86,6 +119,28 @@ class PeerAttempt:
             if resp is not None:
                 resp.release()
 
+    async def _ranged(self, resp: PeerResponse, spec: RangeSpec) -> Answer:
+        """A 206 for ``spec``: the head checked; the body read (small) or left open."""
+        got = parse_content_range(resp.headers.get("content-range"))
+        if got is None:
+            raise PeerProtocolError("peer answered 206 without a valid Content-Range")
+        try:
+            wanted = spec.resolve(got.size)
+        except RangeNotSatisfiableError as exc:
+            raise PeerProtocolError(f"peer answered 206 to a range it cannot satisfy: {got}") from exc
+        if got != wanted or resp.content_length != got.length:
+            raise PeerProtocolError(
+                f"peer sent {got.content_range()} ({resp.content_length} bytes) for {spec.header()}"
+            )
+        headers = _client_headers(resp, self._verified_header_digest(resp))
+        headers["Content-Range"] = got.content_range()
+        headers["Accept-Ranges"] = "bytes"
+        s = self._settings
+        if got.length <= s.small_blob:
+            body = await resp.read_all(limit=s.small_blob, stall_timeout=s.first_byte_timeout)
+            return Answer(206, headers, body=body)
+        return Answer(206, headers, stream=resp)
+
     def _verified_header_digest(self, resp: PeerResponse) -> Digest:
         reported = resp.headers.get(DIGEST_HEADER.lower())
         parsed: Digest | None = None
@@ -102,6 +157,19 @@ class PeerAttempt:
             # A tag's bytes can only be verified against the digest the peer claims for them.
             raise PeerMissError("peer resolved a tag without Docker-Content-Digest")
         return parsed
+
+
+def _unsatisfiable_size(resp: PeerResponse, spec: RangeSpec) -> int:
+    """The blob size of a peer's 416, if it is one that ``spec`` indeed cannot select."""
+    match = _UNSATISFIED.fullmatch(resp.headers.get("content-range", ""))
+    if match is None:
+        raise PeerProtocolError("peer answered 416 without Content-Range: bytes */size")
+    size = int(match.group(1))
+    try:
+        spec.resolve(size)
+    except RangeNotSatisfiableError:
+        return size
+    raise PeerProtocolError(f"peer answered 416 to {spec.header()} of a {size}-byte blob")
 
 
 def _client_headers(resp: PeerResponse, digest: Digest) -> dict[str, str]:

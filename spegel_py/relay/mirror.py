@@ -45,7 +45,7 @@ from spegel_py.errors import (
     NotFoundError,
     RangeNotSatisfiableError,
 )
-from spegel_py.httpx.answers import answer_for, body_head, send_bytes
+from spegel_py.httpx.answers import BodyHead, answer_for, body_head, send_bytes
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.filters import RegistryFilter
 from spegel_py.oci.paths import DistributionPath, Kind
@@ -55,6 +55,7 @@ from spegel_py.relay.hashing import HashPool
 from spegel_py.relay.hedging import Hedger, Providers
 from spegel_py.relay.peerclient import PeerClient
 from spegel_py.relay.peerhealth import PeerHealth, PeerReporter
+from spegel_py.relay.rangestream import RangeStream
 from spegel_py.relay.request import MirrorRequest
 from spegel_py.relay.settings import MirrorSettings
 from spegel_py.relay.stats import RelayStats
@@ -127,7 +128,8 @@ class Mirror:
         method = request.method
         if reference is None or method not in ("GET", "HEAD"):
             raise ValueError("the server hands the mirror only validated GET/HEAD content paths")
-        accept = request.headers.getall("Accept", [])
+        # Sent on to peers: only printable ASCII (media types are), never a control character.
+        accept = [value for value in request.headers.getall("Accept", []) if _sendable(value)]
         mirror_request = MirrorRequest(
             registry=ns,
             name=path.name,
@@ -199,7 +201,11 @@ class Mirror:
             if answer.body is not None and request.method == "GET":
                 # buffered bodies (manifests, small blobs) are relayed bytes too
                 self.stats.relayed(len(answer.body))
-            return MirrorResponse(answer.status, answer.headers, answer.body, request.range)
+            return MirrorResponse(answer.status, answer.headers, answer.body, request.range, size=answer.size)
+        if answer.status == 206:  # the client's range, as the peer sent it: not resumed
+            await providers.aclose()
+            ranged = RangeStream(self._streams, key, peer, answer.stream, buffer)
+            return MirrorResponse(answer.status, answer.headers, None, request.range, ranged)
         assert digest is not None  # only blobs, always named by digest, are streamed
         start = StreamStart(request.target, digest, providers, peer, answer.stream, buffer)
         stream = BlobStream(self._streams, start)
@@ -215,30 +221,38 @@ class Mirror:
 class MirrorResponse:
     """A peer's answer, ready to become the client's response with :meth:`respond`.
 
-    ``body`` is set for verified small answers; a blob stream is relayed by :meth:`respond`.
-    Whoever receives this must call :meth:`respond` or :meth:`aclose` (both release the peer
-    connection and the relay buffer).
+    ``body`` is set for verified small answers (and small ranges); a blob stream is relayed by
+    :meth:`respond`. Whoever receives this must call :meth:`respond` or :meth:`aclose` (both
+    release the peer connection and the relay buffer).
     """
 
-    status: int
-    headers: dict[str, str]  # Content-Length is the whole representation's
+    status: int  # 200; 206: the peer's answer to the client's range; 416: ``size`` is the blob's
+    headers: dict[str, str]  # Content-Length is the whole representation's (a 206: the range's)
     body: bytes | None
     range_header: str | None = None  # the client's Range, verbatim
-    _stream: BlobStream | None = field(default=None, repr=False)
+    _stream: BlobStream | RangeStream | None = field(default=None, repr=False)
+    size: int | None = None
 
     async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
         """Send this answer to ``request``'s client (honouring its Range) and return the response.
 
         A blob stream always honours the Range; a verified small body only when the peer
-        accepted ranges (a blob); a HEAD never does.
+        accepted ranges (a blob); a HEAD never does. A 206 or 416 is the peer's answer to the
+        range, checked by the attempt that won.
         """
         stream, self._stream = self._stream, None
+        if self.status == 416:
+            assert self.size is not None and stream is None
+            return answer_for(RangeNotSatisfiableError(self.range_header or "", size=self.size))
         ranged = stream is not None or (
             self.body is not None and request.method != "HEAD" and "Accept-Ranges" in self.headers
         )
         try:
             size = int(self.headers["Content-Length"])
-            head = body_head(size, self.headers, self.range_header if ranged else None)
+            if self.status == 206:
+                head = BodyHead(206, 0, size, dict(self.headers))
+            else:
+                head = body_head(size, self.headers, self.range_header if ranged else None)
         except RangeNotSatisfiableError as exc:
             if stream is not None:
                 await stream.aclose()
@@ -252,3 +266,8 @@ class MirrorResponse:
         stream, self._stream = self._stream, None
         if stream is not None:
             await stream.aclose()
+
+
+def _sendable(value: str) -> bool:
+    """True when a client's header value may be copied into a request to a peer."""
+    return value.isascii() and value.isprintable()

@@ -5,8 +5,8 @@ object for every socket read and queues them in its StreamReader, so it cannot r
 caller's buffer. Relaying must read the peer's socket straight into a pooled buffer
 (:mod:`.bufferpool`, ``socket.recv_into``) to keep memory flat as concurrency grows. The
 protocol needed is tiny: a GET or HEAD to another spegel-py (or Go Spegel) registry, whose
-answers carry ``Content-Length``; anything else (chunked bodies, malformed heads) fails the
-peer, and the mirror moves on to the next provider.
+answers carry ``Content-Length``; anything else (chunked bodies, heads that :mod:`.peerhead`
+refuses) fails the peer, and the mirror moves on to the next provider.
 
 Connections are kept alive per peer (bounded idle count and age) because dials cost time that a
 mirror request cannot spare; the total number of open peer connections is bounded too.
@@ -21,7 +21,14 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from spegel_py.errors import PeerDownError, PeerError, PeerTimeoutError, PeerUnreachableError
+from spegel_py.errors import (
+    PeerDownError,
+    PeerError,
+    PeerProtocolError,
+    PeerTimeoutError,
+    PeerUnreachableError,
+)
+from spegel_py.relay.peerhead import parse_head
 from spegel_py.routing.base import Peer
 
 _MAX_HEAD = 16 * 1024  # a registry's response head is a few hundred bytes
@@ -44,7 +51,7 @@ class PeerResponse:
     """
 
     status: int
-    headers: dict[str, str]  # lower-cased names; repeated headers keep the last value
+    headers: dict[str, str]  # lower-cased, only :data:`~spegel_py.relay.peerhead.KEPT` names
     content_length: int | None
     _client: PeerClient
     _conn: _Conn | None
@@ -229,7 +236,7 @@ class PeerClient:
                 await loop.sock_sendall(conn.sock, raw)
                 while (end := head.find(b"\r\n\r\n")) < 0:
                     if len(head) > _MAX_HEAD:
-                        raise PeerError("peer response head too large")
+                        raise PeerProtocolError("peer response head too large")
                     n = await loop.sock_recv_into(conn.sock, chunk)
                     if n == 0:
                         if conn.reused and not head:
@@ -242,22 +249,17 @@ class PeerClient:
             if conn.reused and not head and exc.errno in (errno.ECONNRESET, errno.EPIPE):
                 raise _StaleConnectionError from exc
             raise PeerError(f"peer connection failed: {exc}") from exc
-        status, headers = _parse_head(bytes(head[:end]))
+        parsed = parse_head(bytes(head[:end]))
+        status, length, keep_alive = parsed.status, parsed.content_length, parsed.keep_alive
         early = head[end + 4 :]
-        keep_alive = headers.get("connection", "").lower() != "close"
-        if "transfer-encoding" in headers:
-            # Registries answer with Content-Length; a chunked body is not worth supporting here.
-            keep_alive = False
-            length: int | None = None
-        else:
-            length = _content_length(headers)
+        # Registries answer with Content-Length; a chunked body is not worth supporting here.
         bodyless = method == "HEAD" or status in (204, 304) or 100 <= status < 200
         remaining = 0 if bodyless else (length if length is not None else 0)
         if not bodyless and length is None:
             keep_alive = False
         if len(early) > remaining:
-            raise PeerError("peer sent more bytes than its Content-Length")
-        return PeerResponse(status, headers, length, self, conn, early, remaining, keep_alive)
+            raise PeerProtocolError("peer sent more bytes than its Content-Length")
+        return PeerResponse(status, parsed.headers, length, self, conn, early, remaining, keep_alive)
 
     def _evict_one_idle(self) -> None:
         oldest: _Conn | None = None
@@ -296,31 +298,3 @@ class PeerClient:
 
 class _StaleConnectionError(PeerError):
     """A kept-alive socket the peer had already closed; retried on a fresh connection."""
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    try:
-        text = head.decode("latin-1")
-        status_line, *header_lines = text.split("\r\n")
-        version, status_text, *_ = status_line.split(" ", 2)
-        if not version.startswith("HTTP/1."):
-            raise ValueError(version)
-        status = int(status_text)
-    except ValueError as exc:
-        raise PeerError("peer sent a malformed status line") from exc
-    headers: dict[str, str] = {}
-    for line in header_lines:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise PeerError("peer sent a malformed header line")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers
-
-
-def _content_length(headers: dict[str, str]) -> int | None:
-    value = headers.get("content-length")
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise PeerError(f"peer sent an invalid Content-Length {value[:40]!r}")
-    return int(value)

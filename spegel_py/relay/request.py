@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from spegel_py.httpx.ranges import RangeSpec, parse_range_spec
+
 
 @dataclass(frozen=True, slots=True)
 class MirrorRequest:
@@ -21,6 +23,14 @@ class MirrorRequest:
     method: Literal["GET", "HEAD"] = "GET"
     range: str | None = None  # the client's Range header, verbatim
     accept: str | None = None  # the client's Accept header(s), combined
+
+    @property
+    def peer_range(self) -> RangeSpec | None:
+        """The range to ask peers for: the client's single ``bytes=`` range of a blob GET, else
+        ``None`` (the whole representation is fetched, and verified)."""
+        if self.kind != "blobs" or self.method != "GET":
+            return None
+        return parse_range_spec(self.range)
 
     @property
     def target(self) -> str:

@@ -21,7 +21,7 @@ class RelayStats:
     hedged: int = 0  # extra parallel attempts started beyond the first
     resumed: int = 0
     corrupt: int = 0
-    aborted: int = 0  # client responses killed mid-body (no provider left, or corruption)
+    aborted: int = 0  # client responses killed mid-body (no provider left, corruption, a range cut)
     bytes_relayed: int = 0  # body bytes sent to clients from peers (the served bytes, source=peer)
     last_success: float = 0.0  # wall-clock time of the last request served from a peer
 
@@ -50,6 +50,10 @@ class RelayStats:
 
     def resume_failed(self) -> None:
         """No provider could continue a broken stream: the client response was cut."""
+        self.aborted += 1
+
+    def range_cut(self) -> None:
+        """A peer broke off a ranged body (ranges are not resumed): the client response was cut."""
         self.aborted += 1
 
     def stream_corrupt(self) -> None:

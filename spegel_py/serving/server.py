@@ -32,7 +32,7 @@ from spegel_py.errors import (
 )
 from spegel_py.httpx.answers import answer_for, oci_error
 from spegel_py.httpx.headers import from_peer
-from spegel_py.metrics import Metrics
+from spegel_py.metrics import Metrics, method_label
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.errors import ErrorCode
 from spegel_py.oci.paths import DistributionPath, Kind, parse_ns, parse_path
@@ -103,7 +103,7 @@ class RegistryServer:
             if task is not None:
                 self._inflight.discard(task)
             inflight.dec()
-            labels = (handler, request.method, str(status))
+            labels = (handler, method_label(request.method), str(status))
             metrics.http_request_duration.labels(*labels).observe(loop.time() - started)
             metrics.http_response_size.labels(*labels).observe(size)
 

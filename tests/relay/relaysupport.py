@@ -19,8 +19,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from spegel_py.errors import NotFoundError
+from spegel_py.errors import NotFoundError, RangeNotSatisfiableError
 from spegel_py.httpx.answers import answer_for
+from spegel_py.httpx.ranges import parse_range
 from spegel_py.oci.paths import Kind
 from spegel_py.relay.bufferpool import BufferPool
 from spegel_py.relay.mirror import Mirror
@@ -59,6 +60,7 @@ class FakePeer:
     knobs: Knobs = field(default_factory=Knobs)
     requests: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
     port: int = 0
+    body_bytes_sent: int = 0  # response body bytes written, over all requests
     _runner: web.AppRunner | None = None
     _never: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -107,32 +109,39 @@ class FakePeer:
             "Content-Type": "application/octet-stream",
             "Accept-Ranges": "bytes",
         }
-        status, start = 200, 0
-        range_header = request.headers.get("Range")
-        if range_header and not knobs.ignore_range:
-            start = int(range_header.removeprefix("bytes=").rstrip("-"))
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
+        status, start, end = 200, 0, len(data)
+        if not knobs.ignore_range:
+            try:
+                selected = parse_range(request.headers.get("Range"), len(data))
+            except RangeNotSatisfiableError:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+            if selected is not None:
+                status, start, end = 206, selected.start, selected.end
+                headers["Content-Range"] = selected.content_range()
+        body = data[start:end]
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = len(body)
         await response.prepare(request)
         if request.method == "HEAD":
             return response
         if knobs.stall_after is not None:
-            await response.write(body[: knobs.stall_after])
+            await self._write(response, body[: knobs.stall_after])
             await self._never.wait()
         if knobs.die_after is not None:
-            await response.write(body[: knobs.die_after])
+            await self._write(response, body[: knobs.die_after])
             await response.drain()
             assert request.transport is not None
             request.transport.abort()
             return response
         view = memoryview(body)
         for pos in range(0, len(body), 1 << 20):
-            await response.write(view[pos : pos + (1 << 20)])
+            await self._write(response, view[pos : pos + (1 << 20)])
         await response.write_eof()
         return response
+
+    async def _write(self, response: web.StreamResponse, data: bytes | memoryview) -> None:
+        await response.write(data)
+        self.body_bytes_sent += len(data)
 
 
 class FakeRouter:

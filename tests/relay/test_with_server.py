@@ -3,50 +3,20 @@ spegel-py server) has it; a client of B gets A's bytes, and A never mirrors a pe
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from aiohttp import web
+from nodesupport import Node, start_node
 from relaysupport import Cluster, FakeRouter
 
-from spegel_py.metrics import Metrics
 from spegel_py.oci.digest import Digest
 from spegel_py.relay.bufferpool import BufferPool
 from spegel_py.relay.mirror import Mirror
 from spegel_py.relay.peerclient import PeerClient
 from spegel_py.relay.settings import MirrorSettings
 from spegel_py.routing.base import Peer
-from spegel_py.serving.pagecache import PageCacheCoordinator
-from spegel_py.serving.server import RegistryServer
 from spegel_py.store.memory import MemoryStore
-
-
-@dataclass
-class Node:
-    store: MemoryStore
-    runner: web.AppRunner
-    port: int
-    mirror: Mirror | None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.runner.addresses[0][0]}:{self.port}"
-
-
-async def start_node(host: str, store: MemoryStore, mirror: Mirror | None) -> Node:
-    server = RegistryServer(
-        store, metrics=Metrics(), coordinator=PageCacheCoordinator(settle=0), on_miss=mirror
-    )
-    runner = web.AppRunner(server.application(), access_log=None, handle_signals=False, shutdown_timeout=1)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
-    await web.SockSite(runner, sock).start()
-    return Node(store, runner, port, mirror)
 
 
 @pytest.fixture
@@ -62,9 +32,7 @@ async def nodes(no_leaks: None) -> AsyncIterator[tuple[Node, Node, FakeRouter]]:
         yield a, b, router
     finally:
         for node in (b, a):
-            await node.runner.cleanup()
-            if node.mirror is not None:
-                await node.mirror.close()
+            await node.close()
 
 
 async def test_node_b_serves_node_a_content(nodes: tuple[Node, Node, FakeRouter]) -> None:
