@@ -54,11 +54,11 @@ def test_a_corrupt_key_is_replaced_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
     key = tmp_path / KEY_FILE
-    if CORRUPT[kind] is None:
+    data = CORRUPT[kind]
+    if data is None:
         load_or_create_seed(tmp_path)
-        key.write_bytes(key.read_bytes()[:60])
-    else:
-        key.write_bytes(CORRUPT[kind])  # type: ignore[arg-type]  # None handled above
+        data = key.read_bytes()[:60]
+    key.write_bytes(data)
     with caplog.at_level(logging.WARNING, logger="spegel_py.routing.libp2p.identity"):
         seed = load_or_create_seed(tmp_path)
     assert valid_key(key) == seed
