@@ -31,6 +31,7 @@ from spegel_py.routing.libp2p.host import TrackedTCP, build_host, listen_addrs, 
 from spegel_py.routing.libp2p.identity import load_or_create_seed
 from spegel_py.routing.libp2p.keys import multihash
 from spegel_py.routing.libp2p.lookups import Flight, LookupCache
+from spegel_py.routing.libp2p.providers import REFUSALS
 from spegel_py.routing.libp2p.query import LookupStats
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,11 @@ class Libp2pRouter:
         """(key, provider) records this node stores for the cluster (its own keys not included)."""
         node = self._node
         return node.store.records if node is not None and self._usable() else 0
+
+    def provider_refusals(self) -> dict[str, int]:
+        """Records refused since start, by reason (see ``ProviderStore.refusals``); zeros unless running."""
+        node = self._node
+        return node.store.refusals() if node is not None and self._usable() else dict.fromkeys(REFUSALS, 0)
 
     async def connect(self, addr: str) -> str | None:
         """Dial one peer now (what a bootstrap round does for each address); returns its peer id."""
