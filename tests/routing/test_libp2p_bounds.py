@@ -113,6 +113,22 @@ def test_records_stay_within_the_total_under_a_flood_of_many_peers() -> None:
     assert sum(store.refusals().values()) > 0
 
 
+def test_records_spread_over_many_peer_ids_make_room_oldest_first_in_one_pass() -> None:
+    """No peer holds a batch's worth (evict = 100): the oldest records of anyone go, and the
+    cost stays one pass per batch (20,000 peer ids would be 20,000 passes otherwise)."""
+    store = ProviderStore(ttl=10, limits=RecordLimits(total=1600, per_peer=10))
+    first = keys(5, prefix="first")
+    store.add_many(first, b"first")
+    started = time.perf_counter()
+    for peer in range(20_000):
+        store.add(multihash(f"sybil{peer}"), f"sybil{peer}".encode())
+        assert store.records <= 1600
+    assert time.perf_counter() - started < 2.0
+    assert all(store.get(k) == [] for k in first)
+    assert store.get(multihash("sybil19999")) == [b"sybil19999"]
+    assert store.refusals()["evicted"] == 20_005 - store.records
+
+
 # -- the decoder ----------------------------------------------------------------------------
 
 

@@ -23,7 +23,9 @@ class RecordLimits:
     node with many images, so an honest node is never refused; one peer fills at most 30 % of
     ``total``, so it takes four to reach it). Past ``total``, expired records go first, then the
     most prolific peer's oldest ones (a flood's, not an honest node's), ``total // 16`` at once
-    so the O(records) pass that finds them runs once per 12,500 records received at the cap.
+    so the O(records) pass that finds them runs once per 12,500 records received at the cap; if
+    no peer holds that many (a flood spread over thousands of peer ids), the oldest records of
+    any peer go. Oldest-first alone would let one flood push out every honest record.
     """
 
     total: int = 200_000

@@ -120,13 +120,20 @@ class ProviderStore:
         return self._drop(now=now)
 
     def _make_room(self) -> None:
-        """Past ``total``: drop expired records, then the most prolific peers' oldest records,
-        until ``evict`` records are free (so this runs once per ``evict`` new records)."""
+        """Past ``total``: drop expired records, then the most prolific peer's oldest records,
+        until ``evict`` records are free (so this runs once per ``evict`` new records). If no
+        peer holds that many (records spread over thousands of peer ids), the oldest records of
+        any peer go instead: one pass either way, never one pass per peer."""
         target = self._limits.total - self._limits.evict
         self.expire()
-        while self.records > target and self._held:
-            victim = max(self._held, key=self._held.__getitem__)
-            self.evicted += self._drop(provider=victim, limit=self.records - target)
+        need = self.records - target
+        if need <= 0:
+            return
+        victim = max(self._held, key=self._held.__getitem__)
+        if self._held[victim] >= need:
+            self.evicted += self._drop(provider=victim, limit=need)
+        else:
+            self.evicted += self._drop(now=float("inf"), limit=need)  # all "expired": oldest first
 
     def _drop(
         self, *, now: float = float("-inf"), provider: bytes | None = None, limit: int | None = None
@@ -136,7 +143,7 @@ class ProviderStore:
         records, held = self._records, self._held
         dropped = 0
         for key in list(records):
-            if limit is not None and dropped >= limit:
+            if (limit is not None and dropped >= limit) or (provider is not None and provider not in held):
                 break
             entry = records[key]
             if isinstance(entry, tuple):
