@@ -19,8 +19,9 @@ from rawpeer import RawPeer, open_stream, request, reset
 from support.poll import eventually
 
 from spegel_py.routing.libp2p import wire
+from spegel_py.routing.libp2p.host import split_p2p
 from spegel_py.routing.libp2p.keys import multihash
-from spegel_py.routing.libp2p.limits import RecordLimits, StreamLimits
+from spegel_py.routing.libp2p.limits import Limits, RecordLimits, StreamLimits
 from spegel_py.routing.libp2p.router import Libp2pRouter
 
 FLOOD = 300_000  # ADD_PROVIDER messages one peer pipelines on one stream (issue 10's measurement)
@@ -43,10 +44,11 @@ def rss() -> int:
 
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Libp2pRouter]:
+async def node(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Libp2pRouter]:
     """The router under attack, alone on 127.0.0.151 (refresh walks rare: the raw peers do not
-    answer them, or answer them with junk)."""
+    answer them, or answer them with junk); its limits are the defaults, or the test's param."""
     router = Libp2pRouter(
+        limits=getattr(request, "param", None),
         listen_addrs=["/ip4/127.0.0.151/tcp/0"],
         data_dir=tmp_path / "node",
         registry_port=5000,
@@ -104,26 +106,32 @@ async def ask_providers(host: IHost, addr: str, key: bytes) -> list[bytes]:
     return [p.id for p in reply.providers]
 
 
+def flood_key(i: int) -> bytes:
+    return b"\x12\x20" + i.to_bytes(32, "big")
+
+
+async def add_providers(host: IHost, addr: str, numbers: range, bad: list[bytes] | None = None) -> None:
+    """Pipeline ADD_PROVIDER for ``flood_key(i)`` of every i in ``numbers`` (after one for each
+    key in ``bad``) on one stream to the node at ``addr``, as fast as the stream takes them."""
+    stream = await open_stream(host, addr)
+    me = wire.PeerInfo(host.get_id().to_bytes(), (bytes(split_p2p(str(host.get_addrs()[0]))[0].to_bytes()),))
+    head, tail = wire.add_provider_prefix(wire.encode_peer(me))
+    invalid = (
+        wire.frame(wire.encode(wire.Message(wire.ADD_PROVIDER, key=k, providers=[me]))) for k in bad or []
+    )
+    await stream.write(b"".join(invalid))
+    for start in range(numbers.start, numbers.stop, 10_000):
+        keys = range(start, min(start + 10_000, numbers.stop))
+        await stream.write(b"".join(head + flood_key(i) + tail for i in keys))
+    await stream.close()  # the node reads to the end, then ends the stream
+
+
 async def test_an_add_provider_flood_is_capped_and_counted_and_lookups_go_on(
     node: Libp2pRouter, honest: Libp2pRouter, raw: RawPeer
 ) -> None:
     addr = node.listen_multiaddrs()[0]
     before = rss()
-
-    async def flood(host: IHost) -> None:
-        me = wire.PeerInfo(host.get_id().to_bytes(), (raw.addr(),))
-        head, tail = wire.add_provider_prefix(wire.encode_peer(me))
-        stream = await open_stream(host, addr)
-        bad = b"".join(
-            wire.frame(wire.encode(wire.Message(wire.ADD_PROVIDER, key=k, providers=[me]))) for k in BAD_KEYS
-        )
-        await stream.write(bad * 200)
-        for start in range(0, FLOOD, 10_000):
-            keys = (b"\x12\x20" + i.to_bytes(32, "big") for i in range(start, start + 10_000))
-            await stream.write(b"".join(head + k + tail for k in keys))
-        await stream.close()  # the node reads to the end, then ends the stream
-
-    await raw.call(flood)
+    await raw.call(add_providers, addr, range(FLOOD), BAD_KEYS * 200)
     limits = RecordLimits()
     refused = await eventually(
         lambda: (r := node.provider_refusals())["peer_limit"] == FLOOD - limits.per_peer and r, within=180
@@ -137,6 +145,38 @@ async def test_an_add_provider_flood_is_capped_and_counted_and_lookups_go_on(
     found = await raw.call(ask_providers, addr, multihash(HONEST))
     assert found == [ID.from_base58(honest.peer_id).to_bytes()]
     assert [p.peer_id async for p in node.lookup(HONEST)] == [honest.peer_id]
+
+
+SMALL = Limits(records=RecordLimits(total=3000, per_peer=2000))  # evict: 187 records at once
+
+
+@pytest.mark.parametrize("node", [SMALL], indirect=True)
+async def test_past_the_total_the_most_prolific_peers_records_go_and_honest_ones_stay(
+    node: Libp2pRouter, honest: Libp2pRouter, raw: RawPeer
+) -> None:
+    addr = node.listen_multiaddrs()[0]
+    second = RawPeer("127.0.0.156")
+    await second.start()
+    try:
+        await raw.call(add_providers, addr, range(0, 2000))
+        await eventually(lambda: node.provider_records() == 2001, within=30)
+        await second.call(add_providers, addr, range(10_000, 12_000))
+        # its last record stored: the node has read the whole stream (one stream, in order)
+        await eventually(lambda: raw.call(ask_providers, addr, flood_key(11_999)), within=30)
+        assert node.provider_records() <= SMALL.records.total
+        refusals = node.provider_refusals()
+        assert refusals["peer_limit"] == 0 and refusals["evicted"] > 0
+        # the first flood held the most when the second pushed past the total: its oldest went,
+        # then the second's once it held more
+        assert await second.call(ask_providers, addr, flood_key(0)) == []  # (a reply leaves out the asker)
+        assert await second.call(ask_providers, addr, flood_key(1999)) == [raw.peer_id]
+        assert await raw.call(ask_providers, addr, flood_key(10_000)) == []  # then the second's oldest
+        assert await raw.call(ask_providers, addr, flood_key(11_999)) == [second.peer_id]
+        assert await raw.call(ask_providers, addr, multihash(HONEST)) == [
+            ID.from_base58(honest.peer_id).to_bytes()
+        ]
+    finally:
+        await second.close()
 
 
 async def test_four_mib_of_empty_entries_costs_a_bounded_number_of_objects(node: Libp2pRouter) -> None:
