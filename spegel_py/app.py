@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Protocol
 
@@ -59,6 +59,8 @@ class NodeRouter(Router, Protocol):
     def peers(self) -> list[str]: ...
 
     def provider_records(self) -> int: ...
+
+    def provider_refusals(self) -> Mapping[str, int]: ...
 
 
 class RouterBuilder(Protocol):

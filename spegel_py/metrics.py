@@ -113,6 +113,7 @@ class AdvertiserState(Protocol):
 class RouterState(Protocol):
     def peer_count(self) -> int: ...
     def provider_records(self) -> int: ...
+    def provider_refusals(self) -> Mapping[str, int]: ...
 
 
 # -- instruments -------------------------------------------------------------------------------
@@ -290,6 +291,11 @@ class RouterCollector(Collector):
             gauge("spegel_router_provider_records",
                   "Provider records (key, provider) this node's DHT stores for the cluster.",
                   self._router.provider_records()),
+            labelled_counter("spegel_router_provider_records_refused",
+                             "Provider records refused by reason: invalid_key (not a 34-byte sha2-256 "
+                             "multihash), peer_limit (the peer holds its limit), evicted (dropped "
+                             "before expiry to stay within the total limit).",
+                             "reason", self._router.provider_refusals()),
         ]  # fmt: skip
 
 
@@ -342,6 +348,14 @@ def gauge(name: str, help: str, value: float) -> GaugeMetricFamily:
     """One gauge family with one unlabelled sample."""
     family = GaugeMetricFamily(name, help)
     family.add_metric([], value)
+    return family
+
+
+def labelled_counter(name: str, help: str, label: str, values: Mapping[str, float]) -> CounterMetricFamily:
+    """One counter family (``name`` without ``_total``) with a sample per value of ``label``."""
+    family = CounterMetricFamily(name, help, labels=(label,))
+    for value, count in values.items():
+        family.add_metric([value], count)
     return family
 
 

@@ -391,6 +391,9 @@ class FailingRouter:
     def provider_records(self) -> int:
         return 0
 
+    def provider_refusals(self) -> dict[str, int]:
+        return {}
+
 
 async def _readyz(session: aiohttp.ClientSession, base: str) -> int:
     """``/readyz``'s status; 0 while nothing listens yet."""

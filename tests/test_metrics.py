@@ -40,6 +40,7 @@ NAMES = [
     "spegel_reprovide_duration_seconds",
     "spegel_router_peers",
     "spegel_router_provider_records",
+    "spegel_router_provider_records_refused_total",
     "spegel_served_bytes_total",
     "spegel_relayed_bytes_total",
     "spegel_page_cache_evicted_bytes_total",
@@ -180,6 +181,9 @@ class Router:
     def provider_records(self) -> int:
         return 12
 
+    def provider_refusals(self) -> dict[str, int]:
+        return {"invalid_key": 5, "peer_limit": 6, "evicted": 7}
+
 
 def _exposed(metrics: Metrics) -> dict[str, float]:
     """Every sample of the registry, by its exposition line up to the value."""
@@ -228,6 +232,9 @@ def test_collectors_report_the_components_values(watched: tuple[Metrics, Relay])
         "spegel_advertise_failures_total": 8,
         "spegel_router_peers": 4,
         "spegel_router_provider_records": 12,
+        'spegel_router_provider_records_refused_total{reason="invalid_key"}': 5,
+        'spegel_router_provider_records_refused_total{reason="peer_limit"}': 6,
+        'spegel_router_provider_records_refused_total{reason="evicted"}': 7,
         "spegel_mirror_resumed_streams_total": 1,
         "spegel_mirror_integrity_failures_total": 2,
         "spegel_mirror_hedged_attempts_total": 3,

@@ -100,6 +100,9 @@ def test_deframer_rejects_oversized_messages() -> None:
         wire.Deframer().feed(wire.uvarint(wire.MAX_MESSAGE + 1))
 
 
+K, J, H = multihash("k"), multihash("j"), multihash("h")  # records are kept only for multihashes
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -111,18 +114,18 @@ class Clock:
 def test_provider_records_expire_and_refresh() -> None:
     clock = Clock()
     store = ProviderStore(ttl=10, clock=clock)
-    store.add(b"k", b"a")
+    store.add(K, b"a")
     clock.now += 6
-    store.add(b"k", b"b")
-    assert sorted(store.get(b"k")) == [b"a", b"b"]
+    store.add(K, b"b")
+    assert sorted(store.get(K)) == [b"a", b"b"]
     clock.now += 5  # a expired, b still valid
-    assert store.get(b"k") == [b"b"]
-    store.add(b"k", b"b")  # refreshed
+    assert store.get(K) == [b"b"]
+    store.add(K, b"b")  # refreshed
     clock.now += 9
-    assert store.get(b"k") == [b"b"]
+    assert store.get(K) == [b"b"]
     assert store.expire() == 1 and len(store) == 1
     clock.now += 2
-    assert store.get(b"k") == [] and store.expire() == 1 and len(store) == 0
+    assert store.get(K) == [] and store.expire() == 1 and len(store) == 0
 
 
 def test_identity_is_created_once_and_kept(tmp_path: Path) -> None:
@@ -204,11 +207,11 @@ def test_routing_table_orders_by_xor_distance() -> None:
 @pytest.mark.parametrize(
     ("adds", "records"),
     [
-        ([(b"k", b"a")], 1),
-        ([(b"k", b"a"), (b"k", b"a")], 1),  # a refresh is not a new record
-        ([(b"k", b"a"), (b"k", b"b")], 2),  # a second provider of the same key
-        ([(b"k", b"a"), (b"k", b"b"), (b"k", b"b"), (b"k", b"c")], 3),
-        ([(b"k", b"a"), (b"j", b"a"), (b"i", b"b")], 3),
+        ([(K, b"a")], 1),
+        ([(K, b"a"), (K, b"a")], 1),  # a refresh is not a new record
+        ([(K, b"a"), (K, b"b")], 2),  # a second provider of the same key
+        ([(K, b"a"), (K, b"b"), (K, b"b"), (K, b"c")], 3),
+        ([(K, b"a"), (J, b"a"), (H, b"b")], 3),
     ],
     ids=["one", "refresh", "two-providers", "three-providers", "three-keys"],
 )
@@ -227,11 +230,11 @@ def test_provider_records_are_counted_per_key_and_provider(
 def test_provider_record_count_follows_partial_expiry_and_batches() -> None:
     clock = Clock()
     store = ProviderStore(ttl=10, clock=clock)
-    store.add_many([b"k", b"j"], b"a")
+    store.add_many([K, J], b"a")
     clock.now += 6
-    store.add_many([b"k", b"j", b"i"], b"b")
+    store.add_many([K, J, H], b"b")
     assert store.records == 5
     clock.now += 5  # a's two records expired, b's three are valid
     assert store.expire() == 2 and store.records == 3
-    store.add_many([b"k"], b"b")  # refreshed: still three
+    store.add_many([K], b"b")  # refreshed: still three
     assert store.records == 3

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import multiaddr  # type: ignore[import-untyped]  # py-multiaddr ships no type information
@@ -38,6 +38,7 @@ from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL, Peer
 from spegel_py.routing.libp2p import wire
 from spegel_py.routing.libp2p.addrs import AddressBook, addr_ip
 from spegel_py.routing.libp2p.host import TrackedTCP, dial, split_p2p
+from spegel_py.routing.libp2p.limits import Limits, StreamGate
 from spegel_py.routing.libp2p.own import OwnRecords
 from spegel_py.routing.libp2p.providers import ProviderStore
 from spegel_py.routing.libp2p.publish import Publisher
@@ -64,6 +65,7 @@ class DhtOptions:
     streams_per_peer: int = 4  # long-lived request streams per peer
     dial_concurrency: int = 16  # peers dialled at once when many are learned
     dial_timeout: float = 10.0  # seconds a dial may take (also the longest a close waits for one)
+    limits: Limits = field(default_factory=Limits)  # what peers may take of this node (limits.py)
 
 
 class DhtNode:
@@ -87,7 +89,8 @@ class DhtNode:
         self._options = options
         self._self_id = host.get_id().to_bytes()
         self._table = RoutingTable(self._self_id)
-        self._store = ProviderStore(ttl=options.record_ttl)
+        self._store = ProviderStore(ttl=options.record_ttl, limits=options.limits.records)
+        self.gate = StreamGate(options.limits.streams)  # inbound streams (read: refusal count)
         self._book = AddressBook(registry_port=registry_port)
         self._own = OwnRecords(self._self_id)
         self._publisher = Publisher(host, table=self._table, own=self._own, spawn=self._spawn, k=options.k)
@@ -141,6 +144,7 @@ class DhtNode:
                         peerstore=self._host.get_peerstore(),
                         admit=self._admit,
                         k=self._options.k,
+                        gate=self.gate,
                     )
                     self._host.set_stream_handler(PROTOCOL, server.handle)
                     self._host.get_network().register_notifee(Notifee(self._drop))

@@ -38,6 +38,16 @@ from spegel_py.errors import RoutingError
 log = logging.getLogger(__name__)
 
 ADDR_TTL = 3600  # seconds py-libp2p's peerstore keeps a dialled address
+# Connections at most, inbound and outbound (py-libp2p's default, now stated: the swarm refuses
+# more, and admits at most MAX_CONNECTIONS - 50 inbound). Today every node connects to every
+# other (issue 10: 114 per node at 100 nodes), so this is room for ~250-node clusters.
+MAX_CONNECTIONS = 300
+# Streams at most, all protocols, both directions: ~13 per connection at MAX_CONNECTIONS (a
+# spegel-py peer uses up to 5 DHT streams each way plus identify and ping). The swarm queues
+# streams past it (a semaphore), so it bounds memory (each stream is a task and its buffers),
+# not work; the DHT's own per-peer and total bounds are in limits.py. py-libp2p 0.8's swarm
+# consults only this stream limit of the resource manager.
+MAX_STREAMS = 4096
 
 
 class TrackedTCP(TCP):
@@ -91,7 +101,7 @@ def build_host(seed: bytes, tcp: TCP) -> IHost:
         key_pair=key_pair,
         sec_opt={NOISE_ID: noise},
         muxer_opt={TProtocol(YAMUX_ID): Yamux},
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        connection_config=ConnectionConfig(max_connections_per_peer=1, max_connections=MAX_CONNECTIONS),
         transports=[tcp],
         resource_manager=_resource_manager(),
     )
@@ -100,10 +110,12 @@ def build_host(seed: bytes, tcp: TCP) -> IHost:
 def _resource_manager() -> ResourceManager:
     """py-libp2p's resource manager with its heuristics off (connection rate limits, circuit
     breaker, memory guesses): they refuse streams and connections under bursts that are normal
-    here (every node dialling every node at start) and cost CPU per stream. Limits that matter
-    are ours: one connection per peer, a few streams each, bounded dial concurrency."""
+    here (every node dialling every node at start) and cost CPU per stream. Its hard limits are
+    set to what a node agent needs (see MAX_STREAMS; max_memory_mb is the chart's memory limit,
+    not enforced with memory limits off); the rest are ours: one connection per peer, inbound
+    DHT streams per peer and in total (limits.py), bounded dial concurrency."""
     return ResourceManager(
-        limits=ResourceLimits(max_connections=4096, max_memory_mb=4096, max_streams=65536),
+        limits=ResourceLimits(max_connections=MAX_CONNECTIONS, max_memory_mb=256, max_streams=MAX_STREAMS),
         enable_metrics=False,
         enable_connection_tracking=False,
         enable_memory_limits=False,

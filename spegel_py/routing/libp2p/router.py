@@ -30,7 +30,9 @@ from spegel_py.routing.libp2p.dht import DhtNode, DhtOptions
 from spegel_py.routing.libp2p.host import TrackedTCP, build_host, listen_addrs, peer_id_of
 from spegel_py.routing.libp2p.identity import load_or_create_seed
 from spegel_py.routing.libp2p.keys import multihash
+from spegel_py.routing.libp2p.limits import Limits
 from spegel_py.routing.libp2p.lookups import Flight, LookupCache
+from spegel_py.routing.libp2p.providers import REFUSALS
 from spegel_py.routing.libp2p.query import LookupStats
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Libp2pRouter:
         k: int = 20,
         alpha: int = 3,
         on_reprovide: Callable[[int, float], None] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """
         ``listen_addrs``: multiaddrs like ``/ip4/10.0.0.5/tcp/5001``. ``data_dir``: holds
@@ -68,6 +71,7 @@ class Libp2pRouter:
         ``cache_ttl``: seconds a lookup result is reused. ``bootstrap_interval``: seconds between
         bootstrap rounds while alone (6x that once the node has peers). ``refresh_interval``:
         seconds between table walks. ``k`` / ``alpha``: Kademlia replication / parallelism.
+        ``limits``: what peers may take of this node (default: ``limits.Limits()``).
         ``on_reprovide(keys, seconds)``: called on the event loop that started the router after
         each periodic reprovide (keys re-sent, seconds it took), for the metrics layer.
         """
@@ -88,6 +92,7 @@ class Libp2pRouter:
             record_ttl=record_ttl,
             reprovide_interval=reprovide_interval,
             refresh_interval=refresh_interval,
+            limits=limits if limits is not None else Limits(),
         )
         self._thread = TrioThread(name=f"libp2p-{self.peer_id[-6:]}")
         self._node: DhtNode | None = None
@@ -253,6 +258,11 @@ class Libp2pRouter:
         """(key, provider) records this node stores for the cluster (its own keys not included)."""
         node = self._node
         return node.store.records if node is not None and self._usable() else 0
+
+    def provider_refusals(self) -> dict[str, int]:
+        """Records refused since start, by reason (see ``ProviderStore.refusals``); zeros unless running."""
+        node = self._node
+        return node.store.refusals() if node is not None and self._usable() else dict.fromkeys(REFUSALS, 0)
 
     async def connect(self, addr: str) -> str | None:
         """Dial one peer now (what a bootstrap round does for each address); returns its peer id."""

@@ -5,6 +5,11 @@ stream), answers GET_PROVIDERS / FIND_NODE / PING in order, in one write per bat
 ADD_PROVIDER records without replying, as go-libp2p-kad-dht does. It also watches connections
 (a notifee), so a peer whose connection closes leaves the routing table.
 
+Bounded against hostile peers: inbound streams per peer and in total are capped
+(:class:`~.limits.StreamGate`; more are reset at once), a request over
+:data:`~.wire.MAX_REQUEST` ends its stream, so a stream buffers at most that, and the record
+store refuses what its limits do not admit (:mod:`.providers`).
+
 The server is given the routing table, the record store, the address book and this node's own
 records by the node (:mod:`.dht`), and tells the node about peers through two functions: ``admit``
 (a peer spoke the protocol) and ``on_disconnect`` (its last connection closed).
@@ -23,6 +28,7 @@ from libp2p.peer.id import ID
 from spegel_py.routing.libp2p import wire
 from spegel_py.routing.libp2p.addrs import AddressBook
 from spegel_py.routing.libp2p.keys import kad_id
+from spegel_py.routing.libp2p.limits import StreamGate
 from spegel_py.routing.libp2p.own import OwnRecords
 from spegel_py.routing.libp2p.providers import ProviderStore
 from spegel_py.routing.libp2p.streams import READ_SIZE, reset_quietly
@@ -38,6 +44,7 @@ class DhtServer:
 
     ``peerstore``: py-libp2p's (identify fills it with a peer's listen addresses). ``admit(peer)``:
     called for every inbound stream, before its messages are read. ``k``: closer peers per answer.
+    ``gate``: admits inbound streams (per peer and in total).
     """
 
     def __init__(
@@ -50,6 +57,7 @@ class DhtServer:
         peerstore: IPeerStore,
         admit: Callable[[ID], None],
         k: int,
+        gate: StreamGate,
     ) -> None:
         self._table = table
         self._store = store
@@ -58,10 +66,21 @@ class DhtServer:
         self._peerstore = peerstore
         self._admit = admit
         self._k = k
+        self._gate = gate
 
     async def handle(self, stream: INetStream) -> None:
+        rb = stream.muxed_conn.peer_id.to_bytes()
+        if not self._gate.enter(rb):
+            log.debug("inbound DHT stream from %s refused: stream limit", stream.muxed_conn.peer_id)
+            await reset_quietly(stream)
+            return
+        try:
+            await self._serve(stream, rb)
+        finally:
+            self._gate.leave(rb)
+
+    async def _serve(self, stream: INetStream, rb: bytes) -> None:
         remote = stream.muxed_conn.peer_id
-        rb = remote.to_bytes()
         remote_addr = stream.get_remote_address()
         conn_ip = remote_addr[0] if remote_addr else None
         if conn_ip is not None:
@@ -69,7 +88,7 @@ class DhtServer:
         if rb not in self._book:
             self._book.note(rb, self._peerstore_addrs(remote), conn_ip)
         self._admit(remote)
-        deframer = wire.Deframer()
+        deframer = wire.Deframer(wire.MAX_REQUEST)
         try:
             while True:
                 data = await stream.read(READ_SIZE)
@@ -93,8 +112,8 @@ class DhtServer:
         msg = wire.decode(body)
         if msg.type == wire.ADD_PROVIDER:
             for info in msg.providers:
-                if info.id == remote:  # a peer may only announce itself (as go-libp2p-kad-dht)
-                    self._store.add(msg.key, remote)
+                # a peer may only announce itself (as go-libp2p-kad-dht); the store may refuse
+                if info.id == remote and self._store.add(msg.key, remote):
                     if info.addrs and self._book.get(remote) != info.addrs:
                         self._book.note(remote, info.addrs, conn_ip)
             return None

@@ -202,6 +202,8 @@ class RequestPool:
         return rs
 
     async def _reader(self, rs: _RequestStream) -> None:
+        # replies may be as long as go-libp2p-kad-dht allows (4 MiB, a provider list of a popular
+        # key): a stream buffers at most that, and decoding keeps a bounded number of entries
         deframer = Deframer()
         try:
             while not rs.dead:

@@ -11,6 +11,13 @@ once per connection and reused for every key.
       repeated Peer closerPeers = 8; repeated Peer providerPeers = 9;
       message Peer { bytes id = 1; repeated bytes addrs = 2; ConnectionType connection = 3; }
     }
+
+Bounded against hostile peers: decoding keeps at most :data:`MAX_CLOSER` closer peers,
+:data:`MAX_PROVIDERS` providers, :data:`MAX_ADDRS` addresses per peer and :data:`MAX_FIELDS`
+fields of any one message or peer, and stops at the first field past a bound (the rest of the
+body is not looked at), so a 4 MiB body of empty entries costs a few dozen objects, not two
+million. Go and js-libp2p write fields in field-number order (type, key, closer peers,
+providers), so stopping loses nothing an honest peer sends that a lookup would use.
 """
 
 from __future__ import annotations
@@ -22,6 +29,13 @@ from spegel_py.errors import RoutingError
 PUT_VALUE, GET_VALUE, ADD_PROVIDER, GET_PROVIDERS, FIND_NODE, PING = range(6)
 NOT_CONNECTED, CONNECTED, CAN_CONNECT, CANNOT_CONNECT = range(4)
 MAX_MESSAGE = 4 << 20  # go-libp2p-kad-dht's limit; a longer length prefix is a protocol error
+# Requests this node serves (GET_PROVIDERS, FIND_NODE, ADD_PROVIDER, PING) are a key and at
+# most one peer's addresses: a few hundred bytes. 16 KiB bounds what an inbound stream buffers.
+MAX_REQUEST = 16 << 10
+MAX_CLOSER = 20  # closer peers kept from one message (k: an honest peer sends no more)
+MAX_PROVIDERS = 20  # providers kept from one message (a lookup wants a few)
+MAX_ADDRS = 16  # addresses kept per peer (Spegel nodes have one or two, go and js a handful)
+MAX_FIELDS = 64  # fields read from one message or peer entry, at most (honest ones have < 45)
 
 
 class WireError(RoutingError):
@@ -109,12 +123,14 @@ def add_provider_prefix(provider_field: bytes) -> tuple[bytes, bytes]:
     return uvarint(body_len) + b"\x08\x02\x12\x22", tail
 
 
-def _decode_peer(buf: bytes) -> PeerInfo:
+def _decode_peer(buf: bytes, pos: int, end: int) -> PeerInfo:
+    """The peer entry in ``buf[pos:end]`` (not copied: it may be most of a 4 MiB body)."""
     pid = b""
     addrs: list[bytes] = []
     conn = 0
-    pos, end = 0, len(buf)
-    while pos < end:
+    for _ in range(MAX_FIELDS):
+        if pos >= end:
+            break
         tag, pos = _read_uvarint(buf, pos, end)
         num, wt = tag >> 3, tag & 7
         if wt == 2:
@@ -124,6 +140,8 @@ def _decode_peer(buf: bytes) -> PeerInfo:
             if num == 1:
                 pid = val
             elif num == 2:
+                if len(addrs) >= MAX_ADDRS:
+                    return PeerInfo(pid, tuple(addrs), conn)  # a bound: the rest is not read
                 addrs.append(val)
         elif wt == 0:
             v, pos = _read_uvarint(buf, pos, end)
@@ -131,7 +149,7 @@ def _decode_peer(buf: bytes) -> PeerInfo:
                 conn = v
         else:
             pos = _skip(buf, pos, end, wt)
-    if pos != end:
+    if pos > end:
         raise WireError("truncated peer")
     return PeerInfo(pid, tuple(addrs), conn)
 
@@ -145,11 +163,14 @@ def _skip(buf: bytes, pos: int, end: int, wt: int) -> int:
 
 
 def decode(buf: bytes) -> Message:
-    """Parse one message body; unknown fields are skipped."""
+    """Parse one message body; unknown fields are skipped, and reading stops at the bounds
+    (see the module docstring)."""
     try:
         msg = Message(type=PUT_VALUE)
         pos, end = 0, len(buf)
-        while pos < end:
+        for _ in range(MAX_FIELDS):
+            if pos >= end:
+                break
             tag, pos = _read_uvarint(buf, pos, end)
             num, wt = tag >> 3, tag & 7
             if wt == 0:
@@ -157,20 +178,23 @@ def decode(buf: bytes) -> Message:
                 if num == 1:
                     msg.type = v
             elif wt == 2:
-                n, pos = _read_uvarint(buf, pos, end)
-                val = buf[pos : pos + n]
-                if len(val) != n:
+                n, start = _read_uvarint(buf, pos, end)
+                pos = start + n
+                if pos > end:
                     raise WireError("truncated field")
-                pos += n
                 if num == 2:
-                    msg.key = val
+                    msg.key = buf[start:pos]
                 elif num == 8:
-                    msg.closer.append(_decode_peer(val))
+                    if len(msg.closer) >= MAX_CLOSER:
+                        break
+                    msg.closer.append(_decode_peer(buf, start, pos))
                 elif num == 9:
-                    msg.providers.append(_decode_peer(val))
+                    if len(msg.providers) >= MAX_PROVIDERS:
+                        break
+                    msg.providers.append(_decode_peer(buf, start, pos))
             else:
                 pos = _skip(buf, pos, end, wt)
-        if pos != end:
+        if pos > end:
             raise WireError("truncated message")
         return msg
     except IndexError as exc:
@@ -178,12 +202,16 @@ def decode(buf: bytes) -> Message:
 
 
 class Deframer:
-    """Splits a byte stream into message bodies; bytes of an incomplete message wait for more."""
+    """Splits a byte stream into message bodies; bytes of an incomplete message wait for more.
 
-    __slots__ = ("_buf",)
+    A length prefix over ``max_message`` bytes is a :class:`WireError` at once, so a stream never
+    buffers more than ``max_message`` bytes plus one read."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_buf", "_max")
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
         self._buf = bytearray()
+        self._max = max_message
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
@@ -195,8 +223,8 @@ class Deframer:
                 n, start = _read_uvarint(buf, pos, end)
             except IndexError:
                 break
-            if n > MAX_MESSAGE:
-                raise WireError(f"message of {n} bytes exceeds {MAX_MESSAGE}")
+            if n > self._max:
+                raise WireError(f"message of {n} bytes exceeds {self._max}")
             if start + n > end:
                 break
             out.append(bytes(buf[start : start + n]))
