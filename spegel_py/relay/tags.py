@@ -46,7 +46,8 @@ class TagDisagreementError(ImageNotFoundError):
     """Providers answered a tag with different digests; the client gets a 404 (go upstream)."""
 
     def __init__(self, key: str, digests: list[str]) -> None:
-        super().__init__(f"providers disagree on {key}: {', '.join(digests)}")
+        # the client's 404 names no digest: a forged one is not worth repeating to anyone
+        super().__init__(f"providers disagree on {key}")
         self.key = key
         self.digests = digests
 
