@@ -18,6 +18,8 @@ be older than upstream's. Tags are resolved by peers only when ``resolve_tags`` 
 ``resolve_latest`` is set, because it is the tag most likely to have moved (Go Spegel's
 ``--resolve-latest-tag`` defaults to true; spegel-py's default is the safer one). A tag that may
 not be resolved is a miss (404), and containerd asks upstream.
+A tag that may be resolved is asked of every provider and used only when their answers agree
+(:mod:`.tags`): one lying or stale peer cannot decide it.
 
 Stale providers: a peer that refused, was unreachable within ``dial_timeout`` or answered 404 is
 remembered for the key (:mod:`.peerhealth`, seconds), and once every known provider failed the
