@@ -57,6 +57,8 @@ class RelayCounters(Protocol):
     def hedged(self) -> int: ...
     @property
     def aborted(self) -> int: ...
+    @property
+    def tag_disagreements(self) -> int: ...
 
 
 class RelayTuning(Protocol):
@@ -316,6 +318,9 @@ class RelayCollector(Collector):
             counter("spegel_mirror_hedged_attempts", "Extra parallel peer attempts started.", stats.hedged),
             counter("spegel_mirror_aborted_responses", "Client responses killed mid-body.", stats.aborted),
             counter("spegel_relayed_bytes", "Body bytes relayed from peers.", stats.bytes_relayed),
+            counter("spegel_mirror_tag_disagreements",
+                    "Tags not resolved because providers answered different digests.",
+                    stats.tag_disagreements),
             gauge("spegel_relay_buffers_in_use", "Relay buffers in use.", pool.in_use),
             gauge("spegel_relay_buffers_capacity", "Relay buffers available at most.", pool.capacity),
             gauge("spegel_relay_buffers_allocated", "Relay buffers allocated so far.", pool.allocated),

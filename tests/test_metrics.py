@@ -55,6 +55,7 @@ NAMES = [
     "spegel_mirror_integrity_failures_total",
     "spegel_mirror_hedged_attempts_total",
     "spegel_mirror_aborted_responses_total",
+    "spegel_mirror_tag_disagreements_total",
     "process_resident_memory_bytes",
 ]
 HISTOGRAMS = ["spegel_advertise_duration_seconds", "spegel_reprovide_duration_seconds"]
@@ -132,6 +133,7 @@ class Stats:
     corrupt: int = 2
     hedged: int = 3
     aborted: int = 4
+    tag_disagreements: int = 5
 
 
 @dataclass
@@ -239,6 +241,7 @@ def test_collectors_report_the_components_values(watched: tuple[Metrics, Relay])
         "spegel_mirror_integrity_failures_total": 2,
         "spegel_mirror_hedged_attempts_total": 3,
         "spegel_mirror_aborted_responses_total": 4,
+        "spegel_mirror_tag_disagreements_total": 5,
         "spegel_relay_buffers_in_use": 1,
         "spegel_relay_buffers_capacity": 7,
         "spegel_relay_buffers_allocated": 3,

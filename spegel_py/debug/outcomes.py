@@ -9,6 +9,7 @@ or in tasks it starts, which inherit the variable):
 - :func:`recording_hook` chains the metrics hook and notes whether the request was served;
 - :class:`RecordingHealth`, the mirror's :class:`PeerHealth`, notes each peer the hedger
   accepted (``record_success``): the one that answered, and any a broken blob stream resumed from;
+  and a tag the providers disagreed on (``record_disagreement``);
 - :class:`RecordingMirror`, the server's :class:`~spegel_py.serving.seam.MissHandler`, times the
   request, reads the body size from its response and adds a :class:`MirrorOutcome`.
 
@@ -37,6 +38,7 @@ class _Pending:
 
     served: bool | None = None  # the mirror's verdict; None until the hook ran
     peers: list[str] = field(default_factory=list)  # peer ids accepted, in order
+    disagreed: bool = False  # providers answered the tag with different digests
 
 
 _current: ContextVar[_Pending | None] = ContextVar("spegel_mirror_outcome", default=None)
@@ -64,11 +66,18 @@ class RecordingHealth(PeerHealth):
         if pending is not None and peer.peer_id not in pending.peers:
             pending.peers.append(peer.peer_id)
 
+    def record_disagreement(self, key: str, digests: list[str]) -> None:
+        super().record_disagreement(key, digests)
+        pending = _current.get()
+        if pending is not None:
+            pending.disagreed = True
+
 
 class RecordingMirror:
     """The server's MissHandler around ``mirror``: every request becomes a :class:`MirrorOutcome`.
 
-    Results: ``hit`` (served by a peer), ``miss`` (no peer could: a 404), ``aborted`` (served, but
+    Results: ``hit`` (served by a peer), ``miss`` (no peer could: a 404), ``disagreement`` (a 404:
+    providers answered the tag with different digests), ``aborted`` (served, but
     the client connection was dropped before the body ended: a peer broke off with no provider
     left, corrupt bytes, or the client left), ``error`` (the mirror raised before its verdict).
     ``bytes`` is the body promised to the client for a complete GET, else 0.
@@ -101,7 +110,7 @@ class RecordingMirror:
 
 def _result(request: web.Request, pending: _Pending, response: web.StreamResponse | None) -> str:
     if pending.served is False:
-        return "miss"
+        return "disagreement" if pending.disagreed else "miss"
     if response is None:
         return "aborted" if pending.served else "error"
     if pending.served is None:

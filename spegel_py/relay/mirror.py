@@ -18,6 +18,8 @@ be older than upstream's. Tags are resolved by peers only when ``resolve_tags`` 
 ``resolve_latest`` is set, because it is the tag most likely to have moved (Go Spegel's
 ``--resolve-latest-tag`` defaults to true; spegel-py's default is the safer one). A tag that may
 not be resolved is a miss (404), and containerd asks upstream.
+A tag that may be resolved is asked of every provider and used only when their answers agree
+(:mod:`.tags`): one lying or stale peer cannot decide it.
 
 Stale providers: a peer that refused, was unreachable within ``dial_timeout`` or answered 404 is
 remembered for the key (:mod:`.peerhealth`, seconds), and once every known provider failed the
@@ -31,6 +33,7 @@ Answers (404, 416, 206) are made by :mod:`spegel_py.httpx.answers`, as for local
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -60,7 +63,10 @@ from spegel_py.relay.request import MirrorRequest
 from spegel_py.relay.settings import MirrorSettings
 from spegel_py.relay.stats import RelayStats
 from spegel_py.relay.stream import BlobStream, StreamContext, StreamStart
+from spegel_py.relay.tags import TagDisagreementError, TagVote
 from spegel_py.routing.base import Router
+
+log = logging.getLogger(__name__)
 
 
 class Mirror:
@@ -169,13 +175,22 @@ class Mirror:
         digest = Digest.parse(key) if request.reference.startswith(("sha256:", "sha512:")) else None
         providers = Providers(self._router, key, self.health, limit=settings.lookup_limit)
         attempt = PeerAttempt(self._client, settings, request, digest)
-        hedger: Hedger[Answer] = Hedger(
-            attempt.run,
-            Answer.discard,
-            self._reporter,
-            hedge_delay=settings.hedge_delay,
-            first_provider_timeout=settings.first_provider_timeout,
-        )
+        hedger: Hedger[Answer] | TagVote
+        if digest is None:  # a tag: only an answer the providers agree on (:mod:`.tags`)
+            hedger = TagVote(
+                attempt.run,
+                self._reporter,
+                first_provider_timeout=settings.first_provider_timeout,
+                window=min(settings.tag_vote_window, settings.deadline),
+            )
+        else:
+            hedger = Hedger(
+                attempt.run,
+                Answer.discard,
+                self._reporter,
+                hedge_delay=settings.hedge_delay,
+                first_provider_timeout=settings.first_provider_timeout,
+            )
         buffer: memoryview | None = None
         try:
             async with asyncio.timeout(settings.deadline):
@@ -187,6 +202,12 @@ class Mirror:
                 self._pool.release(buffer)
             await providers.aclose()
             raise ContentNotFoundError(f"no peer served {key} within {settings.deadline}s") from exc
+        except TagDisagreementError as exc:
+            await providers.aclose()
+            self.stats.tag_disagreement()
+            self.health.record_disagreement(key, exc.digests)
+            log.warning("providers disagree on %s: %s; not resolved by peers", key, " ".join(exc.digests))
+            raise
         except BaseException:
             if buffer is not None:
                 self._pool.release(buffer)

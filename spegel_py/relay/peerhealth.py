@@ -101,6 +101,10 @@ class PeerHealth:
         self._misses.pop((self._peer_key(peer), key), None)
         self._down.pop(self._peer_key(peer), None)
 
+    def record_disagreement(self, key: str, digests: list[str]) -> None:
+        """Providers answered the tag ``key`` with different ``digests``; none is marked, as the
+        mirror cannot tell which lied. A hook for observers (the debug page's outcomes)."""
+
     def usable(self, peer: Peer, key: str) -> bool:
         """False while ``peer`` is avoided, down, or recently missed ``key``."""
         now = self._clock()

@@ -25,6 +25,10 @@ class MirrorSettings:
     # by default an attempt may take the whole deadline (a busy peer is still a good peer).
     first_byte_timeout: float = 2.5
     deadline: float = 2.5  # whole answer for a manifest/HEAD, head of a blob (containerd: 3 s cap)
+    # A tag is asked of every provider and used only if their answers agree (relay/tags.py);
+    # answers later than this do not count (capped at ``deadline``), so a silent provider costs
+    # at most this much. Honest peers answer a manifest in milliseconds on a LAN.
+    tag_vote_window: float = 2.0
     stall_timeout: float = 3.0  # a blob stream silent this long is resumed elsewhere
     resume_deadline: float = 3.0  # bound on finding a provider to resume from
     max_buffered: int = 4 * 1024 * 1024  # manifests larger than this are refused

@@ -23,6 +23,7 @@ class RelayStats:
     corrupt: int = 0
     aborted: int = 0  # client responses killed mid-body (no provider left, corruption, a range cut)
     bytes_relayed: int = 0  # body bytes sent to clients from peers (the served bytes, source=peer)
+    tag_disagreements: int = 0  # tags not resolved because providers answered different digests
     last_success: float = 0.0  # wall-clock time of the last request served from a peer
 
     def request_started(self) -> None:
@@ -60,3 +61,7 @@ class RelayStats:
         """A stream's bytes did not match its digest: the client response was cut."""
         self.corrupt += 1
         self.aborted += 1
+
+    def tag_disagreement(self) -> None:
+        """Providers answered a tag with different digests: the client got a 404."""
+        self.tag_disagreements += 1

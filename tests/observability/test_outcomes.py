@@ -115,3 +115,48 @@ async def test_outcomes_are_newest_first(setup: Setup) -> None:
     for data in (SMALL, LARGE):
         await setup.client.request("GET", f"/v2/app/blobs/{digest(data)}?ns=example.com")
     assert [o.key for o in setup.outcomes()] == [digest(LARGE), digest(SMALL)]
+
+
+async def manifest_peer(host: str, body: bytes) -> tuple[web.AppRunner, int]:
+    """A peer that answers every tag with ``body`` (self-consistent: its digest is reported)."""
+
+    async def manifest(request: web.Request) -> web.StreamResponse:
+        headers = {"Docker-Content-Digest": digest(body)}
+        return web.Response(
+            body=body, headers=headers, content_type="application/vnd.oci.image.index.v1+json"
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/v2/{name:.+}/manifests/{ref}", manifest)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, 0).start()
+    return runner, runner.addresses[0][1]
+
+
+async def test_a_tag_the_providers_disagree_on_is_a_disagreement_outcome() -> None:
+    network = MemoryNetwork()
+    runners, routers = [], []
+    for n, (host, body) in enumerate([("127.0.0.91", b'{"a":1}'), ("127.0.0.92", b'{"b":2}')]):
+        runner, port = await manifest_peer(host, body)
+        router = MemoryRouter(network, peer_id=f"peer-{n}", host=host, port=port)
+        await router.advertise(["example.com/app:v1"])
+        runners.append(runner)
+        routers.append(router)
+    here = MemoryRouter(network, peer_id="front")
+    outcomes = RecentOutcomes()
+    mirror = Mirror(here, health=RecordingHealth(), on_result=recording_hook())
+    runner, client = await start_server(MemoryStore(), on_miss=RecordingMirror(mirror, outcomes))
+    try:
+        response = await client.request("GET", "/v2/app/manifests/v1?ns=example.com")
+        assert response.status == 404
+        (outcome,) = outcomes()
+        assert (outcome.key, outcome.peer, outcome.result) == ("example.com/app:v1", "", "disagreement")
+        assert mirror.stats.tag_disagreements == 1
+    finally:
+        await runner.cleanup()
+        await mirror.close()
+        for r in runners:
+            await r.cleanup()
+        for router in [*routers, here]:
+            await router.close()
