@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from support.poll import eventually
 
-from spegel_py.endpoints import Bounds, start
+from spegel_py.endpoints import METRICS_BOUNDS, Bounds, metrics_application, start
 from spegel_py.metrics import Metrics
 from spegel_py.serving.pagecache import PageCacheCoordinator
 from spegel_py.serving.server import RegistryServer
@@ -177,3 +178,57 @@ async def test_a_client_that_never_reads_is_cut_off_at_the_write_deadline(serve:
         assert time.monotonic() - began < 5
     finally:
         sock.close()
+
+
+async def test_a_whole_body_response_the_client_never_reads_is_cut_off_too() -> None:
+    """``web.Response`` (manifests, OCI errors, JSON) is written by aiohttp after the handler:
+    the bound is on the transport, so it holds there as well as for streamed bodies."""
+    body = os.urandom(1024) * (BIG // 1024)
+
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/big", handle)
+    async with AsyncExitStack() as stack:
+        runner = await start(stack, app, f"{HOST}:0", bounds=Bounds(write_timeout=0.5))
+        assert runner.server is not None
+        server = runner.server
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(sock, (HOST, runner.addresses[0][1]))
+            await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            await eventually(lambda: len(server.connections) == 1)
+            await eventually(lambda: not server.connections, what="the stalled response is aborted")
+        finally:
+            sock.close()
+
+
+async def test_metrics_has_its_own_small_connection_cap() -> None:
+    async with AsyncExitStack() as stack:
+        runner = await start(
+            stack, metrics_application(CollectorRegistry()), f"{HOST}:0", bounds=METRICS_BOUNDS
+        )
+        port = runner.addresses[0][1]
+        open_ = [await asyncio.open_connection(HOST, port) for _ in range(METRICS_BOUNDS.max_connections)]
+        try:
+            assert runner.server is not None
+            server = runner.server
+            await eventually(lambda: len(server.connections) == METRICS_BOUNDS.max_connections)
+            extra_reader, extra_writer = await asyncio.open_connection(HOST, port)
+            try:
+                await eventually(
+                    lambda: _closed(extra_reader), within=3, what="the scrape over the cap is closed"
+                )
+            finally:
+                await _close(extra_writer)
+            reader, writer = open_[0]
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+        finally:
+            for _, writer in open_:
+                await _close(writer)
