@@ -245,13 +245,26 @@ async def serve(
             info = debug_info(router=node, advertiser=advertiser, outcomes=outcomes)
             registry_app.router.add_routes(debug_routes(info))
         # Registered after the store: cleanup runs in reverse, so servers drain before it closes.
-        registry = await endpoints.start(stack, registry_app, settings.registry_addr)
-        await endpoints.start(stack, endpoints.metrics_application(metrics.registry), settings.metrics_addr)
+        bounds = endpoints.Bounds(
+            max_connections=settings.max_connections,
+            header_timeout=settings.header_timeout,
+            keepalive_timeout=settings.keepalive_timeout,
+            write_timeout=settings.write_timeout,
+        )
+        registry = await endpoints.start(stack, registry_app, settings.registry_addr, bounds=bounds)
+        await endpoints.start(
+            stack,
+            endpoints.metrics_application(metrics.registry),
+            settings.metrics_addr,
+            bounds=endpoints.METRICS_BOUNDS,
+        )
         if settings.http_bootstrap_addr:
             id_app = endpoints.id_application(
                 node, router_port=split_address(settings.router_addr)[1], pod_ip=settings.pod_ip
             )
-            await endpoints.start(stack, id_app, settings.http_bootstrap_addr)
+            await endpoints.start(
+                stack, id_app, settings.http_bootstrap_addr, bounds=endpoints.METRICS_BOUNDS
+            )
         addresses = {
             "registry_addr": settings.registry_addr,
             "metrics_addr": settings.metrics_addr,

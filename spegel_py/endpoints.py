@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from spegel_py.errors import ConfigurationError, RoutingError
+from spegel_py.httpx.limits import BoundedSite
 from spegel_py.routing.bootstrap.http import id_document
 from spegel_py.settings import split_address
 
@@ -63,19 +65,53 @@ def id_application(router: Identity, *, router_port: int, pod_ip: str = "") -> w
     return app
 
 
-async def start(stack: AsyncExitStack, app: web.Application, address: str) -> web.AppRunner:
-    """Serve ``app`` on ``address`` (``host:port`` or ``:port``) until ``stack`` closes.
+@dataclass(frozen=True)
+class Bounds:
+    """What one listener allows a client (seconds; 0 turns a bound off). See docs/operations.md."""
+
+    max_connections: int = 1024
+    """Open connections; one accepted beyond it is closed at once."""
+    header_timeout: float = 10.0
+    """A connection's first request head must be complete within this."""
+    keepalive_timeout: float = 30.0
+    """An idle keep-alive connection (or one trickling a later request head) is closed after this."""
+    write_timeout: float = 30.0
+    """A response that the client stops reading (write buffer full, no drain) is aborted after this."""
+
+
+REGISTRY_BOUNDS = Bounds()
+METRICS_BOUNDS = Bounds(max_connections=16, header_timeout=5.0, keepalive_timeout=30.0, write_timeout=10.0)
+
+
+async def start(
+    stack: AsyncExitStack, app: web.Application, address: str, *, bounds: Bounds = REGISTRY_BOUNDS
+) -> web.AppRunner:
+    """Serve ``app`` on ``address`` (``host:port`` or ``:port``) until ``stack`` closes, within ``bounds``.
 
     Raises :class:`ConfigurationError` when the address cannot be listened on (in use, not ours).
     """
     # In-flight registry requests are drained before cleanup (RegistryServer.drain): what is left
     # for aiohttp's own shutdown are idle keep-alive connections, so its bound can be short.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=1.0,
+        keepalive_timeout=bounds.keepalive_timeout,
+    )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     host, port = split_address(address)
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        site = BoundedSite(
+            runner,
+            host,
+            port,
+            max_connections=bounds.max_connections,
+            header_timeout=bounds.header_timeout,
+            write_timeout=bounds.write_timeout,
+        )
+        await site.start()
     except OSError as exc:
         raise ConfigurationError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
     return runner

@@ -256,6 +256,21 @@ class RegistrySettings:
     store_timeout: float = option("--store-timeout", "STORE_TIMEOUT", 2.0,
                                   "(spegel-py) Bound on each content-store call; past it: 503.",
                                   parse_duration)
+    max_connections: int = option(
+        "--max-connections", "MAX_CONNECTIONS", 1024,
+        "(spegel-py) Open connections on the registry listener; one accepted beyond it is closed at "
+        "once (/metrics and /id have their own cap of 16).", parse_positive_int)
+    header_timeout: float = option(
+        "--header-timeout", "HEADER_TIMEOUT", 10.0,
+        "(spegel-py) A connection's first request head must arrive within this (slowloris bound).",
+        parse_duration)
+    keepalive_timeout: float = option(
+        "--keepalive-timeout", "KEEPALIVE_TIMEOUT", 30.0,
+        "(spegel-py) An idle keep-alive connection is closed after this.", parse_duration)
+    write_timeout: float = option(
+        "--write-timeout", "WRITE_TIMEOUT", 30.0,
+        "(spegel-py) A response the client stops reading (socket buffers full) is aborted after this.",
+        parse_duration)
     shutdown_timeout: float = option(
         "--shutdown-timeout", "SHUTDOWN_TIMEOUT", 10.0,
         "(spegel-py) How long in-flight requests may finish after SIGTERM (a 2nd signal forces exit).",
@@ -355,3 +370,8 @@ def _check(settings: Any) -> None:
             raise ConfigurationError("--content-store=oci-layout needs --oci-layout-path (OCI_LAYOUT_PATH)")
         if settings.store_timeout <= 0:
             raise ConfigurationError("--store-timeout must be positive")
+        for flag, value in (("--header-timeout", settings.header_timeout),
+                            ("--keepalive-timeout", settings.keepalive_timeout),
+                            ("--write-timeout", settings.write_timeout)):
+            if value <= 0:
+                raise ConfigurationError(f"{flag} must be positive")
