@@ -146,24 +146,18 @@ class Hedger(Generic[T]):
                         )
                         if now >= idle_until:
                             raise NoProviderError(f"no (further) provider of {providers.key} found in time")
-                waits: set[asyncio.Future[object]] = set(running)  # type: ignore[arg-type]  # Task[T] is a Future
-                provider_wait: asyncio.Task[None] | None = None
-                if not providers.exhausted and (not running or now >= hedge_at):
-                    provider_wait = asyncio.create_task(providers.wait(), name="provider wait")
-                    waits.add(provider_wait)  # type: ignore[arg-type]  # Task[None] is a Future
                 if running:
                     timeout = max(0.0, hedge_at - now) if now < hedge_at else None
                 else:
                     assert idle_until is not None
                     timeout = max(0.0, idle_until - now)
-                try:
-                    done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    if provider_wait is not None and not provider_wait.done():
-                        provider_wait.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await provider_wait
-                for task in [t for t in running if t in done]:
+                done = await wait_any(
+                    running,
+                    providers,
+                    for_provider=not providers.exhausted and (not running or now >= hedge_at),
+                    within=timeout,
+                )
+                for task in done:
                     peer = running.pop(task)
                     exc = task.exception()
                     if exc is None:
@@ -174,15 +168,41 @@ class Hedger(Generic[T]):
                     self._reporter.failed(peer, providers.key, exc)
                     hedge_at = loop.time()  # a failure makes room for the next peer at once
         finally:
-            await self._cancel(running)
+            await cancel_attempts(running, self._discard)
 
-    async def _cancel(self, running: dict[asyncio.Task[T], Peer]) -> None:
-        if not running:
-            return
-        for task in running:
-            task.cancel()
-        # asyncio.wait never raises the tasks' exceptions; only our own cancellation propagates.
-        await asyncio.wait(running)
-        for task in running:
-            if not task.cancelled() and task.exception() is None:
-                self._discard(task.result())
+
+async def wait_any(
+    running: dict[asyncio.Task[T], Peer], providers: Providers, *, for_provider: bool, within: float | None
+) -> list[asyncio.Task[T]]:
+    """Wait up to ``within`` seconds (``None``: no bound) until an attempt in ``running`` ends
+    or, with ``for_provider``, the lookup yields another provider; returns the attempts that
+    ended, in the order they were started.
+
+    Shared by :class:`Hedger` and the tag vote (:mod:`.tags`), which race the same attempts.
+    """
+    waits: set[asyncio.Future[object]] = set(running)  # type: ignore[arg-type]  # Task[T] is a Future
+    provider_wait: asyncio.Task[None] | None = None
+    if for_provider:
+        provider_wait = asyncio.create_task(providers.wait(), name="provider wait")
+        waits.add(provider_wait)  # type: ignore[arg-type]  # Task[None] is a Future
+    try:
+        done, _ = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if provider_wait is not None and not provider_wait.done():
+            provider_wait.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await provider_wait
+    return [task for task in running if task in done]
+
+
+async def cancel_attempts(running: dict[asyncio.Task[T], Peer], discard: Callable[[T], None]) -> None:
+    """Cancel the attempts still running and ``discard`` any result that arrived meanwhile."""
+    if not running:
+        return
+    for task in running:
+        task.cancel()
+    # asyncio.wait never raises the tasks' exceptions; only our own cancellation propagates.
+    await asyncio.wait(running)
+    for task in running:
+        if not task.cancelled() and task.exception() is None:
+            discard(task.result())

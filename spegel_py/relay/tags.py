@@ -30,14 +30,13 @@ peers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from spegel_py.errors import ImageNotFoundError, NoProviderError, PeerCorruptError
 from spegel_py.httpx.headers import DIGEST_HEADER
 from spegel_py.relay.attempt import Answer
-from spegel_py.relay.hedging import Providers
+from spegel_py.relay.hedging import Providers, cancel_attempts, wait_any
 from spegel_py.relay.peerhealth import PeerReporter
 from spegel_py.routing.base import Peer
 
@@ -97,21 +96,11 @@ class TagVote:
                     idle_until = idle_until if idle_until is not None else now + self._first_provider_timeout
                     if now >= idle_until:
                         break
-                waits: set[asyncio.Future[object]] = set(running)  # type: ignore[arg-type]  # Task is a Future
-                provider_wait: asyncio.Task[None] | None = None
-                if not providers.done:
-                    provider_wait = asyncio.create_task(providers.wait(), name="tag provider wait")
-                    waits.add(provider_wait)  # type: ignore[arg-type]  # Task[None] is a Future
                 until = closes_at if idle_until is None else min(closes_at, idle_until)
-                try:
-                    timeout = max(0.0, until - now)
-                    done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    if provider_wait is not None and not provider_wait.done():
-                        provider_wait.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await provider_wait
-                for task in [t for t in running if t in done]:
+                done = await wait_any(
+                    running, providers, for_provider=not providers.done, within=max(0.0, until - now)
+                )
+                for task in done:
                     peer = running.pop(task)
                     exc = task.exception()
                     if exc is None:
@@ -124,7 +113,8 @@ class TagVote:
                         self.corrupt += 1
                     self._reporter.failed(peer, providers.key, exc)
         finally:
-            await _cancel(running)
+            # attempts still running when the vote closed do not count
+            await cancel_attempts(running, Answer.discard)
         if not votes:
             raise NoProviderError(f"no peer resolved {providers.key}")
         for peer, _ in votes:
@@ -138,15 +128,3 @@ def _digests(votes: list[tuple[Peer, Answer]]) -> list[str]:
     for _, answer in votes:
         seen.setdefault(answer.headers[DIGEST_HEADER], None)
     return list(seen)
-
-
-async def _cancel(running: dict[asyncio.Task[Answer], Peer]) -> None:
-    """Cancel attempts still running when the vote closed; their answers do not count."""
-    if not running:
-        return
-    for task in running:
-        task.cancel()
-    await asyncio.wait(running)
-    for task in running:
-        if not task.cancelled() and task.exception() is None:
-            Answer.discard(task.result())
