@@ -13,6 +13,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
+# checkov (the chart's policy scan) pins too much to share the test virtualenv: see pyproject.toml.
+CHECKOV_VENV := $(VENV)/tools/checkov
 PYTEST_ARGS ?=
 FAST_WORKERS ?= 2
 
@@ -29,6 +31,9 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	test -x $(CHECKOV_VENV)/bin/python || $(VENV)/bin/python -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install -q --group pyproject.toml:policy-scan
 	touch $@
 
 lint: venv

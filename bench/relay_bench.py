@@ -35,15 +35,31 @@ PEER_HOST = "127.0.0.71"
 
 
 class RelayNode(Server):
-    """The relay under test: a registry with no content of its own and the mirror enabled."""
+    """The relay under test: a registry with no content of its own and the mirror enabled.
+
+    ``peer`` (and ``more_peers``) hold every blob; ``multi``: the mirror's
+    ``multi_peer_fetch`` (bench/multi_bench.py compares both ways).
+    """
 
     name = "spegel-py-relay"
 
     def __init__(
-        self, label: str, host: str, *, peer: Server, pool: str, hash_threads: int
+        self,
+        label: str,
+        host: str,
+        *,
+        peer: Server,
+        pool: str,
+        hash_threads: int,
+        more_peers: tuple[Server, ...] = (),
+        multi: bool = True,
+        multi_range: int = 4 << 20,
+        multi_buffers: int = 32,
     ) -> None:
         super().__init__(label, host)
         self.peer, self.pool, self.hash_threads = peer, pool, hash_threads
+        self.more_peers, self.multi = more_peers, multi
+        self.multi_range, self.multi_buffers = multi_range, multi_buffers
 
     def argv(self) -> list[str]:
         return [
@@ -52,11 +68,17 @@ class RelayNode(Server):
             "bench.relay_bench",
             "--serve-relay",
             self.addr,
-            self.peer.addr,
+            ",".join(p.addr for p in (self.peer, *self.more_peers)),
             "--pool",
             self.pool,
             "--hash-threads",
             str(self.hash_threads),
+            "--multi-peer-fetch",
+            "on" if self.multi else "off",
+            "--multi-peer-range-size",
+            str(self.multi_range),
+            "--multi-peer-buffers",
+            str(self.multi_buffers),
         ]
 
 
@@ -64,12 +86,12 @@ class RelayNode(Server):
 
 
 class _StaticRouter:
-    """Every key is held by the one peer: the benchmark measures relaying, not routing."""
+    """Every key is held by the given peers: the benchmark measures relaying, not routing."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, addrs: list[tuple[str, int]]) -> None:
         from spegel_py.routing.base import Peer
 
-        self._peer = Peer("bench-peer", host, port)
+        self._peers = [Peer(f"bench-peer-{i}", host, port) for i, (host, port) in enumerate(addrs)]
 
     def ready(self) -> bool:
         return True
@@ -81,13 +103,17 @@ class _StaticRouter:
         return None
 
     async def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Any]:
-        yield self._peer
+        for peer in self._peers[:limit]:
+            yield peer
 
     async def close(self) -> None:
         return None
 
 
-async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int) -> None:
+async def _serve_relay(
+    addr: str, peer_addrs: str, pool: str, hash_threads: int, multi: tuple[bool, int, int]
+) -> None:
+    """``multi``: the mirror's multi_peer_fetch, multi_peer_range_size and multi_peer_buffers."""
     from aiohttp import web
 
     from spegel_py.metrics import Metrics
@@ -99,12 +125,18 @@ async def _serve_relay(addr: str, peer_addr: str, pool: str, hash_threads: int) 
     from spegel_py.store.memory import MemoryStore
 
     host, _, port = addr.rpartition(":")
-    peer_host, _, peer_port = peer_addr.rpartition(":")
+    peers = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in peer_addrs.split(","))]
     count, _, size = pool.partition("x")
     mirror = Mirror(
-        _StaticRouter(peer_host, int(peer_port)),
+        _StaticRouter(peers),
         pool=BufferPool(count=int(count), size=int(size)),
-        settings=MirrorSettings(hash_threads=hash_threads),
+        settings=MirrorSettings(
+            hash_threads=hash_threads,
+            lookup_limit=len(peers),
+            multi_peer_fetch=multi[0],
+            multi_peer_range_size=multi[1],
+            multi_peer_buffers=multi[2],
+        ),
     )
     server = RegistryServer(
         MemoryStore(), metrics=Metrics(), coordinator=PageCacheCoordinator(), on_miss=mirror
@@ -149,7 +181,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cache-dir", default=os.path.join(runner.REPO_ROOT, ".work", "cache", "relay-bench"))
     ap.add_argument("--out", default=os.path.join(runner.REPO_ROOT, ".work", "bench", "relay_bench.json"))
     ap.add_argument("--spegel-bin", default=os.path.join(runner.REPO_ROOT, ".venv", "bin", "spegel-py"))
-    ap.add_argument("--serve-relay", nargs=2, metavar=("ADDR", "PEER_ADDR"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve-relay", nargs=2, metavar=("ADDR", "PEER_ADDRS"), help=argparse.SUPPRESS)
+    ap.add_argument("--multi-peer-fetch", choices=("on", "off"), default="on", help=argparse.SUPPRESS)
+    ap.add_argument("--multi-peer-range-size", type=int, default=4 << 20, help=argparse.SUPPRESS)
+    ap.add_argument("--multi-peer-buffers", type=int, default=32, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -241,7 +276,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.serve_relay:
-        asyncio.run(_serve_relay(*a.serve_relay, a.pool, a.hash_threads))
+        multi = (a.multi_peer_fetch == "on", a.multi_peer_range_size, a.multi_peer_buffers)
+        asyncio.run(_serve_relay(*a.serve_relay, a.pool, a.hash_threads, multi))
         return 0
     if a.peer_rate:
         from bench.lib.shaping import shaped_source

@@ -10,14 +10,17 @@ subcommands; signals, shutdown and exit statuses are :mod:`spegel_py.supervise`'
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from spegel_py import endpoints
+from spegel_py import endpoints, swarm
 from spegel_py.errors import ConfigurationError, RoutingError
+from spegel_py.flagvalues import split_address
 from spegel_py.metrics import Metrics
 from spegel_py.routing.base import RECORD_LIFETIME, Router
 from spegel_py.routing.timed import TimedRouter
@@ -26,9 +29,8 @@ from spegel_py.settings import (
     CleanupWaitSettings,
     ConfigurationSettings,
     RegistrySettings,
-    split_address,
 )
-from spegel_py.store.base import ContentStore
+from spegel_py.store.base import ContentStore, IngestSource
 from spegel_py.supervise import EXIT_OK, Supervisor, exit_status, run
 
 if TYPE_CHECKING:
@@ -62,6 +64,8 @@ class NodeRouter(Router, Protocol):
 
     def provider_refusals(self) -> Mapping[str, int]: ...
 
+    def stream_refusals(self) -> Mapping[str, int]: ...
+
 
 class RouterBuilder(Protocol):
     """Builds (does not start) the daemon's router: :func:`build_router`, or a test's."""
@@ -69,6 +73,27 @@ class RouterBuilder(Protocol):
     async def __call__(
         self, settings: RegistrySettings, *, on_reprovide: Callable[[int, float], None] | None = None
     ) -> NodeRouter: ...
+
+
+# Where Spegel v0.7 reads its registry credentials (the chart's basicAuthSecretName).
+BASIC_AUTH_DIR = "/etc/secrets/basic-auth"
+
+
+def basic_auth() -> str | None:
+    """The ``Authorization`` value of Spegel's registry basic auth: the files ``username`` and
+    ``password`` of :data:`BASIC_AUTH_DIR`, taken as they are (no newline stripped), as Spegel
+    takes them; ``None`` when both are absent or empty (no auth, as in Spegel)."""
+    parts = []
+    for name in ("username", "password"):
+        try:
+            parts.append(Path(BASIC_AUTH_DIR, name).read_bytes())
+        except FileNotFoundError:
+            parts.append(b"")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {BASIC_AUTH_DIR}/{name}: {exc.strerror or exc}") from exc
+    if not any(parts):
+        return None
+    return "Basic " + base64.b64encode(parts[0] + b":" + parts[1]).decode("ascii")
 
 
 async def build_store(settings: RegistrySettings) -> ContentStore:
@@ -106,7 +131,7 @@ async def build_router(
 
     ``on_reprovide(keys, seconds)``: called on this loop after each periodic reprovide.
     """
-    from spegel_py.routing.bootstrap import build_bootstrapper
+    from spegel_py.routing.bootstrap import bootstrap_url, build_bootstrapper
     from spegel_py.routing.libp2p.router import Libp2pRouter
 
     _, router_port = split_address(settings.router_addr)
@@ -115,11 +140,18 @@ async def build_router(
         router_port=router_port,
         static_peers=settings.static_bootstrap_peers,
         dns_domain=settings.dns_bootstrap_domain,
-        http_url=settings.http_bootstrap_url,
+        http_url=bootstrap_url(url=settings.http_bootstrap_url, peer=settings.http_bootstrap_peer),
+        http_cert_dir=settings.http_bootstrap_cert_dir,
         kubernetes_namespace=settings.pod_namespace,
         kubernetes_selector=settings.kubernetes_bootstrap_selector,
         pod_name=settings.pod_name or None,
     )
+    from spegel_py.routing.libp2p import psk
+
+    key = psk.load(settings.router_psk_file)
+    if key is not None:
+        log.info("private network: router connections need the pre-shared key",
+                 extra={"fingerprint": key.fingerprint})
     return Libp2pRouter(
         listen_addrs=[router_multiaddr(settings.router_addr)],
         data_dir=settings.data_dir,
@@ -130,6 +162,7 @@ async def build_router(
         record_ttl=RECORD_LIFETIME,
         reprovide_interval=settings.reprovide_interval,
         on_reprovide=on_reprovide,
+        psk=key,
     )
 
 
@@ -174,12 +207,17 @@ async def serve(
     from spegel_py.relay.mirror import Mirror
     from spegel_py.relay.peerclient import PeerClient
     from spegel_py.relay.peerhealth import PeerHealth
-    from spegel_py.relay.settings import MirrorSettings
+    from spegel_py.relay.settings import MirrorSettings, multi_peer_flags
     from spegel_py.routing.advertiser import Advertiser
+    from spegel_py.routing.inprogress import InProgressAdvertiser
+    from spegel_py.routing.inprogresslookup import InProgressLookup
+    from spegel_py.serving.content import WriteBounds
+    from spegel_py.serving.growing import FollowBounds
     from spegel_py.serving.pagecache import PageCacheCoordinator
     from spegel_py.serving.seam import MissHandler
     from spegel_py.serving.server import RegistryServer
 
+    authorization = basic_auth()
     filters = RegistryFilter.from_flags(
         mirrored_registries=settings.mirrored_registries, registry_filters=settings.registry_filters
     )
@@ -206,9 +244,10 @@ async def serve(
         pool = BufferPool(count=settings.relay_buffers, size=settings.relay_buffer_size)
         # /debug/web's recent outcomes: the mirror's result hook and peer health, noted per request
         outcomes = RecentOutcomes() if settings.debug_web_enabled else None
+        # --serve-in-progress: the relay also finds peers still pulling a blob (issue 12)
         mirror = Mirror(
-            router,
-            client=PeerClient(),
+            InProgressLookup(router) if settings.serve_in_progress else router,
+            client=(client := PeerClient(authorization=authorization)),  # the coordinator's probes too
             pool=pool,
             health=PeerHealth() if outcomes is None else RecordingHealth(),
             settings=MirrorSettings(
@@ -216,9 +255,13 @@ async def serve(
                 lookup_limit=max(1, settings.mirror_resolve_retries),
                 resolve_latest=settings.resolve_latest_tag,
                 hash_threads=settings.relay_hash_threads,
+                min_throughput=settings.mirror_min_throughput,
+                throughput_window=settings.mirror_throughput_window,
+                deadline_allowance=settings.mirror_deadline_allowance, **multi_peer_flags(settings),
             ),
             filters=filters,
             on_result=metrics.mirror_result if outcomes is None else recording_hook(metrics.mirror_result),
+            coordinator=await swarm.pull_coordinator(settings, node, client, metrics),
         )
         stack.push_async_callback(mirror.close)
         advertiser = Advertiser(
@@ -228,6 +271,13 @@ async def serve(
         stack.push_async_callback(supervisor.close, settings.shutdown_timeout)
         supervisor.spawn("router", watch_router(node))
         supervisor.spawn("advertiser", advertiser.run())
+        ingests = store if settings.serve_in_progress and isinstance(store, IngestSource) else None
+        if ingests is not None:  # blobs being pulled: advertised under their in-progress key
+            in_progress = InProgressAdvertiser(
+                ingests, store, router, settled=advertiser.advertised, linger=settings.in_progress_linger,
+                stall=settings.in_progress_stall_timeout, interval=settings.in_progress_poll_interval,
+                on_count=metrics.in_progress_advertised.set)  # fmt: skip
+            supervisor.spawn("in-progress-advertiser", in_progress.run())
         metrics.watch(router=node, advertiser=advertiser, relay=mirror, pool=pool)
         on_miss: MissHandler = mirror if outcomes is None else RecordingMirror(mirror, outcomes)
         server = RegistryServer(
@@ -237,13 +287,18 @@ async def serve(
             on_miss=on_miss,
             router=router,
             store_timeout=settings.store_timeout,
+            authorization=authorization,
+            filters=filters,
+            write_bounds=WriteBounds(settings.write_timeout, settings.serve_min_throughput),
+            ingests=ingests,
+            follow=FollowBounds(stall_timeout=settings.in_progress_stall_timeout),
         )
         registry_app = server.application()
-        if outcomes is not None:
-            # aiohttp (3.10 and later) tries the most specific path first: this exact route wins
-            # over the server's catch-all; disabled, /debug/web is an unknown path there (404).
-            info = debug_info(router=node, advertiser=advertiser, outcomes=outcomes)
-            registry_app.router.add_routes(debug_routes(info))
+        # /debug/web/ goes on the metrics listener, as in Spegel: the registry port is open to
+        # every client of the cluster (NodePort); there /debug/web is an unknown path (404).
+        debug = () if outcomes is None else debug_routes(
+            debug_info(router=node, advertiser=advertiser, outcomes=outcomes)
+        )
         # Registered after the store: cleanup runs in reverse, so servers drain before it closes.
         bounds = endpoints.Bounds(
             max_connections=settings.max_connections,
@@ -252,12 +307,8 @@ async def serve(
             write_timeout=settings.write_timeout,
         )
         registry = await endpoints.start(stack, registry_app, settings.registry_addr, bounds=bounds)
-        await endpoints.start(
-            stack,
-            endpoints.metrics_application(metrics.registry),
-            settings.metrics_addr,
-            bounds=endpoints.METRICS_BOUNDS,
-        )
+        metrics_app = endpoints.metrics_application(metrics.registry, routes=debug)
+        await endpoints.start(stack, metrics_app, settings.metrics_addr, bounds=endpoints.METRICS_BOUNDS)
         if settings.http_bootstrap_addr:
             id_app = endpoints.id_application(
                 node, router_port=split_address(settings.router_addr)[1], pod_ip=settings.pod_ip
@@ -303,6 +354,7 @@ def run_configuration(settings: ConfigurationSettings) -> int:
             resolve_tags=settings.resolve_tags,
             prepend_existing=settings.prepend_existing,
             dial_timeout=settings.dial_timeout,
+            authorization=basic_auth(),
         )
         certs_dir = settings.containerd_registry_config_path
         findings = check_containerd_config(settings.containerd_config, certs_dir)

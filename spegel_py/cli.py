@@ -8,13 +8,16 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from spegel_py import __version__
 from spegel_py.errors import ConfigurationError
+from spegel_py.routing.libp2p import psk
 from spegel_py.settings import (
     CleanupSettings,
     CleanupWaitSettings,
@@ -52,7 +55,7 @@ def _default_text(opt: Option, default: Any) -> str:
         return _go_duration(float(default))
     if isinstance(default, tuple):
         return ",".join(default) or "(none)"
-    return str(default) if default != "" else "(none)"
+    return str(default) if default not in ("", None) else "(none)"
 
 
 def _go_duration(seconds: float) -> str:
@@ -88,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_options(command, cls)
     version = sub.add_parser("version", help="Print the version.")
     _add_options(version, GlobalSettings, suppress_default=True)
+    version.add_argument("--format", dest="format", choices=("text", "json"), default="text",
+                         help="text: the version alone; json: Spegel's shape ({\"build\": {...}, "
+                              "\"runtime\": {...}}), for scripts written for Spegel.")  # fmt: skip
     return parser
 
 
@@ -98,9 +104,11 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     try:
         global_settings = load(GlobalSettings, args, env)
         if args["command"] == "version":
-            print(__version__)
+            print(_version_json() if args["format"] == "json" else __version__)
             return 0
         settings = load(COMMANDS[args["command"]][0], args, env)
+        if isinstance(settings, RegistrySettings):
+            psk.load(settings.router_psk_file)  # a bad key: one line now, not after the start
     except ConfigurationError as exc:
         print(f"spegel-py: error: {exc}", file=sys.stderr)
         return 2
@@ -114,3 +122,10 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     if isinstance(settings, CleanupSettings):
         return app.run_cleanup(settings)
     return app.run_cleanup_wait(settings)
+
+
+def _version_json() -> str:
+    """``version --format=json``: the keys of Spegel's (build and runtime), Python for Go."""
+    build = {"version": __version__, "pythonVersion": platform.python_version()}
+    runtime = {"os": sys.platform, "arch": platform.machine()}
+    return json.dumps({"build": build, "runtime": runtime})

@@ -45,6 +45,24 @@ class ContentTooLargeError(SpegelError):
     """A blob was asked for in memory but is larger than the caller's limit."""
 
 
+class IngestEndedError(ContentNotFoundError):
+    """A blob that was being served while the store still wrote it can no longer be followed;
+    the response is cut so the receiver resumes elsewhere (subclasses say why)."""
+
+
+class IngestAbortedError(IngestEndedError):
+    """The ingest was aborted (its file deleted) before it was committed."""
+
+
+class IngestStalledError(IngestEndedError):
+    """The ingest did not grow (nor commit) for longer than the stall bound."""
+
+
+class IngestMismatchError(IngestEndedError):
+    """The ingest ended as something other than the expected blob (committed under another
+    digest, or at another size)."""
+
+
 class StoreUnavailableError(SpegelError):
     """The content store backend cannot be reached right now (for example containerd restarting)."""
 
@@ -88,6 +106,16 @@ class PeerDownError(PeerUnreachableError):
 
 class PeerTimeoutError(PeerError):
     """A connected peer did not answer or keep sending within its bound (slow, maybe busy)."""
+
+
+class PeerSlowError(PeerError):
+    """A peer kept sending a body, but below the relay's throughput floor: the stream resumes
+    elsewhere, and the peer is skipped for that key for a while, like a miss."""
+
+
+class StreamDeadlineError(SpegelError):
+    """A relayed body did not finish within its size-derived deadline (not one peer's fault: the
+    client, or a chain of slow peers); the client response was aborted."""
 
 
 class PeerMissError(PeerError):

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterable, Mapping
-from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from spegel_py.cgroup import page_cache_bytes
+from spegel_py.metricsources import AdvertiserState, Relay, RelayPool, RouterState
 
 # Response sizes span JSON errors (100 B) to layers (GiB): powers of 10 from 100 B to 10 GB.
 _SIZE_BUCKETS = tuple(float(10**n) for n in range(2, 11))
@@ -43,82 +43,6 @@ def method_label(method: str) -> str:
     return method if method in _METHODS else OTHER
 
 
-# -- what the collectors read ------------------------------------------------------------------
-class RelayCounters(Protocol):
-    """The relay's counters (the mirror's ``stats``), each only ever incremented."""
-
-    @property
-    def bytes_relayed(self) -> int: ...
-    @property
-    def resumed(self) -> int: ...
-    @property
-    def corrupt(self) -> int: ...
-    @property
-    def hedged(self) -> int: ...
-    @property
-    def aborted(self) -> int: ...
-    @property
-    def tag_disagreements(self) -> int: ...
-
-
-class RelayTuning(Protocol):
-    @property
-    def hash_threads(self) -> int: ...
-
-
-class Relay(Protocol):
-    """The peer relay (the mirror): its counters and its settings."""
-
-    @property
-    def stats(self) -> RelayCounters: ...
-    @property
-    def settings(self) -> RelayTuning: ...
-
-
-class RelayPool(Protocol):
-    """The relay's buffer pool."""
-
-    @property
-    def in_use(self) -> int: ...
-    @property
-    def capacity(self) -> int: ...
-    @property
-    def allocated(self) -> int: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def waits_total(self) -> int: ...
-    @property
-    def timeouts_total(self) -> int: ...
-
-
-class RegistryCounts(Protocol):
-    """What one registry contributes to the advertisement."""
-
-    @property
-    def images(self) -> int: ...
-    @property
-    def image_tags(self) -> int: ...
-    @property
-    def image_digests(self) -> int: ...
-    @property
-    def content_digests(self) -> int: ...
-
-
-class AdvertiserState(Protocol):
-    def counts(self) -> Mapping[str, RegistryCounts]: ...
-    def advertised(self) -> Collection[str]: ...
-    @property
-    def failures(self) -> int: ...
-
-
-class RouterState(Protocol):
-    def peer_count(self) -> int: ...
-    def provider_records(self) -> int: ...
-    def provider_refusals(self) -> Mapping[str, int]: ...
-
-
-# -- instruments -------------------------------------------------------------------------------
 class Metrics:
     """The instruments, and the registry that ``/metrics`` exposes (``registry``)."""
 
@@ -189,6 +113,33 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+
+        # Swarm pulls, item 1 (spegel_py/serving/growing.py, spegel_py/routing/inprogress.py).
+        self.in_progress_serves = Counter(
+            "spegel_in_progress_serves",
+            "Blobs served to peers while still being pulled, by outcome: "
+            "complete, aborted / stalled / mismatch (the ingest ended so; the response was cut).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        for outcome in ("complete", "aborted", "stalled", "mismatch"):
+            self.in_progress_serves.labels(outcome)
+        self.in_progress_served_bytes = Counter(
+            "spegel_in_progress_served_bytes",
+            "Body bytes of blobs served while still being pulled "
+            '(also counted in spegel_served_bytes_total{source="local"}).',
+            registry=self.registry,
+        )
+        self.in_progress_advertised = Gauge(
+            "spegel_in_progress_advertised", "Blobs advertised under their in-progress key.",
+            registry=self.registry)  # fmt: skip
+        # Swarm pulls, item 2 (spegel_py/relay/coordinate.py).
+        self.pull_coordination = Counter(
+            "spegel_pull_coordination", "Blob misses settled by pull coordination, by outcome: won (this "
+            "node fetches it upstream), waited (streamed from the node that does), timed_out (it served "
+            "nothing in time: upstream).", ("outcome",), registry=self.registry)  # fmt: skip
+        for outcome in ("won", "waited", "timed_out"):
+            self.pull_coordination.labels(outcome)
 
     def mirror_result(self, registry: str, served: bool) -> None:
         """The Mirror's ``on_result`` hook: one call per mirrored request.
@@ -295,9 +246,15 @@ class RouterCollector(Collector):
                   self._router.provider_records()),
             labelled_counter("spegel_router_provider_records_refused",
                              "Provider records refused by reason: invalid_key (not a 34-byte sha2-256 "
-                             "multihash), peer_limit (the peer holds its limit), evicted (dropped "
-                             "before expiry to stay within the total limit).",
+                             "multihash), peer_limit (the peer holds its limit), key_limit (the key "
+                             "has its limit of providers), evicted (dropped before expiry to stay "
+                             "within the total limit).",
                              "reason", self._router.provider_refusals()),
+            labelled_counter("spegel_router_streams_refused",
+                             "Inbound router streams reset by reason: peer_limit / node_limit (DHT "
+                             "streams of one peer / of all peers), connection_limit (streams one "
+                             "connection keeps open).",
+                             "reason", self._router.stream_refusals()),
         ]  # fmt: skip
 
 
@@ -321,6 +278,13 @@ class RelayCollector(Collector):
             counter("spegel_mirror_tag_disagreements",
                     "Tags not resolved because providers answered different digests.",
                     stats.tag_disagreements),
+            labelled_counter("spegel_multi_peer_fetches",
+                             "Blobs relayed from several providers at once, by outcome (complete, failed).",
+                             "outcome", stats.multi_fetches),
+            labelled_counter("spegel_multi_peer_ranges",
+                             "Ranges of multi-provider fetches: ok (fetched whole by the first provider "
+                             "that took it), retried (asked of another provider).",
+                             "outcome", stats.multi_ranges),
             gauge("spegel_relay_buffers_in_use", "Relay buffers in use.", pool.in_use),
             gauge("spegel_relay_buffers_capacity", "Relay buffers available at most.", pool.capacity),
             gauge("spegel_relay_buffers_allocated", "Relay buffers allocated so far.", pool.allocated),

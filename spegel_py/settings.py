@@ -11,124 +11,29 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from spegel_py.errors import ConfigurationError
-from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL
+from spegel_py.flagvalues import (
+    choice,
+    parse_address,
+    parse_bool,
+    parse_buffer_size,
+    parse_duration,
+    parse_int,
+    parse_positive_int,
+    parse_reprovide_interval,
+    parse_size,
+)
+from spegel_py.routing.base import REPROVIDE_INTERVAL
 
 S = TypeVar("S")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 BOOTSTRAP_KINDS = ("", "dns", "http", "static", "kubernetes")
 CONTENT_STORES = ("containerd", "oci-layout")
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE = re.compile(r"(\d+)\s*(|B|K|KB|KiB|M|MB|MiB|G|GB|GiB)", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
-               "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
-_ADDR = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]*)):(\d{1,5})")
-
-
-def parse_duration(value: str) -> float:
-    """Go-style duration (``20ms``, ``2s``, ``1m30s``, ``0``) in seconds."""
-    text = value.strip()
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos == 0 or pos != len(text):
-        raise ValueError(f"not a duration (use e.g. 20ms, 2s, 1m): {value!r}")
-    return total
-
-
-def parse_bool(value: str) -> bool:
-    """``true``/``false`` (also 1/0, yes/no, on/off), case-insensitive."""
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean (true or false): {value!r}")
-
-
-def parse_size(value: str) -> int:
-    """A byte count, optionally with a unit (``8388608``, ``8MiB``, ``8M`` = 8 MiB, ``8MB`` = 8e6)."""
-    match = _SIZE.fullmatch(value.strip())
-    if match is None:
-        raise ValueError(f"not a size in bytes (e.g. 8MiB): {value!r}")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-
-
-def parse_int(value: str) -> int:
-    """A non-negative integer."""
-    number = int(value.strip())
-    if number < 0:
-        raise ValueError(f"must not be negative: {value!r}")
-    return number
-
-
-def parse_positive_int(value: str) -> int:
-    """An integer of at least 1."""
-    number = int(value.strip())
-    if number < 1:
-        raise ValueError(f"must be at least 1: {value!r}")
-    return number
-
-
-def parse_buffer_size(value: str) -> int:
-    """A relay buffer size: a size (see :func:`parse_size`) of at least 64 KiB, so that per-chunk
-    costs (one hash update and one socket write per buffer) stay small next to the bytes moved."""
-    size = parse_size(value)
-    if size < 64 << 10:
-        raise ValueError(f"must be at least 64KiB: {value!r}")
-    return size
-
-
-def parse_reprovide_interval(value: str) -> float:
-    """A duration (see :func:`parse_duration`) above zero and below :data:`RECORD_LIFETIME`, so
-    that peers receive a node's records again before the previous copies expire."""
-    seconds = parse_duration(value)
-    if not 0 < seconds < RECORD_LIFETIME:
-        raise ValueError(f"must be above 0 and below 19m (the record lifetime): {value!r}")
-    return seconds
-
-
-def parse_address(value: str) -> str:
-    """``host:port``, ``:port`` (all interfaces) or ``[v6]:port``; returned unchanged when valid."""
-    match = _ADDR.fullmatch(value.strip())
-    if match is None or not 0 < int(match.group(3)) < 65536:
-        raise ValueError(f"not an address of the form host:port or :port: {value!r}")
-    return value.strip()
-
-
-def split_address(value: str) -> tuple[str | None, int]:
-    """``(host, port)`` of an address; host ``None`` means every interface."""
-    match = _ADDR.fullmatch(value.strip())
-    if match is None:
-        raise ConfigurationError(f"invalid address {value!r}")
-    host = match.group(1) or match.group(2) or None
-    return host, int(match.group(3))
-
-
-def _choice(choices: Sequence[str], *, upper: bool = False) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        normalized = value.strip().upper() if upper else value.strip()
-        if normalized == "WARNING" and upper:
-            normalized = "WARN"
-        if normalized not in choices:
-            raise ValueError(f"must be one of {', '.join(c or '(empty)' for c in choices)}: {value!r}")
-        return normalized
-
-    return parse
-
 
 @dataclass(frozen=True, slots=True)
 class Option:
@@ -155,7 +60,7 @@ class GlobalSettings:
     """Settings of every subcommand."""
 
     log_level: str = option("--log-level", "LOG_LEVEL", "INFO", "Minimum level of the JSON logs on stderr.",
-                            _choice(LOG_LEVELS, upper=True))
+                            choice(LOG_LEVELS, upper=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,13 +105,21 @@ class RegistrySettings:
                                      "Serve the /debug/web page.", parse_bool, boolean=True)
     bootstrap_kind: str = option("--bootstrap-kind", "BOOTSTRAP_KIND", "",
                                  "How peers are found: dns, http, static or kubernetes (empty: alone, "
-                                 "ready at once).", _choice(BOOTSTRAP_KINDS))
+                                 "ready at once).", choice(BOOTSTRAP_KINDS))
     dns_bootstrap_domain: str = option("--dns-bootstrap-domain", "DNS_BOOTSTRAP_DOMAIN", "",
                                        "DNS name (headless service) listing peers, for --bootstrap-kind=dns.")
     http_bootstrap_addr: str = option("--http-bootstrap-addr", "HTTP_BOOTSTRAP_ADDR", "",
                                       "Address serving this node's id to peers, for --bootstrap-kind=http.")
     http_bootstrap_url: str = option("--http-bootstrap-url", "HTTP_BOOTSTRAP_URL", "",
                                      "URL of a peer's id, for --bootstrap-kind=http.")
+    http_bootstrap_peer: str = option(
+        "--http-bootstrap-peer", "HTTP_BOOTSTRAP_PEER", "",
+        "Base URL of a peer whose /id is read, for --bootstrap-kind=http (released Spegel's name; "
+        "give this or --http-bootstrap-url).")
+    http_bootstrap_cert_dir: str = option(
+        "--http-bootstrap-cert-dir", "HTTP_BOOTSTRAP_CERT_DIR", "",
+        "Directory with ca.crt (the CAs trusted for an https bootstrap URL) and optionally tls.crt and "
+        "tls.key (a client certificate), for --bootstrap-kind=http.")
     static_bootstrap_peers: tuple[str, ...] = option(
         "--static-bootstrap-peers", "STATIC_BOOTSTRAP_PEERS", (),
         "Peer multiaddrs, for --bootstrap-kind=static.", many=True)
@@ -223,7 +136,7 @@ class RegistrySettings:
                                 "bootstrap.")
     content_store: str = option("--content-store", "CONTENT_STORE", "containerd",
                                 "(spegel-py) Where content comes from: containerd or oci-layout.",
-                                _choice(CONTENT_STORES))
+                                choice(CONTENT_STORES))
     oci_layout_path: str = option("--oci-layout-path", "OCI_LAYOUT_PATH", "",
                                   "(spegel-py) Directory of OCI image layouts (--content-store=oci-layout).")
     oci_layout_registry: str = option(
@@ -249,6 +162,39 @@ class RegistrySettings:
         "--relay-hash-threads", "RELAY_HASH_THREADS", 1,
         "(spegel-py) Threads hashing relayed bytes next to the event loop; 0 hashes on the loop (less "
         "CPU per GiB, about 20 % lower relay throughput, see docs/benchmarks.md).", parse_int)
+    mirror_min_throughput: int = option(
+        "--mirror-min-throughput", "MIRROR_MIN_THROUGHPUT", 256 << 10,
+        "(spegel-py) Floor under a relayed blob, in bytes/s (e.g. 256KiB): a peer below it over "
+        "--mirror-throughput-window is left for another provider (resumed with Range), else the "
+        "client is cut and retries. 0 turns the floor and the relay deadline off.", parse_size)
+    mirror_throughput_window: float = option(
+        "--mirror-throughput-window", "MIRROR_THROUGHPUT_WINDOW", 5.0,
+        "(spegel-py) Time spent waiting for a peer over which --mirror-min-throughput is measured.",
+        parse_duration)
+    mirror_deadline_allowance: float = option(
+        "--mirror-deadline-allowance", "MIRROR_DEADLINE_ALLOWANCE", 10.0,
+        "(spegel-py) A relayed response must end within this plus its size / --mirror-min-throughput, "
+        "else the client is cut and retries.", parse_duration)
+    multi_peer_fetch: bool = option(
+        "--multi-peer-fetch", "MULTI_PEER_FETCH", True,
+        "(spegel-py) Relay a large blob from several providers at once, in ranges (issue 12; false: one "
+        "provider per blob, as Spegel). Also asks the router for at least --multi-peer-providers.",
+        parse_bool)
+    multi_peer_min_size: int = option(
+        "--multi-peer-min-size", "MULTI_PEER_MIN_SIZE", 64 << 20,
+        "(spegel-py) Smallest blob fetched from several providers (e.g. 64MiB).", parse_size)
+    multi_peer_providers: int = option(
+        "--multi-peer-providers", "MULTI_PEER_PROVIDERS", 4,
+        "(spegel-py) Providers one multi-provider fetch reads from in parallel (2 or more).",
+        parse_positive_int)
+    multi_peer_range_size: int = option(
+        "--multi-peer-range-size", "MULTI_PEER_RANGE_SIZE", 4 << 20,
+        "(spegel-py) Bytes asked of a provider per range (rounded up to whole relay buffers).", parse_size)
+    multi_peer_buffers: int = option(
+        "--multi-peer-buffers", "MULTI_PEER_BUFFERS", 32,
+        "(spegel-py) Relay buffers one multi-provider fetch may hold (ranges fetched ahead of the client); "
+        "taken only while a quarter of --relay-buffers stays free, else the blob comes from one provider.",
+        parse_positive_int)
     reprovide_interval: float = option(
         "--reprovide-interval", "REPROVIDE_INTERVAL", REPROVIDE_INTERVAL,
         "(spegel-py) Time between re-sends of this node's provider records (Go duration; Spegel's is a "
@@ -257,9 +203,10 @@ class RegistrySettings:
                                   "(spegel-py) Bound on each content-store call; past it: 503.",
                                   parse_duration)
     max_connections: int = option(
-        "--max-connections", "MAX_CONNECTIONS", 1024,
-        "(spegel-py) Open connections on the registry listener; one accepted beyond it is closed at "
-        "once (/metrics and /id have their own cap of 16).", parse_positive_int)
+        "--max-connections", "MAX_CONNECTIONS", 4096,
+        "(spegel-py) Open connections on the registry listener (about 9 KiB each); at the cap a newcomer "
+        "takes an idle one's slot, else waits up to 1s (/metrics and /id have their own cap of 16).",
+        parse_positive_int)
     header_timeout: float = option(
         "--header-timeout", "HEADER_TIMEOUT", 10.0,
         "(spegel-py) A connection's first request head must arrive within this (slowloris bound).",
@@ -269,11 +216,60 @@ class RegistrySettings:
         "(spegel-py) An idle keep-alive connection is closed after this.", parse_duration)
     write_timeout: float = option(
         "--write-timeout", "WRITE_TIMEOUT", 30.0,
-        "(spegel-py) A response the client stops reading (socket buffers full) is aborted after this.",
+        "(spegel-py) A response the client stops reading (socket buffers full, or a local blob taking no "
+        "byte) is aborted after this.",
         parse_duration)
+    serve_min_throughput: int = option(
+        "--serve-min-throughput", "SERVE_MIN_THROUGHPUT", 256 << 10,
+        "(spegel-py) A local body must be read within --write-timeout plus its size / this (bytes/s, "
+        "e.g. 256KiB), else the connection is cut; a client taking no byte for --write-timeout is "
+        "cut too. 0: only the no-progress bound.", parse_size)
+    serve_in_progress: bool = option(
+        "--serve-in-progress", "SERVE_IN_PROGRESS", True,
+        "(spegel-py) Serve blobs this node is still pulling to peers as they grow, advertise them "
+        "under a key of their own, and look that key up when no peer holds a blob (swarm pulls).",
+        parse_bool, boolean=True)
+    in_progress_stall_timeout: float = option(
+        "--in-progress-stall-timeout", "IN_PROGRESS_STALL_TIMEOUT", 10.0,
+        "(spegel-py) A blob served while pulled is cut (the peer resumes elsewhere) when its pull "
+        "writes nothing (or does not commit) for this long; containerd writes in 1 MiB steps, so keep "
+        "it above 1 MiB / the slowest upstream rate of one blob.", parse_duration)
+    in_progress_poll_interval: float = option(
+        "--in-progress-poll-interval", "IN_PROGRESS_POLL_INTERVAL", 0.25,
+        "(spegel-py) How often containerd's pulls in progress are listed for advertising.",
+        parse_duration)
+    in_progress_linger: float = option(
+        "--in-progress-linger", "IN_PROGRESS_LINGER", 600.0,
+        "(spegel-py) A pulled blob keeps its in-progress record until its image is advertised, at "
+        "most this long.", parse_duration)
+    router_psk_file: str = option(
+        "--router-psk-file", "ROUTER_PSK_FILE", "",
+        "(spegel-py) File with the libp2p private network key (pre-shared key, as go-libp2p and k3s "
+        "write it): every router connection is encrypted with it, peers without it cannot connect. "
+        "Empty: no private network (Go Spegel has none).")
     shutdown_timeout: float = option(
         "--shutdown-timeout", "SHUTDOWN_TIMEOUT", 10.0,
         "(spegel-py) How long in-flight requests may finish after SIGTERM (a 2nd signal forces exit).",
+        parse_duration)
+    coordinate_pulls: bool = option(
+        "--coordinate-pulls", "COORDINATE_PULLS", True,
+        "(spegel-py) When several nodes miss a blob at once, the node closest to its key tells one to "
+        "fetch it upstream (its mirror answers 404) and the others to stream it from that node "
+        "(docs/operations.md, Swarm pulls). False: every mirror that misses answers 404 (Spegel).",
+        parse_bool, boolean=True)
+    coordination_wait: float = option(
+        "--coordination-wait", "COORDINATION_WAIT", 5.0,
+        "(spegel-py) With --coordinate-pulls, how long a mirror waits for the node fetching a blob to "
+        "serve it before answering 404 (so containerd goes upstream); what a dead fetcher costs.",
+        parse_duration)
+    claim_lease: float = option(
+        "--claim-lease", "CLAIM_LEASE", 10.0,
+        "(spegel-py) With --coordinate-pulls, how long this node, as the rendezvous of a blob, keeps "
+        "another node from being told to fetch it too.", parse_duration)
+    claim_timeout: float = option(
+        "--claim-timeout", "CLAIM_TIMEOUT", 2.0,
+        "(spegel-py) With --coordinate-pulls, how long a mirror may take to learn who fetches a blob "
+        "(finding the blob's rendezvous included); past it, it answers 404 and fetches upstream itself.",
         parse_duration)
 
 
@@ -368,8 +364,16 @@ def _check(settings: Any) -> None:
     if isinstance(settings, RegistrySettings):
         if settings.content_store == "oci-layout" and not settings.oci_layout_path:
             raise ConfigurationError("--content-store=oci-layout needs --oci-layout-path (OCI_LAYOUT_PATH)")
+        if settings.content_store == "containerd" and not settings.containerd_content_path.strip():
+            # Spegel main reads an empty path as "ask containerd"; spegel-py cannot, so say what to set.
+            raise ConfigurationError("--containerd-content-path is empty: spegel-py does not detect it; set "
+                                     "containerd's <root>/io.containerd.content.v1.content")
         if settings.store_timeout <= 0:
             raise ConfigurationError("--store-timeout must be positive")
+        if settings.multi_peer_providers < 2 or settings.multi_peer_range_size <= 0:
+            raise ConfigurationError("--multi-peer-providers must be >= 2, --multi-peer-range-size positive")
+        if settings.mirror_min_throughput > 0 and settings.mirror_throughput_window <= 0:
+            raise ConfigurationError("--mirror-throughput-window must be positive")
         for flag, value in (("--header-timeout", settings.header_timeout),
                             ("--keepalive-timeout", settings.keepalive_timeout),
                             ("--write-timeout", settings.write_timeout)):

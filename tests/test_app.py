@@ -7,6 +7,7 @@ Every process started here is stopped by its pid in a ``finally``, also when an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -40,7 +41,7 @@ from support.poll import eventually, wait_until
 
 from spegel_py import app
 from spegel_py.routing.base import Peer
-from spegel_py.settings import RegistrySettings
+from spegel_py.settings import ConfigurationSettings, RegistrySettings
 from spegel_py.supervise import EXIT_FAILURE, run
 
 pytestmark = pytest.mark.process  # most tests run the spegel-py console script
@@ -52,16 +53,24 @@ def layout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return root, make_layout(root, 64 * MiB)
 
 
-@pytest.fixture
-def daemon(layout: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[Daemon]:
+@contextlib.contextmanager
+def running(layout: tuple[Path, dict[str, str]], tmp_path: Path, *extra: str) -> Iterator[Daemon]:
+    """A ready ``spegel-py registry`` on 127.0.0.23 serving ``layout``, killed on the way out."""
     root, _ = layout
     host = "127.0.0.23"
-    d, _ = start_node(root, tmp_path / "data", host, (free_port(host), free_port(host), free_port(host)))
+    ports = (free_port(host), free_port(host), free_port(host))
+    d, _ = start_node(root, tmp_path / "data", host, ports, *extra)
     try:
         wait_ready(d)
         yield d
     finally:
         kill(d)
+
+
+@pytest.fixture
+def daemon(layout: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[Daemon]:
+    with running(layout, tmp_path) as d:
+        yield d
 
 
 def test_serves_content_and_metrics(daemon: Daemon, layout: tuple[Path, dict[str, str]]) -> None:
@@ -137,18 +146,20 @@ def test_sigterm_with_a_stalled_client_exits_within_the_drain_bound(
         sock.close()
 
 
-def test_second_signal_forces_exit(daemon: Daemon, layout: tuple[Path, dict[str, str]]) -> None:
+def test_second_signal_forces_exit(layout: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     _, digests = layout
-    sock, _ = _start_download(daemon, digests["layer"])
-    try:
-        started = time.monotonic()
-        daemon.proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: _refuses_connections(daemon), within=5, what="drain begun (listener closed)")
-        daemon.proc.send_signal(signal.SIGINT)
-        assert daemon.proc.wait(10) == 130
-        assert time.monotonic() - started < 2.0  # well before the 3 s drain bound
-    finally:
-        sock.close()
+    # a drain bound far beyond any start-up or load delay: exiting before it proves the forced exit
+    with running(layout, tmp_path, "--shutdown-timeout", "120s") as daemon:
+        sock, _ = _start_download(daemon, digests["layer"])
+        try:
+            started = time.monotonic()
+            daemon.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: _refuses_connections(daemon), within=30, what="drain begun (listener closed)")
+            daemon.proc.send_signal(signal.SIGINT)
+            assert daemon.proc.wait(60) == 130
+            assert time.monotonic() - started < 60  # the drain alone would take 120 s
+        finally:
+            sock.close()
 
 
 def test_address_in_use_is_a_clean_error(layout: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
@@ -239,7 +250,7 @@ def _body_if_ok(url: str) -> bytes:
 
 def _debug_page_with(node: Daemon, text: str) -> str:
     """The ``/debug/web`` page once it shows ``text`` (else empty: not yet)."""
-    page = get(node.base + "/debug/web")[1].decode()
+    page = get(node.metrics + "/debug/web/")[1].decode()
     return page if text in page else ""
 
 
@@ -262,13 +273,15 @@ def test_debug_web_shows_the_node_or_is_404_when_disabled(tmp_path: Path, enable
         peer_id = _serving_record(node)["peer_id"]
         missing = f"sha256:{'0' * 64}"
         assert get(f"{node.base}/v2/x/blobs/{missing}?ns=example.com")[0] == 404  # a mirrored miss
+        # on the metrics port, as in Spegel; never on the registry port, which every client reaches
         status, body = get(node.base + "/debug/web")
+        assert status == 404 and json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"  # unknown path
+        status, body = get(node.metrics + "/debug/web/metadata")
         if not enabled:
-            assert status == 404
-            assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"  # an unknown path
+            assert status == 404 and get(node.metrics + "/debug/web/")[0] == 404
             assert stop(node) == 0
             return
-        assert status == 200
+        assert status == 200 and json.loads(body) == {"libp2p": {"id": peer_id}}
         # the advertiser's first walk is asynchronous
         page = wait_until(lambda: _debug_page_with(node, "127.0.0.1:5000/test/app:v1"), within=15,
                           what="the layout's image on /debug/web")  # fmt: skip
@@ -313,7 +326,7 @@ def test_two_nodes_mirror_a_blob_only_one_holds(tmp_path: Path) -> None:
         assert metric(a, "spegel_router_provider_records ") == 0
         # B's /debug/web: A in its routing table, and the relayed layer served by A
         a_id, b_id = _serving_record(a)["peer_id"], _serving_record(b)["peer_id"]
-        page = get(b.base + "/debug/web")[1].decode()
+        page = get(b.metrics + "/debug/web/")[1].decode()
         assert f'<code id="peer-id">{b_id}</code>' in page
         assert _debug_table(page, "peers") == [[a_id]]
         hits = [row[1:5] for row in _debug_table(page, "outcomes") if row[3] == "hit"]
@@ -392,6 +405,9 @@ class FailingRouter:
         return 0
 
     def provider_refusals(self) -> dict[str, int]:
+        return {}
+
+    def stream_refusals(self) -> dict[str, int]:
         return {}
 
 
@@ -473,3 +489,35 @@ def test_a_failed_router_makes_the_node_not_ready_and_exits_1(
     shutting_down = [r for r in caplog.records if r.getMessage() == "shutting down"]
     assert [getattr(r, "failed_task", None) for r in shutting_down] == ["router"]
 
+
+@pytest.mark.parametrize(
+    ("username", "password", "expected"),
+    [
+        (b"spegel", b"s3cret", "Basic c3BlZ2VsOnMzY3JldA=="),
+        (b"spegel\n", b"s3cret", "Basic c3BlZ2VsCjpzM2NyZXQ="),  # taken as it is, as Spegel does
+        (b"", b"", None),  # empty files: no auth, as in Spegel
+        (None, None, None),  # no secret mounted
+    ],
+)
+def test_spegels_basic_auth_secret_reaches_hosts_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, username: bytes | None, password: bytes | None,
+    expected: str | None,
+) -> None:  # fmt: skip
+    """The credentials Spegel v0.7 reads from /etc/secrets/basic-auth become the Authorization
+    header: checked by the registry (tests/serving), sent to peers (tests/relay) and written into
+    hosts.toml for containerd by ``configuration`` (here)."""
+    secret = tmp_path / "basic-auth"
+    secret.mkdir()
+    for name, value in (("username", username), ("password", password)):
+        if value is not None:
+            (secret / name).write_bytes(value)
+    monkeypatch.setattr(app, "BASIC_AUTH_DIR", str(secret))
+    assert app.basic_auth() == expected
+    certs = tmp_path / "certs.d"
+    configuration = ConfigurationSettings(
+        containerd_registry_config_path=str(certs), mirror_targets=("http://127.0.0.1:30020",),
+        containerd_config=str(tmp_path / "absent.toml"),
+    )  # fmt: skip
+    assert app.run_configuration(configuration) == 0
+    hosts = (certs / "_default" / "hosts.toml").read_text()
+    assert (expected is not None and f"Authorization = '{expected}'" in hosts) or "Authorization" not in hosts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,8 @@ REGISTRY_FLAGS = {
     "--dns-bootstrap-domain": "DNS_BOOTSTRAP_DOMAIN",
     "--http-bootstrap-addr": "HTTP_BOOTSTRAP_ADDR",
     "--http-bootstrap-url": "HTTP_BOOTSTRAP_URL",
+    "--http-bootstrap-peer": "HTTP_BOOTSTRAP_PEER",  # Spegel v0.3 to v0.7.4's name
+    "--http-bootstrap-cert-dir": "HTTP_BOOTSTRAP_CERT_DIR",
     "--static-bootstrap-peers": "STATIC_BOOTSTRAP_PEERS",
     # spegel-py additions
     "--content-store": "CONTENT_STORE",
@@ -40,6 +43,11 @@ REGISTRY_FLAGS = {
     "--relay-buffers": "RELAY_BUFFERS",
     "--relay-buffer-size": "RELAY_BUFFER_SIZE",
     "--relay-hash-threads": "RELAY_HASH_THREADS",
+    "--multi-peer-fetch": "MULTI_PEER_FETCH",
+    "--multi-peer-min-size": "MULTI_PEER_MIN_SIZE",
+    "--multi-peer-providers": "MULTI_PEER_PROVIDERS",
+    "--multi-peer-range-size": "MULTI_PEER_RANGE_SIZE",
+    "--multi-peer-buffers": "MULTI_PEER_BUFFERS",
     "--reprovide-interval": "REPROVIDE_INTERVAL",
     "--log-level": "LOG_LEVEL",
 }
@@ -74,6 +82,13 @@ def test_version(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == __version__
 
 
+def test_version_as_json_in_spegels_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    """``spegel version --format json`` (Spegel v0.7): scripts read ``.build.version``."""
+    assert main(["version", "--format", "json"], {}) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["build"]["version"] == __version__ and set(doc["runtime"]) == {"os", "arch"}
+
+
 @pytest.mark.process
 @pytest.mark.parametrize(
     ("argv", "env"),
@@ -84,6 +99,7 @@ def test_version(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         (["registry", "--page-cache-eviction-lag", "lots"], {}),
         (["registry", "--content-store", "oci-layout"], {}),
         (["registry", "--relay-hash-threads=-1"], {}),
+        (["registry", "--containerd-content-path="], {}),  # Spegel main: detect; spegel-py: refuse
         (["registry"], {"RELAY_HASH_THREADS": "-1"}),
         (["registry"], {"MIRROR_RESOLVE_RETRIES": "many"}),
         (["registry"], {"LOG_LEVEL": "LOUD"}),
@@ -91,6 +107,7 @@ def test_version(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         (["no-such-command"], {}),
         ([], {}),
         (["--log-level", "LOUD", "version"], {}),
+        (["version", "--format", "yaml"], {}),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], env: dict[str, str]) -> None:

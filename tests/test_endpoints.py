@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import socket
 from contextlib import AsyncExitStack
 
@@ -11,7 +13,13 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 from support.daemon import free_port
 
-from spegel_py.endpoints import id_application, metrics_application, start
+from spegel_py.endpoints import (
+    SPARE_DESCRIPTORS,
+    id_application,
+    metrics_application,
+    reserve_descriptors,
+    start,
+)
 from spegel_py.errors import ConfigurationError
 
 HOST = "127.0.0.40"
@@ -36,14 +44,17 @@ async def _get(url: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     ("addrs", "pod_ip", "query", "status", "body"),
     [
-        (["/ip4/127.0.0.5/tcp/5001"], "", "", 200, f"/ip4/127.0.0.5/tcp/5001/p2p/{PEER_ID}"),
+        # default: the object released Go Spegel (v0.6 to v0.7.4) requires
+        (["/ip4/127.0.0.5/tcp/5001"], "", "", 200,
+         json.dumps({"ID": PEER_ID, "Addrs": ["/ip4/127.0.0.5/tcp/5001"]})),
+        (["/ip4/127.0.0.5/tcp/5001"], "", "?format=text", 200, f"/ip4/127.0.0.5/tcp/5001/p2p/{PEER_ID}"),
         # listening on every interface: only the pod IP is dialable, with the router's port
-        (["/ip4/0.0.0.0/tcp/5001"], "10.1.2.3", "", 200, f"/ip4/10.1.2.3/tcp/5001/p2p/{PEER_ID}"),
+        (["/ip4/0.0.0.0/tcp/5001"], "10.1.2.3", "?format=text", 200, f"/ip4/10.1.2.3/tcp/5001/p2p/{PEER_ID}"),
         (["/ip4/127.0.0.5/tcp/5001"], "10.1.2.3", "?format=json", 200,
          json.dumps([{"ID": PEER_ID, "Addrs": ["/ip4/10.1.2.3/tcp/5001", "/ip4/127.0.0.5/tcp/5001"]}])),
         (["/ip4/0.0.0.0/tcp/5001"], "", "", 503, "no dialable router address to publish on /id"),
     ],
-    ids=["text", "pod-ip", "json", "nothing-dialable"],
+    ids=["object", "text", "pod-ip", "json", "nothing-dialable"],
 )  # fmt: skip
 async def test_id(addrs: list[str], pod_ip: str, query: str, status: int, body: str) -> None:
     address = f"{HOST}:{free_port(HOST)}"
@@ -72,3 +83,19 @@ async def test_an_address_in_use_is_a_configuration_error() -> None:
         async with AsyncExitStack() as stack:
             with pytest.raises(ConfigurationError, match="cannot listen on"):
                 await start(stack, metrics_application(CollectorRegistry()), address)
+
+
+def test_the_descriptor_limit_is_raised_to_fit_the_connection_cap() -> None:
+    """At the soft limit accept() fails (asyncio then stops accepting for a second): a cap larger
+    than what the limit leaves raises it, up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    open_now = len(os.listdir("/proc/self/fd"))
+    cap = 2000
+    if hard != resource.RLIM_INFINITY and hard < open_now + cap + SPARE_DESCRIPTORS:
+        pytest.skip(f"the hard descriptor limit here ({hard}) leaves no room to raise the soft one")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 16, hard))
+        reserve_descriptors(cap)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= open_now + cap
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

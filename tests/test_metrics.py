@@ -56,6 +56,8 @@ NAMES = [
     "spegel_mirror_hedged_attempts_total",
     "spegel_mirror_aborted_responses_total",
     "spegel_mirror_tag_disagreements_total",
+    "spegel_multi_peer_fetches_total",
+    "spegel_multi_peer_ranges_total",
     "process_resident_memory_bytes",
 ]
 HISTOGRAMS = ["spegel_advertise_duration_seconds", "spegel_reprovide_duration_seconds"]
@@ -134,6 +136,8 @@ class Stats:
     hedged: int = 3
     aborted: int = 4
     tag_disagreements: int = 5
+    multi_fetches: dict[str, int] = field(default_factory=lambda: {"complete": 6, "failed": 7})
+    multi_ranges: dict[str, int] = field(default_factory=lambda: {"ok": 8, "retried": 9})
 
 
 @dataclass
@@ -186,6 +190,9 @@ class Router:
     def provider_refusals(self) -> dict[str, int]:
         return {"invalid_key": 5, "peer_limit": 6, "evicted": 7}
 
+    def stream_refusals(self) -> dict[str, int]:
+        return {"peer_limit": 1, "node_limit": 2, "connection_limit": 3}
+
 
 def _exposed(metrics: Metrics) -> dict[str, float]:
     """Every sample of the registry, by its exposition line up to the value."""
@@ -237,11 +244,18 @@ def test_collectors_report_the_components_values(watched: tuple[Metrics, Relay])
         'spegel_router_provider_records_refused_total{reason="invalid_key"}': 5,
         'spegel_router_provider_records_refused_total{reason="peer_limit"}': 6,
         'spegel_router_provider_records_refused_total{reason="evicted"}': 7,
+        'spegel_router_streams_refused_total{reason="peer_limit"}': 1,
+        'spegel_router_streams_refused_total{reason="node_limit"}': 2,
+        'spegel_router_streams_refused_total{reason="connection_limit"}': 3,
         "spegel_mirror_resumed_streams_total": 1,
         "spegel_mirror_integrity_failures_total": 2,
         "spegel_mirror_hedged_attempts_total": 3,
         "spegel_mirror_aborted_responses_total": 4,
         "spegel_mirror_tag_disagreements_total": 5,
+        'spegel_multi_peer_fetches_total{outcome="complete"}': 6,
+        'spegel_multi_peer_fetches_total{outcome="failed"}': 7,
+        'spegel_multi_peer_ranges_total{outcome="ok"}': 8,
+        'spegel_multi_peer_ranges_total{outcome="retried"}': 9,
         "spegel_relay_buffers_in_use": 1,
         "spegel_relay_buffers_capacity": 7,
         "spegel_relay_buffers_allocated": 3,

@@ -7,17 +7,8 @@ import dataclasses
 import pytest
 
 from spegel_py.errors import ConfigurationError
-from spegel_py.settings import (
-    GlobalSettings,
-    RegistrySettings,
-    load,
-    options,
-    parse_address,
-    parse_bool,
-    parse_duration,
-    parse_size,
-    split_address,
-)
+from spegel_py.flagvalues import parse_address, parse_bool, parse_duration, parse_size, split_address
+from spegel_py.settings import GlobalSettings, RegistrySettings, load, options
 
 
 @pytest.mark.parametrize(
@@ -108,6 +99,14 @@ def test_defaults_are_spegels() -> None:
     assert load(GlobalSettings, {}, {}).log_level == "INFO"
 
 
+def test_multi_peer_fetch_flags() -> None:
+    s = load(RegistrySettings, {}, {})
+    assert (s.multi_peer_fetch, s.multi_peer_min_size, s.multi_peer_providers) == (True, 64 << 20, 4)
+    assert (s.multi_peer_range_size, s.multi_peer_buffers) == (4 << 20, 32)
+    s = load(RegistrySettings, {"multi_peer_fetch": "false"}, {"MULTI_PEER_RANGE_SIZE": "8MiB"})
+    assert (s.multi_peer_fetch, s.multi_peer_range_size) == (False, 8 << 20)
+
+
 def test_relay_pool_is_sized_from_flags_and_env() -> None:
     s = load(RegistrySettings, {"relay_buffers": "8"}, {"RELAY_BUFFER_SIZE": "1MiB"})
     assert (s.relay_buffers, s.relay_buffer_size) == (8, 1 << 20)
@@ -166,14 +165,23 @@ def test_lists_from_env_are_comma_separated_and_from_flags_repeated() -> None:
         ({}, {"KEEPALIVE_TIMEOUT": "soon"}, "KEEPALIVE_TIMEOUT"),
         ({"keepalive_timeout": "0"}, {}, "--keepalive-timeout"),
         ({}, {"WRITE_TIMEOUT": "never"}, "WRITE_TIMEOUT"),
+        ({"mirror_min_throughput": "fast"}, {}, "--mirror-min-throughput"),
+        ({"mirror_throughput_window": "0"}, {}, "--mirror-throughput-window"),
+        ({}, {"MIRROR_DEADLINE_ALLOWANCE": "ages"}, "MIRROR_DEADLINE_ALLOWANCE"),
+        ({}, {"SERVE_MIN_THROUGHPUT": "lots"}, "SERVE_MIN_THROUGHPUT"),
         ({"relay_buffers": "0"}, {}, "--relay-buffers"),
         ({}, {"RELAY_BUFFER_SIZE": "4KiB"}, "RELAY_BUFFER_SIZE"),
         ({"relay_buffer_size": "lots"}, {}, "--relay-buffer-size"),
         ({"relay_hash_threads": "-1"}, {}, "--relay-hash-threads"),
         ({}, {"RELAY_HASH_THREADS": "two"}, "RELAY_HASH_THREADS"),
         ({"reprovide_interval": "0"}, {}, "--reprovide-interval"),
+        ({"multi_peer_providers": "1"}, {}, "--multi-peer-providers"),
+        ({}, {"MULTI_PEER_RANGE_SIZE": "0"}, "--multi-peer-range-size"),
+        ({}, {"MULTI_PEER_FETCH": "maybe"}, "MULTI_PEER_FETCH"),
         ({}, {"REPROVIDE_INTERVAL": "19m"}, "REPROVIDE_INTERVAL"),  # records would expire first
         ({"reprovide_interval": "often"}, {}, "--reprovide-interval"),
+        # Spegel main detects an empty path through containerd; spegel-py says what to set instead
+        ({}, {"CONTAINERD_CONTENT_PATH": ""}, "--containerd-content-path is empty.*io.containerd.content.v1"),
     ],
 )
 def test_bad_values_name_their_source(flags: dict[str, str], env: dict[str, str], mentions: str) -> None:

@@ -34,14 +34,36 @@ def _remove() -> None:
 @contextmanager
 def shaped_source(src_ip: str, rate: str, *, burst: str = "1mb") -> Iterator[None]:
     """Limit packets from ``src_ip`` on ``lo`` to ``rate`` (tc syntax: ``10gbit``) inside the block."""
+    with shaped_sources([src_ip], rate, burst=burst):
+        yield
+
+
+@contextmanager
+def shaped_sources(src_ips: list[str], rate: str, *, burst: str = "1mb") -> Iterator[None]:
+    """Limit the packets from each of ``src_ips`` on ``lo`` to ``rate`` of its own (one NIC per
+    address: several peers, each behind its own link) inside the block."""
     _tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "r2q", "1000")
     atexit.register(_remove)
     try:
-        _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb",
-            "rate", rate, "burst", burst, "cburst", burst)
-        _tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",
-            "u32", "match", "ip", "src", f"{src_ip}/32", "flowid", "1:1")
+        for i, src_ip in enumerate(src_ips, start=1):
+            _tc("class", "add", "dev", "lo", "parent", "1:", "classid", f"1:{i}", "htb",
+                "rate", rate, "burst", burst, "cburst", burst)
+            _tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",
+                "u32", "match", "ip", "src", f"{src_ip}/32", "flowid", f"1:{i}")
         yield
     finally:
         _remove()
         atexit.unregister(_remove)
+
+
+def cap_device(dev: str, rate: str, *, netns: str | None = None, burst: str = "256k") -> None:
+    """Cap everything ``dev`` sends (its egress) at ``rate``: an ``htb`` root whose default class
+    is the capped one. On a veth pair, capping both ends caps both directions of the "cable".
+
+    The burst must cover one GSO super-packet (up to 64 KiB on a veth) or htb stalls on it.
+    Removed with the device (a namespace's veth goes when the namespace is deleted).
+    """
+    pre = ["-n", netns] if netns else []
+    _tc(*pre, "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1")
+    _tc(*pre, "class", "replace", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
+        "rate", rate, "burst", burst, "cburst", burst)

@@ -1,4 +1,4 @@
-"""``GET /debug/web``: one self-contained HTML page that shows what this node knows right now.
+"""``GET /debug/web/``: one self-contained HTML page that shows what this node knows right now.
 
 Operators open it when a pull did not come from a peer: is the node in the DHT (its peer id, the
 peers in its routing table), what it advertises, and how its recent mirror attempts ended. The
@@ -6,9 +6,10 @@ page has no external assets (styles inline, no scripts) so it renders inside air
 and through ``kubectl port-forward``. It only reads: the app passes a :class:`DebugInfo` whose
 callables return snapshots, so this module knows nothing about the router, store or mirror.
 
-Mount it on the registry application when ``--debug-web-enabled`` is set::
-
-    app.router.add_routes(debug_routes(info))
+The app mounts it on the metrics listener (``--metrics-addr``), where Spegel serves its debug
+page, when ``--debug-web-enabled`` is set; not on the registry port, which every client of the
+cluster (and the chart's NodePort) reaches. ``/debug/web/metadata`` is the node's peer id as JSON
+(``{"libp2p": {"id": ...}}``, Spegel's shape), for scripts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiohttp import web
+
+from spegel_py.httpx.expect import expect_handler
 
 T = TypeVar("T")
 
@@ -73,6 +76,8 @@ class DebugInfo:
     peers: Source[Sequence[str]]
     advertised: Source[Advertised]
     outcomes: Source[Iterable[MirrorOutcome]]
+    # The page's "as of" stamp; injectable so two renders can be compared byte for byte.
+    clock: Callable[[], float] = time.time
 
 
 class RecentOutcomes:
@@ -97,7 +102,8 @@ async def _get(source: Source[T]) -> T:
 
 
 def debug_routes(info: DebugInfo) -> list[web.RouteDef]:
-    """The ``/debug/web`` route (GET, and HEAD through aiohttp's GET handling)."""
+    """``/debug/web/`` (also without the slash) and ``/debug/web/metadata`` (GET, and HEAD
+    through aiohttp's GET handling)."""
 
     async def handle(_: web.Request) -> web.Response:
         page = render_page(
@@ -105,7 +111,7 @@ def debug_routes(info: DebugInfo) -> list[web.RouteDef]:
             peers=list(await _get(info.peers)),
             advertised=await _get(info.advertised),
             outcomes=list(await _get(info.outcomes))[:_MAX_ROWS],
-            now=time.time(),
+            now=info.clock(),
         )
         return web.Response(
             text=page,
@@ -114,7 +120,15 @@ def debug_routes(info: DebugInfo) -> list[web.RouteDef]:
             headers={"Cache-Control": "no-store"},
         )
 
-    return [web.get("/debug/web", handle)]
+    async def metadata(_: web.Request) -> web.Response:
+        return web.json_response({"libp2p": {"id": await _get(info.peer_id)}},
+                                 headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    return [
+        web.get("/debug/web", handle, expect_handler=expect_handler),
+        web.get("/debug/web/", handle, expect_handler=expect_handler),
+        web.get("/debug/web/metadata", metadata, expect_handler=expect_handler),
+    ]
 
 
 _STYLE = """

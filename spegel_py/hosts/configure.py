@@ -57,6 +57,7 @@ def configure_mirrors(
     resolve_tags: bool = True,
     prepend_existing: bool = False,
     dial_timeout: str | float = "200ms",
+    authorization: str | None = None,
     steps: files.Steps = files.no_steps,
 ) -> list[str]:
     """Write ``<config_path>/<registry>/hosts.toml`` for every mirrored registry.
@@ -64,7 +65,8 @@ def configure_mirrors(
     ``dial_timeout`` is a Go duration (``200ms``) or seconds. Every input is validated before the
     disk is touched. Returns warnings for the operator (one line each); raises
     :class:`ConfigurationError` when the configuration cannot be written. ``steps``: the
-    crash-test hook of :mod:`.files`.
+    crash-test hook of :mod:`.files`. ``authorization``: the header containerd sends to the
+    mirror (Spegel's basic auth); a hosts.toml carrying it is written 0600, not 0644.
     """
     root = Path(config_path)
     mirrored = parse_mirrored(mirrored_registries)
@@ -83,12 +85,14 @@ def configure_mirrors(
             if existing is not None:
                 warnings += _dropped_settings(entry, existing, backup / entry.directory)
             document = hosts_document(
-                entry, targets, resolve_tags=resolve_tags, dial_timeout=dial_timeout, existing=existing
-            )
+                entry, targets, resolve_tags=resolve_tags, dial_timeout=dial_timeout, existing=existing,
+                authorization=authorization,
+            )  # fmt: skip
             text = files.MARKER + "\n" + dumps(document)
             files.write_directory(
-                root / entry.directory, {files.HOSTS_FILE: text.encode()}, copy_from=saved, steps=steps
-            )
+                root / entry.directory, {files.HOSTS_FILE: text.encode()}, copy_from=saved, steps=steps,
+                mode=0o644 if authorization is None else 0o600,
+            )  # fmt: skip
             log.info("configured containerd mirror", extra={"registry": entry.directory, "path": str(root)})
         for path in files.entries(root):
             if path.name not in wanted and files.is_ours(path):

@@ -106,9 +106,11 @@ def write_directory(
     *,
     copy_from: Path | None = None,
     steps: Steps = no_steps,
+    mode: int = 0o644,
 ) -> None:
-    """Make ``target`` a directory holding exactly ``files`` (relative path -> content), plus a
-    faithful copy of what ``copy_from`` holds under other names (:func:`copy_entry`'s rules).
+    """Make ``target`` a directory holding exactly ``files`` (relative path -> content, each with
+    ``mode``), plus a faithful copy of what ``copy_from`` holds under other names
+    (:func:`copy_entry`'s rules).
 
     The directory is built aside and swapped in whole (:func:`swap_in`): nothing is ever written
     into the directory being replaced, which may be an operator's, with links we must not follow.
@@ -124,7 +126,7 @@ def write_directory(
             steps("dir.copied")
         for rel, data in files.items():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            write_file(staging / rel, data, steps=steps)
+            write_file(staging / rel, data, mode=mode, steps=steps)
         _fsync_dir(staging)
         steps("dir.staged")
         swap_in(staging, target, steps=steps)

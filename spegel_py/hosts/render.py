@@ -130,16 +130,22 @@ def hosts_document(
     resolve_tags: bool,
     dial_timeout: str | float,
     existing: Mapping[str, Any] | None = None,
+    authorization: str | None = None,
 ) -> dict[str, Any]:
     """The hosts.toml document: our mirror hosts first, then (``existing``) the host entries of the
     configuration we replaced, which containerd tries after ours, in their original order.
+    ``authorization``: an ``Authorization`` header containerd sends to our mirror hosts (Spegel's
+    registry basic auth).
 
     Only ``[host.*]`` tables are carried over from ``existing``: its ``server`` and server-level
     settings describe the upstream that we set ourselves.
     """
     capabilities = ["pull", "resolve"] if resolve_tags else ["pull"]
     timeout = validate_duration(dial_timeout)
-    hosts: dict[str, Any] = {str(t): {"capabilities": capabilities, "dial_timeout": timeout} for t in targets}
+    ours: dict[str, Any] = {"capabilities": capabilities, "dial_timeout": timeout}
+    if authorization is not None:
+        ours["header"] = {"Authorization": authorization}
+    hosts: dict[str, Any] = {str(t): dict(ours) for t in targets}
     if existing is not None:
         theirs = existing.get("host")
         if isinstance(theirs, Mapping):

@@ -10,6 +10,7 @@ one place where the project's error types (:mod:`spegel_py.errors`) become HTTP 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -112,12 +113,22 @@ def body_head(size: int, headers: Mapping[str, str], range_header: str | None = 
     return BodyHead(206, selected.start, selected.end, head)
 
 
-async def send_bytes(request: web.BaseRequest, head: BodyHead, data: bytes | None) -> web.StreamResponse:
-    """Answer ``request`` with ``head`` and ``data[head.start:head.end]`` (no body for a HEAD)."""
+async def send_bytes(
+    request: web.BaseRequest, head: BodyHead, data: bytes | None, *, deadline: float | None = None
+) -> web.StreamResponse:
+    """Answer ``request`` with ``head`` and ``data[head.start:head.end]`` (no body for a HEAD).
+
+    A client that has not taken the body within ``deadline`` seconds (``None``: no deadline) is
+    cut off: the connection is aborted, so it never sees a complete body.
+    """
     response = head.response()
     await response.prepare(request)
-    if request.method == "HEAD" or data is None:
-        await response.write_eof()
-    else:
-        await response.write_eof(data[head.start : head.end])
+    body = b"" if request.method == "HEAD" or data is None else data[head.start : head.end]
+    try:
+        async with asyncio.timeout(deadline):
+            await response.write_eof(body)
+    except TimeoutError:
+        response.force_close()
+        if request.transport is not None:
+            request.transport.abort()
     return response

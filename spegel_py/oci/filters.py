@@ -11,8 +11,9 @@ carry over unchanged:
   ``:latest$`` keeps mutable ``latest`` tags off the network, ``^docker\\.io/`` a whole registry.
   Python's ``re`` reads the RE2 subset operators write in practice the same way.
 
-The advertiser applies the filter to whole images (tag and content); the registry can use
-:meth:`RegistryFilter.allows` to refuse resolving a filtered tag.
+The advertiser applies the filter to whole images (tag and content); the registry server and the
+mirror refuse a request for a filtered image with :meth:`RegistryFilter.allows` (404), as
+Spegel's registry does, so a filtered image is not shared by any path.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """One request to one peer for what the mirror was asked, validated before it can win a race.
 
 The hedger (:mod:`.hedging`) runs :meth:`PeerAttempt.run` against several providers; only an
-answer that passed every check here can win. Manifests, HEADs and small blobs are read and
-verified whole; a large blob's answer carries the open peer response, which the blob stream
-(:mod:`.stream`) relays. A tag's bytes are verified against the ``Docker-Content-Digest`` the
-peer reports, which must parse.
+answer that passed every check here can win. Manifests and small blobs are read and verified
+whole; so is a manifest asked with HEAD (asked of the peer as a GET: the client takes a HEAD's
+size as the manifest's); a blob HEAD's head is checked, its size cannot be. A large blob's
+answer carries the open peer response, which the blob stream (:mod:`.stream`) relays. A tag's
+bytes are verified against the ``Docker-Content-Digest`` the peer reports, which must parse.
 
 A client's range of a blob is asked of the peer as that range (:attr:`MirrorRequest.peer_range`):
 a 206 is accepted only with the ``Content-Range`` the range selects of the size the peer states
@@ -80,9 +81,13 @@ class PeerAttempt:
         headers = {MIRRORED_HEADER: "true", "Accept": r.accept or "*/*"}
         if self._range is not None:
             headers["Range"] = self._range.header()
+        # A manifest HEAD is asked as a GET and verified: the client takes the size (and digest)
+        # of a HEAD as the manifest's descriptor, and a peer's unverified Content-Length would
+        # make the whole pull fail with no fallback (bench/reliability, hostile "lying-length").
+        method = "GET" if r.kind == "manifests" else r.method
         resp: PeerResponse | None = await self._client.request(
             peer,
-            r.method,
+            method,
             r.target,
             headers,
             dial_timeout=s.dial_timeout,
@@ -103,7 +108,7 @@ class PeerAttempt:
                 raise PeerError("peer answer has no Content-Length")
             digest = self._verified_header_digest(resp)
             headers = _client_headers(resp, digest)
-            if r.method == "HEAD":
+            if method == "HEAD":
                 return Answer(200, headers)
             size = resp.content_length
             if r.kind == "manifests" or size <= s.small_blob:

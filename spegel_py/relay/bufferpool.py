@@ -39,6 +39,12 @@ class BufferPool:
         """Buffers created so far (never more than :attr:`capacity`)."""
         return self._allocated
 
+    @property
+    def free(self) -> int:
+        """Buffers not lent out (allocated or not yet): :attr:`capacity` when every stream gave
+        its buffer back."""
+        return self.capacity - self.in_use
+
     @asynccontextmanager
     async def buffer(self, *, max_wait: float = 5.0) -> AsyncIterator[memoryview]:
         """Lend one buffer for the duration of the ``async with`` block.
@@ -58,9 +64,8 @@ class BufferPool:
             self.in_use += 1
             return self._free.pop()
         if self._allocated < self.capacity:
-            self._allocated += 1
             self.in_use += 1
-            return memoryview(bytearray(self.size))
+            return self._allocate()
         self.waits_total += 1
         waiter: asyncio.Future[memoryview] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -79,6 +84,19 @@ class BufferPool:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    def take_spare(self, count: int, *, keep_free: int) -> list[memoryview]:
+        """Up to ``count`` buffers without waiting, leaving at least ``keep_free`` not lent out
+        (a multi-provider fetch's read-ahead must not starve the streams that need one buffer)."""
+        taken: list[memoryview] = []
+        while len(taken) < count and self.free > keep_free and not self._waiters:
+            taken.append(self._free.pop() if self._free else self._allocate())
+            self.in_use += 1
+        return taken
+
+    def _allocate(self) -> memoryview:
+        self._allocated += 1
+        return memoryview(bytearray(self.size))
 
     def release(self, buf: memoryview) -> None:
         """Give back a buffer taken with :meth:`acquire`."""

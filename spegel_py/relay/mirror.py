@@ -10,7 +10,9 @@ promised. Manifests, HEADs and small blobs are read and verified whole before th
 anything; large blobs are relayed by :mod:`.stream` (through a pooled buffer), hashed
 as they pass, continued from another provider with ``Range`` if a peer breaks off, and their
 last bytes are held back until the digest checks out: on a mismatch the client connection is
-dropped, so no client ever receives a complete wrong body.
+dropped, so no client ever receives a complete wrong body. A whole blob of at least
+``multi_peer_min_size`` with more than one provider is relayed by :mod:`.multistream` instead:
+ranges from several providers at once, delivered in order under the same checks.
 
 Tag policy (``resolve_tags`` / ``resolve_latest``): a tag is mutable, and a peer's copy of it may
 be older than upstream's. Tags are resolved by peers only when ``resolve_tags`` is on (the
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,13 +51,17 @@ from spegel_py.errors import (
     RangeNotSatisfiableError,
 )
 from spegel_py.httpx.answers import BodyHead, answer_for, body_head, send_bytes
+from spegel_py.httpx.headers import NAMESPACE_HEADER
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.filters import RegistryFilter
 from spegel_py.oci.paths import DistributionPath, Kind
 from spegel_py.relay.attempt import Answer, PeerAttempt
 from spegel_py.relay.bufferpool import BufferPool
+from spegel_py.relay.coordinate import PullCoordinator, WinnerFirst
+from spegel_py.relay.floor import body_deadline
 from spegel_py.relay.hashing import HashPool
 from spegel_py.relay.hedging import Hedger, Providers
+from spegel_py.relay.multistream import MultiStream, wants_multi
 from spegel_py.relay.peerclient import PeerClient
 from spegel_py.relay.peerhealth import PeerHealth, PeerReporter
 from spegel_py.relay.rangestream import RangeStream
@@ -64,7 +70,7 @@ from spegel_py.relay.settings import MirrorSettings
 from spegel_py.relay.stats import RelayStats
 from spegel_py.relay.stream import BlobStream, StreamContext, StreamStart
 from spegel_py.relay.tags import TagDisagreementError, TagVote
-from spegel_py.routing.base import Router
+from spegel_py.routing.base import Peer, Router
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +88,15 @@ class Mirror:
         settings: MirrorSettings | None = None,
         filters: RegistryFilter | None = None,
         on_result: Callable[[str, bool], None] | None = None,
+        coordinator: PullCoordinator | None = None,
     ) -> None:
         """``filters``: images that may not be shared are not mirrored either (404 at once).
         ``on_result(registry, served)``: called once per request, for the metrics layer
         (``spegel_mirror_requests_total{registry,cache}``, last success timestamp).
+        ``coordinator``: settles a blob GET that no provider served (:mod:`.coordinate`).
         """
         self._router = router
+        self._coordinator = coordinator
         self._filters = filters if filters is not None else RegistryFilter()
         self._on_result = on_result
         self._client = client if client is not None else PeerClient()
@@ -150,6 +159,8 @@ class Mirror:
             result = await self.fetch(mirror_request)
         except NotFoundError as exc:
             return answer_for(exc, path.kind)
+        if ns is not None:  # as local content answers (validated by the server's parse_ns)
+            result.headers[NAMESPACE_HEADER] = ns
         return await result.respond(request)
 
     async def fetch(self, request: MirrorRequest) -> MirrorResponse:
@@ -157,7 +168,13 @@ class Mirror:
         self.stats.request_started()
         try:
             key = self.lookup_key(request)
-            response = await self._fetch(request, key)
+            try:
+                response = await self._fetch(request, key)
+            except NotFoundError:
+                if self._coordinator is None or request.kind != "blobs" or request.method != "GET":
+                    raise
+                fetch = self._from_winner(request, key)
+                response = await self._coordinator.settle(key, request.target, fetch)
         except NotFoundError:
             self.stats.request_finished(served=False)
             self._report(request, served=False)
@@ -170,10 +187,16 @@ class Mirror:
         if self._on_result is not None:
             self._on_result(request.registry or "", served)
 
-    async def _fetch(self, request: MirrorRequest, key: str) -> MirrorResponse:
+    def _from_winner(self, request: MirrorRequest, key: str) -> Callable[[Peer], Awaitable[MirrorResponse]]:
+        def fetch(winner: Peer) -> Awaitable[MirrorResponse]:
+            return self._fetch(request, key, WinnerFirst(self._router, winner))
+
+        return fetch
+
+    async def _fetch(self, request: MirrorRequest, key: str, router: Router | None = None) -> MirrorResponse:
         settings = self.settings
         digest = Digest.parse(key) if request.reference.startswith(("sha256:", "sha512:")) else None
-        providers = Providers(self._router, key, self.health, limit=settings.lookup_limit)
+        providers = Providers(router or self._router, key, self.health, limit=settings.providers_wanted)
         attempt = PeerAttempt(self._client, settings, request, digest)
         hedger: Hedger[Answer] | TagVote
         if digest is None:  # a tag: only an answer the providers agree on (:mod:`.tags`)
@@ -222,14 +245,23 @@ class Mirror:
             if answer.body is not None and request.method == "GET":
                 # buffered bodies (manifests, small blobs) are relayed bytes too
                 self.stats.relayed(len(answer.body))
-            return MirrorResponse(answer.status, answer.headers, answer.body, request.range, size=answer.size)
+            return MirrorResponse(
+                answer.status,
+                answer.headers,
+                answer.body,
+                request.range,
+                size=answer.size,
+                deadline=body_deadline(settings, len(answer.body or b"")),
+            )
         if answer.status == 206:  # the client's range, as the peer sent it: not resumed
             await providers.aclose()
             ranged = RangeStream(self._streams, key, peer, answer.stream, buffer)
             return MirrorResponse(answer.status, answer.headers, None, request.range, ranged)
         assert digest is not None  # only blobs, always named by digest, are streamed
         start = StreamStart(request.target, digest, providers, peer, answer.stream, buffer)
-        stream = BlobStream(self._streams, start)
+        stream: BlobStream | MultiStream = BlobStream(self._streams, start)
+        if request.range is None and wants_multi(self._streams, key, answer.stream.content_length or 0):
+            stream = MultiStream(self._streams, start)
         return MirrorResponse(answer.status, answer.headers, None, request.range, stream)
 
     async def close(self) -> None:
@@ -251,8 +283,9 @@ class MirrorResponse:
     headers: dict[str, str]  # Content-Length is the whole representation's (a 206: the range's)
     body: bytes | None
     range_header: str | None = None  # the client's Range, verbatim
-    _stream: BlobStream | RangeStream | None = field(default=None, repr=False)
+    _stream: BlobStream | MultiStream | RangeStream | None = field(default=None, repr=False)
     size: int | None = None
+    deadline: float | None = None  # seconds the client may take to read ``body`` (relay/floor.py)
 
     async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
         """Send this answer to ``request``'s client (honouring its Range) and return the response.
@@ -280,7 +313,7 @@ class MirrorResponse:
             return answer_for(exc)
         if stream is not None:
             return await stream.respond(request, head)
-        return await send_bytes(request, head, self.body)
+        return await send_bytes(request, head, self.body, deadline=self.deadline)
 
     async def aclose(self) -> None:
         """Release the peer connection and relay buffer without responding. Idempotent."""

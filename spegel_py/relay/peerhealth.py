@@ -54,6 +54,7 @@ class PeerHealth:
         self._misses: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._avoided: dict[str, float] = {}
         self._down: OrderedDict[str, float] = OrderedDict()
+        self._single: OrderedDict[str, float] = OrderedDict()  # keys fetched one provider at a time
         self.misses_total = 0
         self.downs_total = 0
         self.corruptions_total = 0
@@ -96,6 +97,18 @@ class PeerHealth:
         self._avoided[self._peer_key(peer)] = self._clock() + self._avoid_ttl
         self.corruptions_total += 1
 
+    def record_mixed_corruption(self, key: str) -> None:
+        """A fetch of ``key`` from several providers at once did not match its digest. The digest
+        cannot say which provider lied, so none is avoided (honest peers must not pay for the
+        liar); instead ``key`` is fetched from one provider at a time for ``avoid_ttl``, where a
+        mismatch names its sender."""
+        self._remember(self._single, key, self._avoid_ttl)
+
+    def one_at_a_time(self, key: str) -> bool:
+        """True while ``key`` must not be fetched from several providers at once."""
+        until = self._single.get(key)
+        return until is not None and until > self._clock()
+
     def record_success(self, peer: Peer, key: str) -> None:
         """``peer`` served ``key`` correctly: forget an earlier miss, and that it was down."""
         self._misses.pop((self._peer_key(peer), key), None)
@@ -132,8 +145,9 @@ class PeerReporter:
 
     A failed dial (:class:`PeerDownError`) marks the peer down for every key; corrupt bytes
     (:class:`PeerCorruptError`) make it avoided; any other :class:`PeerError` (404, broke off,
-    nonsense) records a (peer, key) miss; a slow peer (:class:`PeerTimeoutError`) is only left
-    behind, because slowness under load says nothing about whether it holds the content.
+    nonsense, a body below the throughput floor: :class:`~spegel_py.errors.PeerSlowError`)
+    records a (peer, key) miss; a slow peer (:class:`PeerTimeoutError`) is only left behind,
+    because slowness under load says nothing about whether it holds the content.
     """
 
     def __init__(self, health: PeerHealth) -> None:
@@ -160,3 +174,15 @@ class PeerReporter:
         """Bytes from ``peers`` (together) did not match their digest: avoid each of them."""
         for peer in peers:
             self._health.record_corruption(peer)
+
+    def corrupted_together(self, key: str, peers: list[Peer]) -> None:
+        """A multi-provider fetch of ``key`` from ``peers`` did not match its digest: avoid the
+        sender if there was only one, else fetch ``key`` one provider at a time for a while."""
+        if len(peers) == 1:
+            self.corrupted(peers)
+        else:
+            self._health.record_mixed_corruption(key)
+
+    def one_at_a_time(self, key: str) -> bool:
+        """True while ``key`` must be fetched from one provider at a time (:meth:`corrupted_together`)."""
+        return self._health.one_at_a_time(key)

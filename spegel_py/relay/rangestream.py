@@ -6,9 +6,10 @@ matches) does not apply, and fetching the whole blob to check a range would make
 bytes=-1`` cost the whole blob. The peer's head was checked before this starts (status,
 ``Content-Range`` against the range asked for, ``Content-Length``, the digest it reports; see
 :mod:`.attempt`); the body is read into the pooled buffer and written straight to the client
-(:mod:`.sockio`), as the whole-blob stream does. A peer that breaks off or stalls for
-``stall_timeout`` cuts the client connection (a short body; the client asks again) and is
-reported like any failed peer: a range is not resumed elsewhere.
+(:mod:`.sockio`), as the whole-blob stream does, under the same floor (:mod:`.floor`: a
+minimum throughput, a deadline from the range's length). A peer that breaks off, stalls for
+``stall_timeout`` or falls below the floor cuts the client connection (a short body; the client
+asks again) and is reported like any failed peer: a range is not resumed elsewhere.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import os
 
 from aiohttp import web
 
-from spegel_py.errors import PeerError
+from spegel_py.errors import PeerError, StreamDeadlineError
 from spegel_py.httpx.answers import BodyHead
 from spegel_py.relay import sockio
+from spegel_py.relay.floor import StreamFloor
 from spegel_py.relay.peerclient import PeerResponse
 from spegel_py.relay.sockio import ResponseSink
 from spegel_py.relay.stream import StreamContext
@@ -41,12 +43,8 @@ class RangeStream:
 
     async def aclose(self) -> None:
         """Release the peer connection and the buffer. Idempotent."""
-        if self._resp is not None:
-            self._resp.release()
-            self._resp = None
-        if self._buffer is not None:
-            self._context.pool.release(self._buffer)
-            self._buffer = None
+        self._context.release(self._resp, self._buffer)
+        self._resp = self._buffer = None
 
     async def respond(self, request: web.BaseRequest, head: BodyHead) -> web.StreamResponse:
         """Send the peer's body in a response with ``head`` (a 206 of the body's length)."""
@@ -61,7 +59,9 @@ class RangeStream:
                 self._context.stats.range_cut()
                 sink.abort()
                 return response
-            except ConnectionError:  # the client left
+            except (ConnectionError, StreamDeadlineError) as exc:  # the client left, or too late
+                if isinstance(exc, StreamDeadlineError):
+                    self._context.stats.deadline_cut()
                 sink.abort()
                 return response
             except BaseException:
@@ -76,14 +76,16 @@ class RangeStream:
         resp, buffer = self._resp, self._buffer
         assert resp is not None and buffer is not None
         stall = self._context.settings.stall_timeout
+        floor = StreamFloor(self._context.settings, resp.remaining)
         fd = await sink.raw_fd()
+
         try:
             while resp.remaining:
-                n = await resp.readinto(buffer, stall_timeout=stall)
+                n = await floor.read(resp, buffer)
                 if fd is None:
-                    await sink.write(buffer[:n])
+                    await floor.write(sink.write, buffer[:n])
                 else:
-                    await sockio.send_all(fd, buffer[:n], stall_timeout=stall)
+                    await sockio.send_all(fd, buffer[:n], stall_timeout=stall, deadline=floor.deadline)
                     sink.sent += n
         finally:
             if fd is not None:

@@ -19,11 +19,19 @@ import sys
 
 from aiohttp import web
 
+from spegel_py.errors import StreamDeadlineError
 
-async def wait_writable(sock_fd: int, stall_timeout: float | None) -> None:
+
+async def wait_writable(sock_fd: int, stall_timeout: float | None, deadline: float | None = None) -> None:
     """Wait for room in the client socket; a client that takes none for ``stall_timeout``
-    seconds is treated as gone (``ConnectionResetError``), so it cannot hold a relay forever."""
+    seconds is treated as gone (``ConnectionResetError``), so it cannot hold a relay forever.
+    Past ``deadline`` (loop time) the wait ends with :class:`StreamDeadlineError`."""
     loop = asyncio.get_running_loop()
+    timeout, by_deadline = stall_timeout, False
+    if deadline is not None:
+        left = deadline - loop.time()
+        if stall_timeout is None or left < stall_timeout:
+            timeout, by_deadline = max(left, 0.0), True
     ready = loop.create_future()
 
     def wake() -> None:
@@ -32,16 +40,22 @@ async def wait_writable(sock_fd: int, stall_timeout: float | None) -> None:
 
     loop.add_writer(sock_fd, wake)
     try:
-        async with asyncio.timeout(stall_timeout):
+        async with asyncio.timeout(timeout):
             await ready
     except TimeoutError as exc:
+        if by_deadline:
+            raise StreamDeadlineError("relayed body exceeded its deadline while the client read") from exc
         raise ConnectionResetError(errno.ETIMEDOUT, "client stopped reading") from exc
     finally:
         loop.remove_writer(sock_fd)
 
 
-async def send_all(sock_fd: int, data: memoryview, *, stall_timeout: float | None = None) -> None:
-    """Write all of ``data`` to the (non-blocking) socket ``sock_fd``.
+async def send_all(
+    sock_fd: int, data: memoryview, *, stall_timeout: float | None = None, deadline: float | None = None
+) -> None:
+    """Write all of ``data`` to the (non-blocking) socket ``sock_fd``, by ``deadline`` (loop
+    time, see :func:`wait_writable`; checked only when the socket is full, so a client that
+    keeps up costs no timer).
 
     A client that went away raises ``ConnectionError`` (``EPIPE``/``ECONNRESET`` from the write).
     """
@@ -49,7 +63,7 @@ async def send_all(sock_fd: int, data: memoryview, *, stall_timeout: float | Non
         try:
             data = data[os.write(sock_fd, data) :]
         except BlockingIOError:
-            await wait_writable(sock_fd, stall_timeout)
+            await wait_writable(sock_fd, stall_timeout, deadline)
 
 
 # CPython before 3.12 copies unsent bytes into the transport's own bytearray, so a pooled buffer

@@ -5,9 +5,11 @@ where the only ways left to fail are "continue from another provider" and "cut t
 Bytes are read into one pooled buffer (two halves: one may still be hashed on a worker thread
 while the other receives, see :class:`~spegel_py.relay.hashing.StreamHasher`), hashed, and
 written to the client, except the last piece, which waits until the whole blob's digest checks
-out. If a peer breaks off, another provider continues with ``Range: bytes=<offset>-``; the client
-sees one uninterrupted body. If the digest does not match, the client connection is aborted
-before the last byte, so a client never receives a complete wrong body.
+out. If a peer breaks off, stalls, or falls below the throughput floor (:mod:`.floor`), another
+provider continues with ``Range: bytes=<offset>-``; the client sees one uninterrupted body. If
+no provider can, the digest does not match, or the body outlives its size-derived deadline
+(:mod:`.floor`), the client connection is aborted before the last byte, so a client never
+receives a complete wrong (or truncated-but-successful) body.
 
 The mirror hands a stream over in two frozen objects: the :class:`StreamContext` it built once
 (client, buffer pool, hashing threads, peer reporter, stats, settings) and the
@@ -17,19 +19,26 @@ The mirror hands a stream over in two frozen objects: the :class:`StreamContext`
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from spegel_py.errors import IntegrityError, NotFoundError, PeerError, PeerMissError, ResumeFailedError
+from spegel_py.errors import (
+    IntegrityError,
+    NotFoundError,
+    PeerError,
+    PeerMissError,
+    ResumeFailedError,
+    StreamDeadlineError,
+)
 from spegel_py.httpx.answers import BodyHead
 from spegel_py.httpx.headers import MIRRORED_HEADER
 from spegel_py.oci.digest import Digest
-from spegel_py.relay import sockio
 from spegel_py.relay.bufferpool import BufferPool
+from spegel_py.relay.clientwrite import client_writer, forward
+from spegel_py.relay.floor import StreamFloor
 from spegel_py.relay.hashing import HashPool, StreamHasher
 from spegel_py.relay.hedging import Hedger, Providers
 from spegel_py.relay.peerclient import PeerClient, PeerResponse
@@ -50,6 +59,13 @@ class StreamContext:
     reporter: PeerReporter  # peers that broke off or sent corrupt bytes
     stats: RelayStats
     settings: MirrorSettings
+
+    def release(self, response: PeerResponse | None, buffer: memoryview | None) -> None:
+        """Give back what a stream holds (either may be gone already): the peer connection, the buffer."""
+        if response is not None:
+            response.release()
+        if buffer is not None:
+            self.pool.release(buffer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +97,8 @@ class BlobStream:
 
     async def aclose(self) -> None:
         """Release the peer connection, the buffer and the lookup. Idempotent."""
-        if self._resp is not None:
-            self._resp.release()
-            self._resp = None
-        if self._buffer is not None:
-            self._context.pool.release(self._buffer)
-            self._buffer = None
+        self._context.release(self._resp, self._buffer)
+        self._resp = self._buffer = None
         await self._providers.aclose()
 
     async def respond(self, request: web.BaseRequest, head: BodyHead) -> web.StreamResponse:
@@ -95,10 +107,13 @@ class BlobStream:
             response = head.response()
             await response.prepare(request)
             sink = ResponseSink(request, response)
+            floor = StreamFloor(self._context.settings, self._total)
             try:
-                await self._relay_direct(sink, head.start, head.end)
-            except (IntegrityError, ResumeFailedError, ConnectionError):
+                await self._relay_direct(sink, floor, head.start, head.end)
+            except (IntegrityError, ResumeFailedError, StreamDeadlineError, ConnectionError) as exc:
                 # The client connection is gone or was cut on purpose: it sees a short body.
+                if isinstance(exc, StreamDeadlineError):
+                    self._context.stats.deadline_cut()
                 sink.abort()
                 return response
             await response.write_eof()
@@ -121,32 +136,22 @@ class BlobStream:
         sink.abort()
         raise IntegrityError(f"relayed bytes do not match {self._digest}")
 
-    async def _relay_direct(self, sink: ResponseSink, start: int, end: int) -> None:
+    async def _relay_direct(self, sink: ResponseSink, floor: StreamFloor, start: int, end: int) -> None:
         """:meth:`_relay` writing straight into (a duplicate of) the client socket where it can
         (:func:`spegel_py.relay.sockio.send_all`; the module says why), else through aiohttp."""
-        fd = await sink.raw_fd()
-        if fd is None:
-            await self._relay(sink, start, end, sink.write)
-            return
-        stall = self._context.settings.stall_timeout
-
-        async def write(data: memoryview) -> None:
-            await sockio.send_all(fd, data, stall_timeout=stall)
-            sink.sent += len(data)
-
-        try:
-            await self._relay(sink, start, end, write)
-        finally:
-            os.close(fd)
+        async with client_writer(sink, floor, self._context.settings.stall_timeout) as write:
+            await self._relay(sink, floor, start, end, write)
 
     async def _relay(
         self,
         sink: ResponseSink,
+        floor: StreamFloor,
         start: int,
         end: int,
         write: Callable[[memoryview], Coroutine[Any, Any, None]],
     ) -> None:
-        """Send bytes ``[start, end)`` of the blob with ``write``; read (and hash) all of it."""
+        """Send bytes ``[start, end)`` of the blob with ``write`` (bound by ``floor``'s deadline);
+        read (and hash) all of it, each peer above ``floor``'s throughput."""
         assert self._buffer is not None
         hasher = self._context.hashing.hasher(self._digest)
         if hasher.offloaded:  # one half may still be read by the hashing thread
@@ -154,7 +159,6 @@ class BlobStream:
             halves = (self._buffer[:half], self._buffer[half : 2 * half])
         else:
             halves = (self._buffer, self._buffer)
-        stall = self._context.settings.stall_timeout
         turn = 0
         pos = 0
         held = b""
@@ -162,8 +166,9 @@ class BlobStream:
             buf = halves[turn]
             try:
                 if self._resp is None:
-                    self._resp = await self._resume(pos)
-                n = await self._resp.readinto(buf[: self._total - pos], stall_timeout=stall)
+                    self._resp = await self._resume(pos, floor.left())
+                    floor.new_peer()
+                n = await floor.read(self._resp, buf[: self._total - pos])
             except PeerError as exc:
                 if isinstance(exc, ResumeFailedError):
                     raise
@@ -175,20 +180,15 @@ class BlobStream:
             chunk = buf[:n]
             await hasher.update(chunk)
             turn ^= 1
-            lo, hi = max(pos, start), min(pos + n, end)
-            if lo < hi:
-                piece = chunk[lo - pos : hi - pos]
-                if hi == end:
-                    held = bytes(piece)  # the last bytes wait for the digest check
-                else:
-                    await write(piece)
+            held = await forward(write, chunk, pos, start, end) or held
             pos += n
         await self._verify(sink, hasher)
         await write(memoryview(held))
         self._context.stats.relayed(sink.sent)
 
-    async def _resume(self, pos: int) -> PeerResponse:
-        """A response from another provider starting at blob offset ``pos``."""
+    async def _resume(self, pos: int, left: float | None) -> PeerResponse:
+        """A response from another provider starting at blob offset ``pos``, found within
+        ``resume_deadline`` (and ``left``, the seconds to the stream's deadline, if any)."""
         context = self._context
         settings = context.settings
         context.stats.stream_resumed()
@@ -201,7 +201,8 @@ class BlobStream:
             first_provider_timeout=settings.first_provider_timeout,
         )
         try:
-            async with asyncio.timeout(settings.resume_deadline):
+            bound = settings.resume_deadline if left is None else min(settings.resume_deadline, left)
+            async with asyncio.timeout(bound):
                 peer, resp = await hedger.run(self._providers)
         except (TimeoutError, NotFoundError) as exc:
             context.stats.resume_failed()

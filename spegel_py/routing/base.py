@@ -21,6 +21,18 @@ from typing import Protocol, runtime_checkable
 RECORD_LIFETIME = 19 * 60.0  # seconds a provider record stays valid at the peers that store it
 REPROVIDE_INTERVAL = 15 * 60.0  # seconds between re-sends of a node's records; below RECORD_LIFETIME
 
+# Blobs that a node's containerd is still writing (an active ingest) are advertised under a key
+# of their own, never under the digest itself: a Go Spegel node that found an in-progress
+# provider under Spegel's key would relay a body that may be cut when the ingest aborts, and
+# Spegel does not resume elsewhere, so its containerd would fail the pull instead of going
+# upstream. spegel-py nodes look this key up after the digest's own key misses.
+IN_PROGRESS_PREFIX = "spegel-py/in-progress/"
+
+
+def in_progress_key(digest: str) -> str:
+    """The router key under which a node advertises that it is still fetching ``digest``."""
+    return IN_PROGRESS_PREFIX + digest
+
 
 @dataclass(frozen=True, slots=True)
 class Peer:
@@ -62,6 +74,29 @@ class Router(Protocol):
     async def close(self) -> None:
         """Stop reproviding, close connections and threads. Idempotent."""
         ...
+
+
+class RouterView:
+    """A :class:`Router` that hands every call to ``router``; a subclass changes only what it
+    needs (a lookup that also finds in-progress providers, one that offers a known peer first)."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def ready(self) -> bool:
+        return self._router.ready()
+
+    async def advertise(self, keys: Iterable[str]) -> None:
+        await self._router.advertise(keys)
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        await self._router.withdraw(keys)
+
+    def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
+        return self._router.lookup(key, limit=limit)
+
+    async def close(self) -> None:
+        await self._router.close()
 
 
 @runtime_checkable

@@ -15,10 +15,11 @@ first byte, the transport's own buffer (the response headers) is flushed so byte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from spegel_py.errors import ContentNotFoundError
 from spegel_py.serving.pagecache import Stream
@@ -33,12 +34,29 @@ CHUNK = 8 << 20
 _DISCONNECTED = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
 
 
-def sendfile_socket(transport: asyncio.BaseTransport | None) -> int | None:
-    """The socket descriptor to ``sendfile`` into, or ``None`` when only streaming can work (TLS)."""
-    if transport is None or transport.is_closing() or transport.get_extra_info("sslcontext") is not None:
-        return None
-    sock = transport.get_extra_info("socket")
-    return None if sock is None else int(sock.fileno())
+@contextlib.contextmanager
+def sendfile_socket(transport: asyncio.BaseTransport | None) -> Iterator[int | None]:
+    """The socket descriptor to ``sendfile`` into, held for the whole response, or ``None`` when
+    only streaming can work (TLS, or the connection is already gone).
+
+    It is a duplicate, closed on exit: the transport's own number is released when the client
+    goes away, and the kernel gives it to the next socket or file the process opens; a send made
+    through that number between two steps of a body (a growing blob is sent in many) would put
+    this blob's bytes into another connection. A held duplicate cannot be reused, and a send
+    through it after the client left fails with EPIPE.
+    """
+    sock = None
+    if transport is not None and not transport.is_closing() and not transport.get_extra_info("sslcontext"):
+        sock = transport.get_extra_info("socket")
+    try:
+        held = None if sock is None else os.dup(sock.fileno())
+    except OSError:  # closed under us (fileno() -1)
+        held = None
+    try:
+        yield held
+    finally:
+        if held is not None:
+            os.close(held)
 
 
 async def flush(transport: asyncio.WriteTransport, drain: Callable[[], Awaitable[None]]) -> None:
@@ -49,7 +67,7 @@ async def flush(transport: asyncio.WriteTransport, drain: Callable[[], Awaitable
     """
     if not transport.get_write_buffer_size():
         return
-    high, low = transport.get_write_buffer_limits()
+    low, high = transport.get_write_buffer_limits()  # asyncio gives (low, high)
     transport.set_write_buffer_limits(high=0, low=0)
     try:
         await drain()
@@ -64,14 +82,16 @@ async def send_range(
     count: int,
     stream: Stream | None = None,
     *,
-    stall_timeout: float = 60.0,
+    stall_timeout: float = 30.0,
+    deadline: float | None = None,
 ) -> None:
     """Send ``count`` bytes of ``fd`` from ``offset`` into the (non-blocking) socket ``sock_fd``.
 
-    Raises ``ConnectionResetError`` when the client goes away or accepts no byte for
-    ``stall_timeout`` seconds (a reader that stalls must not hold a descriptor forever), and
-    ``ContentNotFoundError`` if the file turns out shorter than promised; the caller must then
-    abort the connection.
+    Raises ``ConnectionResetError`` when the client goes away, accepts no byte for
+    ``stall_timeout`` seconds (a reader that stalls must not hold a descriptor forever) or has
+    not taken all ``count`` bytes within ``deadline`` seconds (``None``: no deadline; a reader
+    that trickles must not either), and ``ContentNotFoundError`` if the file turns out shorter
+    than promised; the caller must then abort the connection.
     """
     if count <= 0:
         return
@@ -131,13 +151,19 @@ async def send_range(
         watched = position
         timer = loop.call_later(stall_timeout, watchdog)
 
+    def expire() -> None:
+        if not done.done():
+            done.set_exception(ConnectionResetError(errno.ETIMEDOUT, "response deadline passed"))
+
     timer = loop.call_later(stall_timeout, watchdog)
+    cutoff = None if deadline is None else loop.call_later(deadline, expire)
     try:
         pump()
         await done
     finally:
-        if timer is not None:
-            timer.cancel()
+        for handle in (timer, cutoff):
+            if handle is not None:
+                handle.cancel()
         if registered:
             loop.remove_writer(out)
         _set_cork(sock, 0)  # uncorking flushes the last partial segment at once

@@ -4,9 +4,18 @@ Every request goes through one catch-all route so that every answer, including "
 endpoint" and "method not allowed", is an OCI JSON error and is counted in the HTTP metrics.
 Paths are parsed from the raw request line (:mod:`spegel_py.oci.paths`); store calls are bounded
 by a timeout so a response always starts promptly (containerd waits forever on a silent mirror);
-presence is asked of the store on every request. Content that is missing locally goes to the
-:class:`~spegel_py.serving.seam.MissHandler`, if any, unless the request came from a peer.
+presence is asked of the store on every request. At most ``store_concurrency`` store calls run at
+once and the timeout starts when a call gets its turn: under mere load (500 busy connections on a
+loaded machine, the reliability suite's load row, ``bench/reliability/load.py``) the deadline
+otherwise expired while calls queued for the event loop and containerd, and clients got 503s
+from a store that was answering. Content that is missing locally goes to the
+:class:`~spegel_py.serving.seam.MissHandler`, if any, unless the request came from a peer; a
+peer's request for a blob this node is still pulling is served as it grows (``ingests``,
+:mod:`.growing`).
 Errors become answers in one place, :func:`spegel_py.httpx.answers.answer_for`.
+
+With Spegel's basic auth configured (``authorization``), every ``/v2`` request must carry the
+credentials (401 otherwise); the probes never need them.
 
 Tags resolve only with ``?ns=<registry>``, which containerd sends to mirrors. skopeo and podman
 (``registries.conf`` mirrors) send no ``ns``, so their tag requests get a 404 and they fall back
@@ -16,11 +25,13 @@ to the next mirror or upstream; their requests by digest are served normally.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.web_request import BaseRequest
 
 from spegel_py.errors import (
     ContentNotFoundError,
@@ -31,17 +42,20 @@ from spegel_py.errors import (
     StoreUnavailableError,
 )
 from spegel_py.httpx.answers import answer_for, oci_error
-from spegel_py.httpx.headers import from_peer
+from spegel_py.httpx.expect import SCREEN, expect_handler
+from spegel_py.httpx.headers import basic_credentials, from_peer
 from spegel_py.metrics import Metrics, method_label
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.errors import ErrorCode
+from spegel_py.oci.filters import RegistryFilter
 from spegel_py.oci.paths import DistributionPath, Kind, parse_ns, parse_path
 from spegel_py.oci.reference import Reference
 from spegel_py.routing.base import Router
-from spegel_py.serving.content import serve_content
+from spegel_py.serving.content import WriteBounds, serve_content
+from spegel_py.serving.growing import FollowBounds, serve_growing, stalled
 from spegel_py.serving.pagecache import PageCacheCoordinator
 from spegel_py.serving.seam import MissHandler
-from spegel_py.store.base import Blob, ContentStore
+from spegel_py.store.base import Blob, ContentStore, GrowingBlob, IngestSource
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,7 +69,17 @@ class RegistryServer:
     """Builds the aiohttp application that serves ``store``, and local misses through ``on_miss``.
 
     ``store_timeout`` (seconds) bounds every store call; on expiry the client gets a 503 at once.
-    ``router`` only feeds ``/readyz`` here. Nothing is started: ``app.py`` runs :meth:`application`.
+    ``store_concurrency``: store calls running at once; a call waiting for its turn is not yet on
+    ``store_timeout``.
+    ``router`` only feeds ``/readyz`` here. ``authorization``: the ``Authorization: Basic`` value
+    every ``/v2`` request must carry (Spegel's basic auth; ``None``: none needed), else 401.
+    ``filters``: an image they exclude is not served at all, from local content or peers (404),
+    as in Spegel; it applies to requests with ``ns`` (without one the registry is unknown).
+    ``write_bounds``: how long a client may take to read a local body (no progress, and a
+    deadline from its size); small answers (JSON, errors) are bounded by the listener
+    (spegel_py/httpx/limits.py). ``ingests``: where a peer's request for a blob missing
+    locally looks for a write in progress (``None``: it does not, ``--serve-in-progress=false``),
+    followed within ``follow``. Nothing is started: ``app.py`` runs :meth:`application`.
     """
 
     def __init__(
@@ -67,19 +91,40 @@ class RegistryServer:
         on_miss: MissHandler | None = None,
         router: Router | None = None,
         store_timeout: float = 1.0,
+        store_concurrency: int = 32,
+        authorization: str | None = None,
+        filters: RegistryFilter | None = None,
+        write_bounds: WriteBounds | None = None,
+        ingests: IngestSource | None = None,
+        follow: FollowBounds | None = None,
     ) -> None:
         self._store = store
+        self._filters = filters
+        self._credentials = basic_credentials(authorization) if authorization else None
         self._metrics = metrics
         self._coordinator = coordinator
         self._on_miss = on_miss
         self._router = router
         self._timeout = store_timeout
+        self._store_slots = asyncio.Semaphore(store_concurrency)
+        self._write_bounds = write_bounds if write_bounds is not None else WriteBounds()
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._ingests = ingests
+        self._follow = follow if follow is not None else FollowBounds()
 
     def application(self) -> web.Application:
         app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._handle, expect_handler=expect_handler)
+        app[SCREEN] = self._screen
         return app
+
+    async def _screen(self, request: BaseRequest) -> web.StreamResponse:
+        """What the listener sends here before routing (spegel_py/httpx/expect.py): ``CONNECT``
+        is answered as any other method (a 405 OCI error, counted); an ``Expect`` value that is
+        not printable ASCII gets a 417 OCI error."""
+        if request.method == hdrs.METH_CONNECT and isinstance(request, web.Request):
+            return await self._handle(request)
+        return oci_error(ErrorCode.UNSUPPORTED, "unsupported Expect value", status=417)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         """Metrics around :meth:`_route`; the single entry point of every request."""
@@ -129,6 +174,8 @@ class RegistryServer:
             return web.Response(text="ok")
         if path == "/readyz":
             return await self._ready()
+        if self._credentials is not None and path.startswith("/v2") and not self._authorized(request):
+            return oci_error(ErrorCode.UNAUTHORIZED, "invalid credentials")
         try:
             target = parse_path(request.raw_path)
             ns = _ns(request)
@@ -152,15 +199,29 @@ class RegistryServer:
             # Without ns a tag names nothing: it could belong to any registry. skopeo and podman
             # send no ns; on this 404 they fall back to the next mirror or upstream.
             return answer_for(ImageNotFoundError("a tag lookup needs the ns query parameter"), target.kind)
+        filters = self._filters
+        if ns is not None and filters is not None and not filters.allows(ns, target.name, target.tag):
+            return answer_for(ContentNotFoundError("image excluded by the registry filters"), target.kind)
         try:
             digest = target.digest
             if digest is None:
                 assert target.tag is not None and ns is not None
-                digest = await self._bounded(self._store.resolve(Reference(ns, target.name, target.tag)))
-            blob: Blob = await self._bounded(self._store.open(digest))
+                reference = Reference(ns, target.name, target.tag)
+                digest = await self._bounded(lambda: self._store.resolve(reference))
+            found = digest
+            blob: Blob = await self._bounded(lambda: self._store.open(found))
         except NotFoundError as exc:
-            if self._on_miss is not None and not from_peer(request.headers):
-                return await self._on_miss.serve(request, target, ns)
+            if not from_peer(request.headers):
+                if self._on_miss is not None:
+                    return await self._on_miss.serve(request, target, ns)
+            elif target.kind is Kind.BLOBS and target.digest is not None:
+                growing = await self._open_ingest(target.digest)
+                if growing is not None:
+                    async with growing:
+                        return await serve_growing(
+                            request, growing, coordinator=self._coordinator, metrics=self._metrics,
+                            bounds=self._write_bounds, follow=self._follow, namespace=ns,
+                        )  # fmt: skip
             return answer_for(exc, target.kind)
         async with blob:
             return await serve_content(
@@ -171,11 +232,28 @@ class RegistryServer:
                 coordinator=self._coordinator,
                 metrics=self._metrics,
                 read_timeout=self._timeout,
+                namespace=ns,
+                bounds=self._write_bounds,
             )
+
+    async def _open_ingest(self, digest: Digest) -> GrowingBlob | None:
+        """The write in progress of ``digest``, for a peer (only peers: this node's own containerd
+        already waits on its own write of the blob), or ``None``."""
+        ingests = self._ingests
+        if ingests is None:
+            return None
+        try:
+            growing = await self._bounded(lambda: ingests.open_ingest(digest))
+        except NotFoundError:
+            return None
+        if stalled(growing, self._follow):  # its writer died: the peer should look elsewhere now
+            await growing.aclose()
+            return None
+        return growing
 
     async def _ready(self) -> web.Response:
         try:
-            await self._bounded(self._store.stat(_PROBE))
+            await self._bounded(lambda: self._store.stat(_PROBE))
         except ContentNotFoundError:
             pass
         except (StoreUnavailableError, TimeoutError, OSError) as exc:
@@ -184,9 +262,16 @@ class RegistryServer:
             return oci_error(ErrorCode.UNAVAILABLE, "router not ready")
         return web.Response(text="ok")
 
-    async def _bounded(self, call: Awaitable[T]) -> T:
-        async with asyncio.timeout(self._timeout):
-            return await call
+    def _authorized(self, request: web.Request) -> bool:
+        """Spegel's check: the credentials of ``Authorization``, compared in constant time."""
+        given = basic_credentials(request.headers.get("Authorization"))
+        expected = self._credentials
+        return given is not None and expected is not None and hmac.compare_digest(given, expected)
+
+    async def _bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        async with self._store_slots:  # the deadline starts with the call, not with the wait
+            async with asyncio.timeout(self._timeout):
+                return await call()
 
 
 def _ns(request: web.Request) -> str | None:

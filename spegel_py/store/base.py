@@ -7,6 +7,11 @@ Rules every implementation keeps (a cached "present" that containerd has since g
 would send peers to content that is gone): presence is checked against the
 backend on every call, nothing "exists" from a cache, and nothing is ever deleted or pinned
 beyond the life of one open :class:`Blob`.
+
+Blobs still being written (an active ingest: issue 12, a pull in progress) are a separate,
+optional ability, :class:`IngestSource`: a store that cannot see its writes (an OCI layout
+directory) lists none. An ingest is listed only once its expected digest and total size are
+known, so it can be served with the right ``Content-Length`` while it grows.
 """
 
 from __future__ import annotations
@@ -95,6 +100,90 @@ class Blob(Protocol):
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """A blob the store is still writing: ``digest`` and ``total`` are what it is expected to
+    become, ``offset`` the bytes written so far; ``ref`` is the store's name for the write."""
+
+    ref: str
+    digest: Digest
+    offset: int
+    total: int
+
+
+class IngestState(enum.Enum):
+    """Where a followed ingest stands (see :meth:`GrowingBlob.progress`)."""
+
+    WRITING = "writing"  # still growing (or waiting for its writer)
+    COMMITTED = "committed"  # now the blob of the expected digest: every byte is final
+    ABORTED = "aborted"  # deleted before it was committed
+    MISMATCH = "mismatch"  # committed as something else (another digest or size)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestProgress:
+    """``available`` bytes can be read now (from offset 0); ``state`` says whether more will come;
+    ``updated``: when the last byte was written (Unix time, seconds), to tell a stalled write."""
+
+    available: int
+    state: IngestState
+    updated: float
+
+
+class GrowingBlob(Protocol):
+    """An open ingest, followed while it grows; readable for the life of one request.
+
+    ``size`` is the expected total. Bytes below ``progress().available`` are read like a
+    :class:`Blob`'s (``fileno()`` with offsets, or ``chunks``); ``chunks`` never waits for more.
+    Before ``COMMITTED`` the bytes are not verified: the store checks the digest at commit.
+    """
+
+    @property
+    def size(self) -> int:
+        """Expected size of the blob in bytes."""
+        ...
+
+    @property
+    def digest(self) -> Digest:
+        """The digest the ingest is expected to commit as."""
+        ...
+
+    def progress(self) -> IngestProgress:
+        """Bytes available now and the state; cheap (a few syscalls), call it as often as needed."""
+        ...
+
+    def fileno(self) -> int | None:
+        """The open file the ingest is written to (it keeps following a rename at commit), or ``None``."""
+        ...
+
+    def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Yield ``[offset, offset+length)``, all of it already available, in bounded pieces."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the file. Idempotent."""
+        ...
+
+    async def __aenter__(self) -> GrowingBlob: ...
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+@runtime_checkable
+class IngestSource(Protocol):
+    """The blobs a store is still writing, for serving them while they grow (issue 12)."""
+
+    async def ingests(self) -> list[Ingest]:
+        """Active ingests whose expected digest and total size are known, in no particular order."""
+        ...
+
+    async def open_ingest(self, digest: Digest) -> GrowingBlob:
+        """Open the active ingest expected to become ``digest``; ``ContentNotFoundError`` if none."""
+        ...
 
 
 @runtime_checkable

@@ -1,18 +1,21 @@
 """An in-memory content store: the reference implementation for unit tests.
 
 It has no files, so it exercises the registry's streaming path instead of ``sendfile``.
+Ingests (blobs still being written, :class:`~spegel_py.store.base.IngestSource`) are simulated
+with :meth:`MemoryStore.start_ingest`: a test writes, commits or aborts them at its own pace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 
 from spegel_py.errors import ContentNotFoundError, ImageNotFoundError
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.reference import Reference
-from spegel_py.store.base import Descriptor, Event, EventKind, Image
+from spegel_py.store.base import Descriptor, Event, EventKind, Image, Ingest, IngestProgress, IngestState
 
 _CHUNK = 64 * 1024
 _CLOSED = Event(EventKind.RESYNC, "\0closed")  # internal end-of-stream marker, never yielded
@@ -48,6 +51,74 @@ class MemoryBlob:
         return None
 
 
+class MemoryIngest:
+    """A blob being written into a :class:`MemoryStore`; tests drive it."""
+
+    def __init__(self, store: MemoryStore, ref: str, digest: Digest, total: int) -> None:
+        self._store = store
+        self.ref = ref
+        self.digest = digest
+        self.total = total
+        self.data = bytearray()
+        self.state = IngestState.WRITING
+        self.updated = time.time()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        self.updated = time.time()
+
+    def commit(self) -> None:
+        """End the ingest: the blob if the bytes match the expected digest and size, else the
+        bytes are committed under their own digest (``MISMATCH`` for whoever follows)."""
+        self._store.end_ingest(self)
+        actual = Digest.of(bytes(self.data))
+        ok = actual == self.digest and len(self.data) == self.total
+        self.state = IngestState.COMMITTED if ok else IngestState.MISMATCH
+        self._store.add_blob(bytes(self.data))
+
+    def abort(self) -> None:
+        self._store.end_ingest(self)
+        self.state = IngestState.ABORTED
+
+
+class MemoryGrowingBlob:
+    """A reader of a :class:`MemoryIngest`; ``fileno()`` is ``None``."""
+
+    def __init__(self, ingest: MemoryIngest) -> None:
+        self._ingest = ingest
+
+    @property
+    def size(self) -> int:
+        return self._ingest.total
+
+    @property
+    def digest(self) -> Digest:
+        return self._ingest.digest
+
+    def progress(self) -> IngestProgress:
+        return IngestProgress(len(self._ingest.data), self._ingest.state, self._ingest.updated)
+
+    def fileno(self) -> int | None:
+        return None
+
+    async def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        data = self._ingest.data
+        end = min(len(data), offset + length)
+        for start in range(offset, end, _CHUNK):
+            yield bytes(data[start : min(start + _CHUNK, end)])
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> MemoryGrowingBlob:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+
 class MemoryStore:
     """Images and blobs in dictionaries; mutate with :meth:`add_blob`, :meth:`tag`, :meth:`delete_*`."""
 
@@ -55,6 +126,7 @@ class MemoryStore:
         self._blobs: dict[Digest, tuple[bytes, str | None]] = {}
         self._images: dict[str, Image] = {}
         self._subscribers: set[asyncio.Queue[Event]] = set()
+        self._ingests: dict[Digest, MemoryIngest] = {}
         self._closed = False
 
     # -- mutation (tests and the advertiser's tests drive these) --------------------------------
@@ -79,6 +151,16 @@ class MemoryStore:
     def delete_image(self, name: str) -> None:
         if self._images.pop(name, None) is not None:
             self._publish(Event(EventKind.IMAGE_DELETE, name))
+
+    def start_ingest(self, digest: Digest, total: int, ref: str | None = None) -> MemoryIngest:
+        """Begin writing a blob expected to be ``digest`` (``total`` bytes), as a pull does."""
+        ingest = MemoryIngest(self, ref or f"layer-{digest}", digest, total)
+        self._ingests[digest] = ingest
+        return ingest
+
+    def end_ingest(self, ingest: MemoryIngest) -> None:
+        if self._ingests.get(ingest.digest) is ingest:
+            del self._ingests[ingest.digest]
 
     def _publish(self, event: Event) -> None:
         for queue in self._subscribers:
@@ -112,6 +194,15 @@ class MemoryStore:
         except KeyError:
             raise ContentNotFoundError(f"{digest} not found") from None
         return MemoryBlob(data)
+
+    async def ingests(self) -> list[Ingest]:
+        return [Ingest(i.ref, i.digest, len(i.data), i.total) for i in self._ingests.values()]
+
+    async def open_ingest(self, digest: Digest) -> MemoryGrowingBlob:
+        try:
+            return MemoryGrowingBlob(self._ingests[digest])
+        except KeyError:
+            raise ContentNotFoundError(f"no ingest of {digest}") from None
 
     async def subscribe(self) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()

@@ -7,7 +7,9 @@ layouts; a subdirectory's path relative to the root is its default repository na
 
 Nothing is cached: layouts are rediscovered and blob files stat'ed on every call, so a blob or a
 layout removed on disk is gone for the very next request. Changes are found by polling each
-``index.json`` (there is no portable file-watch API worth a dependency here).
+``index.json`` (there is no portable file-watch API worth a dependency here). Layouts are
+written whole by their tools, so there are never writes in progress to serve: the ingest
+listing is always empty.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from stat import S_ISREG
 from spegel_py.errors import ContentNotFoundError, ImageNotFoundError, InvalidInputError
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.reference import Reference, validate_name, validate_tag
-from spegel_py.store.base import Descriptor, Event, EventKind, Image
+from spegel_py.store.base import Descriptor, Event, EventKind, GrowingBlob, Image, Ingest
 from spegel_py.store.files import FileBlob, blob_path
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -166,6 +168,12 @@ class OciLayoutStore:
 
     async def open(self, digest: Digest) -> FileBlob:
         return FileBlob.open(self._find(digest)[0], digest)
+
+    async def ingests(self) -> list[Ingest]:
+        return []
+
+    async def open_ingest(self, digest: Digest) -> GrowingBlob:
+        raise ContentNotFoundError(f"no ingest of {digest}: a layout has no writes in progress")
 
     async def subscribe(self) -> AsyncIterator[Event]:
         if self._closed.is_set():

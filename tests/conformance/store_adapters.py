@@ -12,18 +12,36 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from conformance.store_images import REF_NAME, StoreImage, write_archive, write_layout
 
+from spegel_py.oci.digest import Digest
 from spegel_py.store.base import ContentStore
 from spegel_py.store.memory import MemoryStore
 from spegel_py.store.ocilayout import OciLayoutStore
+
+if TYPE_CHECKING:
+    from harness.ingest import CtrIngest
+
+
+class IngestWriter(Protocol):
+    """A write in progress in the adapter's store (a pull's), driven by the test."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def abort(self) -> None: ...
 
 
 class StoreAdapter(Protocol):
     store: ContentStore
     file_backed: bool
+
+    def start_ingest(self, digest: Digest, total: int) -> IngestWriter | None:
+        """A new write of ``digest``, or ``None`` when the backend has no writes in progress."""
+        ...
 
     async def add(self, image: StoreImage) -> None: ...
 
@@ -50,6 +68,21 @@ class MemoryAdapter:
         self.memory.delete_image(image.name)
         for digest in image.present:
             self.memory.delete_blob(digest)
+
+    def start_ingest(self, digest: Digest, total: int) -> IngestWriter:
+        ingest = self.memory.start_ingest(digest, total)
+
+        class Writer:
+            async def write(self, data: bytes) -> None:
+                ingest.write(data)
+
+            async def commit(self) -> None:
+                ingest.commit()
+
+            async def abort(self) -> None:
+                ingest.abort()
+
+        return Writer()
 
 
 class OciLayoutAdapter:
@@ -80,6 +113,9 @@ class OciLayoutAdapter:
     async def delete(self, image: StoreImage) -> None:
         shutil.rmtree(self._layout(image))
 
+    def start_ingest(self, digest: Digest, total: int) -> None:
+        return None  # layouts are written whole
+
 
 class ContainerdAdapter:
     """A real containerd node (tests/harness); images imported from OCI archives, no registry."""
@@ -95,6 +131,7 @@ class ContainerdAdapter:
         self.node = node
         self.workdir = workdir
         self.store = ContainerdStore(str(node.socket), node.namespace, str(node.content_path))
+        self.ingests: list[CtrIngest] = []  # writers to stop at teardown
 
     async def add(self, image: StoreImage) -> None:
         archive = self.workdir / f"{image.root.hex}.tar"
@@ -112,3 +149,21 @@ class ContainerdAdapter:
             if target == str(image.root)
         ]
         await asyncio.to_thread(self.node.ctr, "images", "rm", "--sync", *names)  # --sync: GC has run
+
+    def start_ingest(self, digest: Digest, total: int) -> IngestWriter:
+        from harness.ingest import CtrIngest
+
+        ingest = CtrIngest(self.node, str(digest), total, protect=True)  # the node is seconds old
+        self.ingests.append(ingest)
+
+        class Writer:
+            async def write(self, data: bytes) -> None:
+                await asyncio.to_thread(ingest.write, data)
+
+            async def commit(self) -> None:
+                await asyncio.to_thread(ingest.commit)
+
+            async def abort(self) -> None:
+                await asyncio.to_thread(ingest.abort)
+
+        return Writer()

@@ -14,13 +14,20 @@ from contextlib import aclosing
 from pathlib import Path
 
 import pytest
-from conformance.store_adapters import ContainerdAdapter, MemoryAdapter, OciLayoutAdapter, StoreAdapter
+from conformance.store_adapters import (
+    ContainerdAdapter,
+    IngestWriter,
+    MemoryAdapter,
+    OciLayoutAdapter,
+    StoreAdapter,
+)
 from conformance.store_images import OCI_INDEX, OCI_MANIFEST, StoreImage, multi_arch_image, small_image
+from support.poll import eventually
 
 from spegel_py.errors import ContentNotFoundError, ImageNotFoundError
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.reference import Reference
-from spegel_py.store.base import Event, EventKind
+from spegel_py.store.base import Event, EventKind, IngestSource, IngestState
 from spegel_py.store.walk import image_content
 
 EVENT_TIMEOUT = 10.0  # seconds; containerd and the layout poller answer in well under a second
@@ -45,6 +52,8 @@ async def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     try:
         yield made
     finally:
+        for writer in getattr(made, "ingests", ()):  # containerd's ctr writers, stopped by pid
+            writer.close()
         await made.store.close()
 
 
@@ -198,3 +207,65 @@ async def test_walker_returns_exactly_present_content(
 
 async def test_walker_on_an_absent_root(adapter: StoreAdapter) -> None:
     assert await image_content(adapter.store, Digest.of(b"absent")) == []
+
+
+# -- writes in progress (issue 12): listed, followed as they grow, ended by commit or abort ------
+INGEST_DATA = hashlib.sha256(b"ingest").digest() * (3 * 1024 * 1024 // 32)  # 3 MiB
+INGEST_DIGEST = Digest.of(INGEST_DATA)
+PIECE = 1 << 20  # containerd's ctr forwards stdin in 1 MiB pieces: offsets move in those steps
+
+
+async def listed(store: IngestSource, digest: Digest) -> int | None:
+    """The offset of the write of ``digest`` the store lists, or None if it lists none."""
+    return next((i.offset for i in await store.ingests() if i.digest == digest), None)
+
+
+async def test_an_unknown_digest_has_no_write_in_progress(adapter: StoreAdapter) -> None:
+    store = adapter.store
+    assert isinstance(store, IngestSource)
+    assert await listed(store, INGEST_DIGEST) is None
+    with pytest.raises(ContentNotFoundError):
+        await store.open_ingest(INGEST_DIGEST)
+
+
+async def half_written(adapter: StoreAdapter) -> tuple[IngestSource, IngestWriter, int]:
+    """The store, a write of 2 of its 3 MiB, and the offset the store lists for it (> 0)."""
+    store = adapter.store
+    assert isinstance(store, IngestSource)
+    writer = adapter.start_ingest(INGEST_DIGEST, len(INGEST_DATA))
+    if writer is None:
+        pytest.skip("this backend has no writes in progress (its empty listing is checked above)")
+    await writer.write(INGEST_DATA[: 2 * PIECE])
+    offset = await eventually(lambda: listed(store, INGEST_DIGEST), what="the write listed with bytes")
+    return store, writer, offset
+
+
+async def test_a_write_is_followed_until_its_commit(adapter: StoreAdapter) -> None:
+    store, writer, offset = await half_written(adapter)
+    ingest = next(i for i in await store.ingests() if i.digest == INGEST_DIGEST)
+    assert ingest.total == len(INGEST_DATA) and 0 < offset <= 2 * PIECE
+    async with await store.open_ingest(INGEST_DIGEST) as blob:
+        assert blob.size == len(INGEST_DATA) and blob.digest == INGEST_DIGEST
+        progress = blob.progress()
+        assert progress.state is IngestState.WRITING and progress.available >= PIECE
+        got = b"".join([c async for c in blob.chunks(0, progress.available)])
+        assert got == INGEST_DATA[: progress.available]
+        await writer.write(INGEST_DATA[2 * PIECE :])
+        await writer.commit()
+        await eventually(lambda: blob.progress().state is IngestState.COMMITTED, what="committed")
+        assert blob.progress().available == len(INGEST_DATA)
+        assert b"".join([c async for c in blob.chunks(0, len(INGEST_DATA))]) == INGEST_DATA
+    assert await listed(store, INGEST_DIGEST) is None
+    assert (await store.stat(INGEST_DIGEST)).size == len(INGEST_DATA)
+
+
+async def test_an_aborted_write_ends_as_aborted(adapter: StoreAdapter) -> None:
+    store, writer, _ = await half_written(adapter)
+    async with await store.open_ingest(INGEST_DIGEST) as blob:
+        await writer.abort()
+        await eventually(lambda: blob.progress().state is IngestState.ABORTED, what="aborted")
+    assert await listed(store, INGEST_DIGEST) is None
+    with pytest.raises(ContentNotFoundError):
+        await store.open_ingest(INGEST_DIGEST)
+    with pytest.raises(ContentNotFoundError):
+        await store.stat(INGEST_DIGEST)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,9 +26,8 @@ from harness import (
     ProcessGroup,
     PullResult,
     UpstreamRegistry,
-    cleanup_mounts,
 )
-from harness.cluster import Cluster, image_complete, process_io
+from harness.cluster import Cluster, image_complete, process_io, started_cluster
 from harness.require import require_cluster, require_spegel
 from support.poll import wait_until
 
@@ -49,16 +46,8 @@ def cluster(processes: ProcessGroup, upstream: UpstreamRegistry) -> Iterator[Clu
     """Three started nodes wired to ``upstream``; every process stopped by pid afterwards."""
     require_cluster()
     require_spegel()
-    # short: containerd's ttrpc socket path must fit in sun_path (108 bytes)
-    workdir = Path(tempfile.mkdtemp(prefix="p2p-"))
-    built = Cluster(workdir, processes, upstream)
-    try:
-        built.start()
+    with started_cluster(processes, upstream) as built:
         yield built
-    finally:
-        processes.stop_all()
-        cleanup_mounts(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def digest_ref(upstream: UpstreamRegistry, image: BuiltImage) -> str:
@@ -190,11 +179,18 @@ def test_peer_killed_mid_transfer_the_pull_completes_from_another_peer(
     assert upstream.requests(mark) == []
     survivor = next(n for name, n in peers.items() if name != victim)
     assert survivor.served_bytes().get("local", 0) > 0
-    # node 3's spegel-py resumed the cut stream(s) from the survivor (Range from the offset
-    # already sent) and never had to kill a response to containerd mid-body
+    # node 3's spegel-py continued the cut stream(s) from the survivor (a single-provider stream
+    # resumed with Range from the offset already sent; a multi-provider fetch of a big layer
+    # asked the survivor for the killed peer's range) and never had to kill a response to
+    # containerd mid-body
     metrics = n3.metrics()
-    report(record_property, "resumed_streams", metrics.get("spegel_mirror_resumed_streams_total", 0))
-    assert metrics.get("spegel_mirror_resumed_streams_total", 0) >= 1
+    resumed = metrics.get("spegel_mirror_resumed_streams_total", 0)
+    retried = metrics.get('spegel_multi_peer_ranges_total{outcome="retried"}', 0)
+    report(record_property, "resumed_streams", resumed)
+    report(record_property, "multi_peer_ranges_retried", retried)
+    multi = metrics.get('spegel_multi_peer_fetches_total{outcome="complete"}', 0)
+    report(record_property, "multi_peer_fetches", multi)
+    assert resumed + retried >= 1
     assert metrics.get("spegel_mirror_aborted_responses_total", -1) == 0
 
 

@@ -14,19 +14,23 @@ through the caller's :class:`ProcessGroup` and is stopped by pid.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from support.poll import wait_until
 
-from .containerd import ContainerdNode, PullResult
+from .containerd import ContainerdNode, PullResult, cleanup_mounts
 from .images import BuiltImage
 from .net import free_port
 from .procs import HarnessError, ProcessGroup, run_command
@@ -34,6 +38,7 @@ from .spegel import SpegelRegistry, spegel_binary
 from .upstream import MANIFEST_TYPES, UpstreamRegistry
 
 MIRRORED_HEADER = "X-Spegel-Mirrored"
+N = TypeVar("N")  # a node of any kind, for parallel()
 
 
 def common_free_port(ips: Sequence[str], *, attempts: int = 50) -> int:
@@ -197,8 +202,8 @@ class Cluster:
 
     def start(self, *, timeout: float = 60.0) -> None:
         """containerd everywhere, ``configuration`` everywhere, then every spegel-py until ready."""
-        _parallel(lambda n: n.containerd.start(), self.nodes)
-        _parallel(self.configure, self.nodes)  # ~2 s each, mostly the CLI's imports
+        parallel(lambda n: n.containerd.start(), self.nodes)
+        parallel(self.configure, self.nodes)  # ~2 s each, mostly the CLI's imports
         # node 1 first, its router listening before the others bootstrap to it: a bootstrap
         # attempt that finds nobody is retried only after the router's bootstrap interval
         first = self.nodes[0]
@@ -211,7 +216,7 @@ class Cluster:
         )
         for node in self.nodes[1:]:
             node.spegel.start(wait=False)
-        _parallel(lambda n: n.spegel.wait_ready(timeout=timeout), self.nodes)
+        parallel(lambda n: n.spegel.wait_ready(timeout=timeout), self.nodes)
 
     def _accepts(self, ip: str, port: int) -> bool:
         self.processes.check_running(self.nodes[0].spegel.name)
@@ -220,22 +225,7 @@ class Cluster:
 
     def configure(self, node: ClusterNode) -> subprocess.CompletedProcess[str]:
         """Run the real ``spegel-py configuration`` for ``node`` (its certs.d -> its spegel-py)."""
-        argv = [
-            str(spegel_binary()),
-            "configuration",
-            "--containerd-registry-config-path",
-            str(node.containerd.certs_d),
-            "--mirror-targets",
-            node.spegel.url,
-            "--mirrored-registries",
-            self.upstream.url,
-            "--containerd-config",
-            str(node.containerd.config_path),
-        ]
-        result = run_command(argv, timeout=60)
-        if result.returncode != 0:
-            raise HarnessError(f"{' '.join(argv)} exited {result.returncode}\n{result.stdout}{result.stderr}")
-        return result
+        return configure_hosts(node.containerd, node.spegel.url, self.upstream.url)
 
     def stop_spegel(self, node: ClusterNode, *, kill: bool = False) -> None:
         """Stop (or SIGKILL) one node's spegel-py by pid."""
@@ -285,6 +275,29 @@ class Cluster:
         )
 
 
+def configure_hosts(
+    containerd: ContainerdNode, mirror_url: str, upstream_url: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``spegel-py configuration``: ``containerd``'s certs.d sends pulls of
+    ``upstream_url`` to ``mirror_url`` first."""
+    argv = [
+        str(spegel_binary()),
+        "configuration",
+        "--containerd-registry-config-path",
+        str(containerd.certs_d),
+        "--mirror-targets",
+        mirror_url,
+        "--mirrored-registries",
+        upstream_url,
+        "--containerd-config",
+        str(containerd.config_path),
+    ]
+    result = run_command(argv, timeout=60)
+    if result.returncode != 0:
+        raise HarnessError(f"{' '.join(argv)} exited {result.returncode}\n{result.stdout}{result.stderr}")
+    return result
+
+
 def image_complete(node: ClusterNode, ref: str, image: BuiltImage) -> list[str]:
     """Problems with ``image`` on ``node`` ('' list when complete): name -> digest, every blob present."""
     problems = []
@@ -297,20 +310,38 @@ def image_complete(node: ClusterNode, ref: str, image: BuiltImage) -> list[str]:
     return problems
 
 
-def _parallel(action: Callable[[ClusterNode], object], nodes: Sequence[ClusterNode]) -> None:
+def parallel(action: Callable[[N], object], nodes: Sequence[N]) -> None:
     """Run ``action`` on every node in threads; re-raise the first failure after all finished."""
     errors: list[BaseException] = []
 
-    def run(node: ClusterNode) -> None:
+    def run(node: N) -> None:
         try:
             action(node)
         except BaseException as exc:  # re-raised below, in the caller's thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(n,), name=f"cluster-{n.name}") for n in nodes]
+    threads = [threading.Thread(target=run, args=(n,), name=f"cluster-{i}") for i, n in enumerate(nodes, 1)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
+
+
+@contextlib.contextmanager
+def started_cluster(
+    processes: ProcessGroup, upstream: UpstreamRegistry, *, prefix: str = "p2p-", **options: object
+) -> Iterator[Cluster]:
+    """A started :class:`Cluster` (``options`` as its fields) in a fresh workdir; on the way out
+    every process is stopped by pid, mounts are undone and the workdir is removed."""
+    # short: containerd's ttrpc socket path must fit in sun_path (108 bytes)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    built = Cluster(workdir, processes, upstream, **options)  # type: ignore[arg-type]  # Cluster's fields
+    try:
+        built.start()
+        yield built
+    finally:
+        processes.stop_all()
+        cleanup_mounts(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)

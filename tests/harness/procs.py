@@ -94,7 +94,7 @@ class _Spawner:
     """One thread that forks every process of a group and lives until the group is stopped.
 
     ``PR_SET_PDEATHSIG`` fires when the thread that forked the child exits, not the process.
-    Nodes are started from short-lived threads (``cluster._parallel``); a daemon forked there
+    Nodes are started from short-lived threads (``cluster.parallel``); a daemon forked there
     would be killed the moment that thread finished. Forking on this thread instead ties the
     children to a thread that ends only in :meth:`close` (after the group stopped them all) or
     with the whole process. It is a daemon thread so that at interpreter exit it is still

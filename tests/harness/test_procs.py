@@ -1,7 +1,7 @@
 """The harness leaves no daemon behind, not even when it is SIGKILLed itself.
 
 Real processes throughout: a child Python plays "pytest", starts a daemon through a
-:class:`ProcessGroup` from a short-lived thread (as ``cluster._parallel`` does), and is then
+:class:`ProcessGroup` from a short-lived thread (as ``cluster.parallel`` does), and is then
 SIGKILLed, so no finalizer or atexit handler of it runs.
 """
 

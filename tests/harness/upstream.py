@@ -16,10 +16,13 @@ from support.poll import wait_until
 
 from .images import MT_INDEX, MT_MANIFEST, BuiltImage
 from .net import free_port, http_status
+from .netns import Netns
 from .procs import HarnessError, ProcessGroup, log_tail, run_command
 
 # 127.0.0.1 - - [23/Nov/2026:20:33:14 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "curl/7.88.1"
-_ACCESS = re.compile(r'^\S+ - \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3}) \S+ "[^"]*" "([^"]*)"')
+_ACCESS = re.compile(
+    r'^(\S+) - \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3}) (\S+) "[^"]*" "([^"]*)"'
+)
 
 MANIFEST_TYPES = (
     MT_INDEX,
@@ -52,6 +55,8 @@ class Request:
     path: str
     status: int
     user_agent: str
+    client: str = ""  # the client's address as the registry saw it
+    size: int = 0  # response body bytes written (what a cut connection got, not what was asked)
 
 
 class UpstreamRegistry:
@@ -69,11 +74,13 @@ class UpstreamRegistry:
         host: str = "127.0.0.1",
         port: int | None = None,
         name: str = "upstream",
+        netns: Netns | None = None,
     ) -> None:
         self.workdir = workdir
         self.processes = processes
-        self.host = host
-        self.port = port or free_port(host)
+        self.netns = netns  # a "host" of its own: it listens on the namespace's address
+        self.host = netns.ip if netns else host
+        self.port = port or (5000 if netns else free_port(host))
         self.name = name
         self.data_dir = workdir / "data"
         self.config_path = workdir / "config.yml"
@@ -99,7 +106,10 @@ class UpstreamRegistry:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(CONFIG.format(data=self.data_dir, addr=self.addr))
         self.processes.start(
-            self.name, ["docker-registry", "serve", str(self.config_path)], log_path=self.log_path
+            self.name,
+            ["docker-registry", "serve", str(self.config_path)],
+            log_path=self.log_path,
+            netns=self._netns_name,
         )
         wait_until(
             lambda: self._alive_and_answering(),
@@ -108,15 +118,19 @@ class UpstreamRegistry:
             diagnose=lambda: log_tail(self.log_path),
         )
 
+    @property
+    def _netns_name(self) -> str | None:
+        return self.netns.name if self.netns else None
+
     def _alive_and_answering(self) -> bool:
         self.processes.check_running(self.name)
-        return http_status(f"{self.url}/v2/") == 200
+        return http_status(f"{self.url}/v2/", netns=self._netns_name) == 200
 
     def stop(self) -> None:
         """Stop the process (by pid) and wait until the port refuses connections."""
         self.processes.stop(self.name)
         wait_until(
-            lambda: http_status(f"{self.url}/v2/", timeout=0.5) == 0,
+            lambda: http_status(f"{self.url}/v2/", timeout=0.5, netns=self._netns_name) == 0,
             within=10,
             what=f"{self.addr} to stop answering",
         )
@@ -134,6 +148,8 @@ class UpstreamRegistry:
             image.oci_ref,
             f"docker://{ref}",
         ]
+        if self.netns is not None:
+            argv = self.netns.argv(argv)
         result = run_command(argv, timeout=timeout)
         if result.returncode != 0:
             raise HarnessError(
@@ -144,7 +160,8 @@ class UpstreamRegistry:
     def has(self, image: BuiltImage) -> bool:
         """True if the upstream serves the image's tag (HEAD of its manifest)."""
         url = f"{self.url}/v2/{image.repository()}/manifests/{image.tag}"
-        return http_status(url, method="HEAD", headers={"Accept": ", ".join(MANIFEST_TYPES)}) == 200
+        accept = {"Accept": ", ".join(MANIFEST_TYPES)}
+        return http_status(url, method="HEAD", headers=accept, netns=self._netns_name) == 200
 
     # -- request accounting ------------------------------------------------------------------
     def mark(self) -> int:
@@ -170,5 +187,6 @@ class UpstreamRegistry:
         for line in text.splitlines():
             match = _ACCESS.match(line)
             if match:
-                out.append(Request(match[1], match[2], int(match[3]), match[4]))
+                size = int(match[5]) if match[5].isdigit() else 0
+                out.append(Request(match[2], match[3], int(match[4]), match[6], match[1], size))
         return out

@@ -1,5 +1,6 @@
 """One loaded chart for every Helm test; its native handle is released at the end, and the
-Helm SDK must then hold no handle the tests opened (a leak would show up here)."""
+Helm SDK must then hold no handle the tests opened (a leak would show up here). Every case of
+``helmcases.CASES`` is rendered once per session, for the rendering, schema and policy tests."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Iterator
 
 import helm_python as helm
 import pytest
-from helmsupport import CHART_DIR
+from helmcases import CASES
+from helmsupport import CHART_DIR, Rendered, render
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +18,8 @@ def chart() -> Iterator[helm.Chart]:
     with helm.Chart.load(CHART_DIR) as loaded:
         yield loaded
     assert helm.open_handles_count() == before
+
+
+@pytest.fixture(scope="session")
+def renders(chart: helm.Chart) -> dict[str, Rendered]:
+    return {case: render(chart, values) for case, values in CASES.items()}

@@ -33,6 +33,7 @@ NAMESPACE = "spegel"
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("grafana.integreatly.org/v1beta1", "GrafanaDashboard"),
+    ("autoscaling.k8s.io/v1", "VerticalPodAutoscaler"),
 }
 
 Obj = dict[str, Any]

@@ -14,6 +14,7 @@ import helm_python as helm
 import pytest
 from helmsupport import NAMESPACE, Rendered, full_name, pod_specs, render, spegel_command
 
+from spegel_py.app import BASIC_AUTH_DIR
 from spegel_py.cli import build_parser
 from spegel_py.settings import RegistrySettings, load
 
@@ -106,6 +107,17 @@ TUNING = {
     "relayHashThreads": ("--relay-hash-threads", 0, "0"),
     "reprovideInterval": ("--reprovide-interval", "18m", "18m"),
     "mirrorResolveRetries": ("--mirror-resolve-retries", 10_000_000, "10000000"),  # not 1e+07
+    "maxConnections": ("--max-connections", 100_000, "100000"),
+    "headerTimeout": ("--header-timeout", "2s", "2s"),
+    "keepaliveTimeout": ("--keepalive-timeout", "1m", "1m"),
+    "writeTimeout": ("--write-timeout", "45s", "45s"),
+    "mirrorMinThroughput": ("--mirror-min-throughput", "1MiB", "1MiB"),
+    "mirrorThroughputWindow": ("--mirror-throughput-window", "2s", "2s"),
+    "mirrorDeadlineAllowance": ("--mirror-deadline-allowance", "1m", "1m"),
+    "serveMinThroughput": ("--serve-min-throughput", "0", "0"),
+    "serveInProgress": ("--serve-in-progress", False, "false"),
+    "coordinatePulls": ("--coordinate-pulls", False, "false"),
+    "multiPeerFetch": ("--multi-peer-fetch", False, "false"),
 }
 
 
@@ -122,7 +134,20 @@ def test_tuning_defaults_are_the_binarys(defaults: Rendered) -> None:
     registry = _container(_main_pod(defaults), "registry")
     args = vars(build_parser().parse_args(registry["args"]))
     from_chart, binary = load(RegistrySettings, args, {}), load(RegistrySettings, {}, {})
-    fields = ("relay_buffers", "relay_buffer_size", "relay_hash_threads", "reprovide_interval")
+    fields = (
+        "relay_buffers",
+        "relay_buffer_size",
+        "relay_hash_threads",
+        "reprovide_interval",
+        "max_connections",
+        "header_timeout",
+        "keepalive_timeout",
+        "write_timeout",
+        "mirror_min_throughput",
+        "mirror_throughput_window",
+        "mirror_deadline_allowance",
+        "serve_min_throughput",
+    )
     assert [getattr(from_chart, f) for f in fields] == [getattr(binary, f) for f in fields]
 
 
@@ -157,6 +182,68 @@ def test_containers_drop_every_capability_and_write_nothing_outside_mounts(defau
             assert context["privileged"] is False, where
             # Root only where host files owned by root are touched; cleanup-wait only probes.
             assert context["runAsUser"] == (65534 if container["name"] == "cleanup-wait" else 0), where
+
+
+def test_router_psk_secret_is_mounted_read_only_at_the_flags_path(chart: helm.Chart) -> None:
+    pod = _main_pod(render(chart, {"spegel": {"routerPskSecretName": "spegel-psk"}}))
+    registry = _container(pod, "registry")
+    (path,) = _arg(registry, "--router-psk-file")
+    directory, key = path.rsplit("/", 1)
+    mount = _mounts(registry)[directory]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"] == {
+        "secretName": "spegel-psk",
+        "defaultMode": 0o400,
+        "items": [{"key": "psk", "path": key}],
+    }
+    # Only the registry container sees the key.
+    others = [c for c in [*pod["initContainers"], *pod["containers"]] if c is not registry]
+    assert all(m["name"] != mount["name"] for c in others for m in c.get("volumeMounts", []))
+    assert "--router-psk-file" not in str(_main_pod(render(chart)))
+
+
+def test_basic_auth_secret_is_mounted_read_only_where_the_binary_reads_it(chart: helm.Chart) -> None:
+    rendered = render(
+        chart,
+        {
+            "basicAuthSecretName": "spegel-basic-auth",
+            "extraInitContainers": [{"name": "node-prep", "image": "registry.example/node-prep:1"}],
+        },
+    )
+    main = rendered.named("DaemonSet", full_name())
+    pod = main["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "spegel-basic-auth"]
+    assert volume["secret"] == {"secretName": "spegel-basic-auth", "defaultMode": 0o400}
+    # registry checks and forwards the credentials; configuration writes them into hosts.toml.
+    mounted = {
+        c["name"]: m
+        for c in [*pod["initContainers"], *pod["containers"]]
+        for m in c.get("volumeMounts", [])
+        if m["name"] == volume["name"]
+    }
+    expected = {"name": volume["name"], "mountPath": BASIC_AUTH_DIR, "readOnly": True}
+    assert mounted == {"configuration": expected, "registry": expected}
+    # The uninstall hook's workloads never see the Secret.
+    for workload, spec in pod_specs(rendered):
+        if workload is not main:
+            assert "spegel-basic-auth" not in str(spec), workload["metadata"]["name"]
+    assert BASIC_AUTH_DIR not in str(_main_pod(render(chart)))
+
+
+def test_registry_service_spreads_to_other_nodes_only_when_asked(chart: helm.Chart) -> None:
+    rendered = render(chart, {"service": {"registry": {"internalTrafficLocal": False}}})
+    spec = rendered.named("Service", full_name())["spec"]
+    assert spec["trafficDistribution"] == "PreferSameNode"
+    assert "internalTrafficPolicy" not in spec and "externalTrafficPolicy" not in spec
+
+
+def test_extra_init_containers_run_before_configuration(chart: helm.Chart) -> None:
+    extra = {"name": "node-prep", "image": "busybox", "volumeMounts": [{"name": "x", "mountPath": "/x"}]}
+    volume = {"name": "x", "emptyDir": {}}
+    pod = _main_pod(render(chart, {"extraInitContainers": [extra], "extraVolumes": [volume]}))
+    assert [c["name"] for c in pod["initContainers"]] == ["node-prep", "configuration"]
+    assert pod["initContainers"][0] == extra and pod["volumes"][-1] == volume
 
 
 def test_registry_service_is_a_node_local_node_port(defaults: Rendered) -> None:

@@ -19,8 +19,14 @@ import yaml
 from helmsupport import CHART_DIR, NAMESPACE, RELEASE
 
 from spegel_py.errors import ConfigurationError
+from spegel_py.flagvalues import (
+    parse_address,
+    parse_buffer_size,
+    parse_duration,
+    parse_reprovide_interval,
+    parse_size,
+)
 from spegel_py.oci.filters import parse_registry_hosts
-from spegel_py.settings import parse_address, parse_buffer_size, parse_duration, parse_reprovide_interval
 
 _KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.\-/]+):(?: |$)")
 
@@ -118,6 +124,21 @@ INVALID: dict[str, dict[str, Any]] = {
     # Helm reads numbers as floats: 1048576 would reach the flag as 1.048576e+06.
     "buffer-size-as-number": {"spegel": {"relayBufferSize": 1048576}},
     "reprovide-without-unit": {"spegel": {"reprovideInterval": "900"}},
+    "no-connections": {"spegel": {"maxConnections": 0}},
+    "timeout-without-unit": {"spegel": {"headerTimeout": "10"}},
+    "psk-secret-not-a-name": {"spegel": {"routerPskSecretName": "My_Secret"}},
+    "basic-auth-secret-not-a-name": {"basicAuthSecretName": "basic auth"},
+    # Helm reads numbers as floats: 262144 would reach the flag as 262144.0 or 1e+06.
+    "throughput-as-number": {"spegel": {"mirrorMinThroughput": 262144}},
+    "serve-throughput-as-number": {"spegel": {"serveMinThroughput": 262144}},
+    "window-without-unit": {"spegel": {"mirrorThroughputWindow": "5"}},
+    "allowance-without-unit": {"spegel": {"mirrorDeadlineAllowance": "10"}},
+    "traffic-local-not-boolean": {"service": {"registry": {"internalTrafficLocal": "true"}}},
+    "vpa-two-recommenders": {"verticalPodAutoscaler": {"recommenders": [{"name": "a"}, {"name": "b"}]}},
+    # A bare `Off` in YAML is a boolean, which must not reach the VPA as `false`.
+    "vpa-update-mode-boolean": {"verticalPodAutoscaler": {"updatePolicy": {"updateMode": False}}},
+    "init-container-without-image": {"extraInitContainers": [{"name": "x"}]},
+    "volume-without-name": {"extraVolumes": [{"emptyDir": {}}]},
 }
 
 
@@ -145,6 +166,14 @@ def _library_accepts(check: Callable[[str], object], value: str) -> bool:
     except (ValueError, ConfigurationError):
         return False
     return True
+
+
+def _positive_duration(value: str) -> float:
+    """What the CLI accepts for --header-timeout and its siblings: a duration above 0."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(value)
+    return seconds
 
 
 # value path -> (candidates, the code the value ends up in). The chart (its schema, or for ranges
@@ -177,6 +206,25 @@ AGREEMENT: dict[str, tuple[list[str], Callable[[str], object]]] = {
          "0768KiB", "63KiB", "0", "1Ki", "1.5MiB", "MiB", "-1MiB", "8 parsecs"],
         parse_buffer_size,
     ),
+    **{
+        f"spegel.{name}": (
+            ["10s", "1m30s", "250ms", "0.5s", "1µs", "0", "0s", "0.0s", "0m0s", "10", "-1s"],
+            _positive_duration,
+        )
+        # The relay floor is on by default, so its window must be above 0 too.
+        for name in ("headerTimeout", "keepaliveTimeout", "writeTimeout", "mirrorThroughputWindow")
+    },
+    "spegel.mirrorDeadlineAllowance": (
+        ["10s", "0", "0s", "1m30s", "250ms", "10", "-1s", "s"],
+        parse_duration,
+    ),
+    **{
+        f"spegel.{name}": (
+            ["256KiB", "0", "1", "1MiB", "1 MiB", "1MB", "64k", "1.5MiB", "-1KiB", "1Ki", "KiB", "8 parsecs"],
+            parse_size,
+        )
+        for name in ("mirrorMinThroughput", "serveMinThroughput")
+    },
     "spegel.reprovideInterval": (
         ["15m", "1s", "250ms", "1m30s", "18m59s", "1139.5s", "0.3h", "0", "0s", "19m", "1140s", "1h",
          "15", "-1m"],

@@ -319,3 +319,21 @@ def test_swap_in_replaces_whole_entries(
     kinds = ("absent", "dir", "file", "link")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"target-{k}" for k in kinds]
     assert exchanged == [exchange] * 3  # this kernel exchanges atomically; "absent" needs no exchange
+
+
+@pytest.mark.parametrize("authorization", [None, "Basic c3BlZ2VsOnMzY3JldA=="])
+def test_spegels_basic_auth_header_goes_to_our_hosts_only_and_keeps_the_file_private(
+    certs: Path, authorization: str | None
+) -> None:
+    """As Spegel v0.7 writes it: ``[host.'<mirror>'.header] Authorization = 'Basic ...'`` for each
+    mirror target, none for the operator's hosts; a file holding credentials is 0600."""
+    configure_mirrors(
+        certs, ["https://docker.io"], TARGETS, prepend_existing=True, authorization=authorization
+    )
+    hosts = read_hosts(certs, "docker.io")["host"]
+    header = None if authorization is None else {"Authorization": authorization}
+    for target in TARGETS:
+        assert hosts[target].get("header") == header
+    assert "header" not in hosts["https://mirror.corp.example"]
+    mode = (certs / "docker.io" / "hosts.toml").stat().st_mode & 0o777
+    assert mode == (0o644 if authorization is None else 0o600)

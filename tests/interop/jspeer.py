@@ -24,6 +24,9 @@ from typing import Any
 
 import pytest
 
+from spegel_py.routing.base import Bootstrapper, Peer
+from spegel_py.routing.libp2p.router import Libp2pRouter
+
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "peer.mjs"
 NODE_MODULES = HERE / "node_modules"
@@ -74,12 +77,15 @@ class JsPeer:
         self._lock = asyncio.Lock()  # one request in flight: replies are read in order
 
     @classmethod
-    async def start(cls, ip: str) -> JsPeer:
+    async def start(cls, ip: str, *, psk_file: Path | None = None) -> JsPeer:
+        """``psk_file``: a private network key file; every connection is protected with it."""
+        psk_args = [] if psk_file is None else ["--psk-file", str(psk_file)]
         proc = await asyncio.create_subprocess_exec(
             "node",
             str(SCRIPT),
             "--listen",
             f"/ip4/{ip}/tcp/0",
+            *psk_args,
             cwd=HERE,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -130,6 +136,10 @@ class JsPeer:
     async def routing_table_size(self) -> int:
         return int((await self.call("routingTable"))["size"])
 
+    async def connected_peers(self) -> list[str]:
+        """Peer ids of the node's open connections."""
+        return [str(p) for p in (await self.call("connections"))["peers"]]
+
     async def stop(self) -> None:
         """Ask the node to stop; kill it (by its own pid) if it does not exit promptly."""
         if self._proc.returncode is None:
@@ -156,12 +166,47 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
 
 
 @contextlib.asynccontextmanager
-async def js_peers(*ips: str) -> AsyncIterator[list[JsPeer]]:
-    """Start one js peer per address; all are stopped on exit, whatever happened."""
+async def js_peers(*ips: str, psk_file: Path | None = None) -> AsyncIterator[list[JsPeer]]:
+    """Start one js peer per address (each with ``psk_file``'s key, if given); all are stopped
+    on exit, whatever happened."""
     peers: list[JsPeer] = []
     try:
         for ip in ips:
-            peers.append(await JsPeer.start(ip))
+            peers.append(await JsPeer.start(ip, psk_file=psk_file))
         yield peers
     finally:
         await asyncio.gather(*(p.stop() for p in peers), return_exceptions=True)
+
+
+REGISTRY_PORT = 30020  # every py node's registry port in the interop tests (none listens there)
+
+
+@contextlib.asynccontextmanager
+async def py_router(
+    data_dir: Path,
+    ip: str,
+    bootstrap: Bootstrapper | None,
+    *,
+    bootstrap_interval: float = 0.5,
+    **options: Any,
+) -> AsyncIterator[Libp2pRouter]:
+    """A spegel-py router on ``ip`` (alone, ready at once, when ``bootstrap`` is None); more
+    ``Libp2pRouter`` options (``psk``, ``cache_ttl``...) as keywords. Closed on exit."""
+    router = Libp2pRouter(
+        listen_addrs=[f"/ip4/{ip}/tcp/0"],
+        data_dir=data_dir,
+        registry_port=REGISTRY_PORT,
+        bootstrap=bootstrap,
+        alone=bootstrap is None,
+        bootstrap_interval=bootstrap_interval,
+        **options,
+    )
+    await router.start()
+    try:
+        yield router
+    finally:
+        await router.close()
+
+
+async def lookup(router: Libp2pRouter, key: str) -> list[Peer]:
+    return [peer async for peer in router.lookup(key, limit=5)]

@@ -4,7 +4,9 @@
 // check that spegel-py and a libp2p implementation it shares no code with find each other's
 // providers.
 //
-// Usage: node peer.mjs [--listen /ip4/127.0.0.x/tcp/0]
+// Usage: node peer.mjs [--listen /ip4/127.0.0.x/tcp/0] [--psk-file PATH]
+// --psk-file: a libp2p private network key (/key/swarm/psk/1.0.0/, /base16/, 64 hex digits);
+// every connection is then protected with it by @libp2p/pnet.
 // Control: one JSON object per line on stdin, one JSON reply per line on stdout.
 //   {"id": 1, "cmd": "info"}                         -> {"id": 1, "ok": true, "peerId": ..., "addrs": [...]}
 //   {"id": 2, "cmd": "dial", "addr": "/ip4/.../p2p/..."} -> {"id": 2, "ok": true, "peerId": ...}
@@ -12,6 +14,7 @@
 //   {"id": 4, "cmd": "findProviders", "key": ..., "timeoutMs": 5000}
 //                                                     -> {"id": 4, "ok": true, "providers": [{"peerId", "addrs"}]}
 //   {"id": 5, "cmd": "routingTable"}                  -> {"id": 5, "ok": true, "size": n}
+//   {"id": 7, "cmd": "connections"}                   -> {"id": 7, "ok": true, "peers": [peer ids of open connections]}
 //   {"id": 6, "cmd": "stop"}                          -> {"id": 6, "ok": true}, then the process exits
 // The first line on stdout, unasked, is {"event": "ready", "peerId": ..., "addrs": [...]}.
 // Errors answer {"id": n, "ok": false, "error": "..."}. Closing stdin stops the node too.
@@ -27,6 +30,7 @@ if (typeof Promise.withResolvers !== 'function') {
 }
 
 const { createInterface } = await import('node:readline')
+const { readFileSync } = await import('node:fs')
 const { createLibp2p } = await import('libp2p')
 const { tcp } = await import('@libp2p/tcp')
 const { noise } = await import('@chainsafe/libp2p-noise')
@@ -53,8 +57,14 @@ async function keyCid (key) {
   return CID.createV1(raw.code, digest)
 }
 
+const pskFile = argValue('--psk-file', null)
+const protector = pskFile == null
+  ? {}
+  : { connectionProtector: (await import('@libp2p/pnet')).preSharedKey({ psk: readFileSync(pskFile) }) }
+
 const node = await createLibp2p({
   addresses: { listen: [argValue('--listen', '/ip4/127.0.0.1/tcp/0')] },
+  ...protector,
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
@@ -111,6 +121,8 @@ async function handle (req) {
     }
     case 'routingTable':
       return { size: node.services.dht.routingTable.size }
+    case 'connections':
+      return { peers: node.getConnections().map((c) => c.remotePeer.toString()) }
     case 'stop':
       return {}
     default:

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from pathlib import Path
 
 import pytest
-from jspeer import JsPeer, ensure_installed, js_peers
+from jspeer import REGISTRY_PORT, JsPeer, ensure_installed, js_peers, lookup
+from jspeer import py_router as start_py_router
 from support.poll import eventually
 
-from spegel_py.routing.base import Peer
 from spegel_py.routing.bootstrap import StaticBootstrapper
 from spegel_py.routing.libp2p.router import Libp2pRouter
 
 pytestmark = pytest.mark.integration
 
-REGISTRY_PORT = 30020
 PY_IP = "127.0.0.33"
 JS_IPS = ("127.0.0.34", "127.0.0.35")
 
@@ -34,24 +33,8 @@ def _installed() -> None:
     ensure_installed()
 
 
-@contextlib.asynccontextmanager
-async def py_router(tmp_path: Path, name: str, ip: str, bootstrap: list[str]) -> AsyncIterator[Libp2pRouter]:
-    router = Libp2pRouter(
-        listen_addrs=[f"/ip4/{ip}/tcp/0"],
-        data_dir=tmp_path / name,
-        registry_port=REGISTRY_PORT,
-        bootstrap=StaticBootstrapper(bootstrap),
-        bootstrap_interval=0.5,
-    )
-    await router.start()
-    try:
-        yield router
-    finally:
-        await router.close()
-
-
-async def lookup(router: Libp2pRouter, key: str) -> list[Peer]:
-    return [peer async for peer in router.lookup(key, limit=5)]
+def py_router(tmp_path: Path, name: str, ip: str, bootstrap: list[str]) -> AsyncContextManager[Libp2pRouter]:
+    return start_py_router(tmp_path / name, ip, StaticBootstrapper(bootstrap))
 
 
 async def connected(router: Libp2pRouter, *peers: JsPeer) -> None:

@@ -40,19 +40,16 @@ from harness import ImageSet, ProcessGroup, UpstreamRegistry, cleanup_mounts
 from harness.cluster import Cluster
 from harness.net import free_port
 from harness.require import require, require_cluster, require_spegel
+from support.dashboard import KUBELET_ONLY, dashboard, kubelet_only, panel_exprs, panels
 from support.poll import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "helm" / "spegel-py" / "dashboards" / "spegel-py.json"
 PROM_HOST = "127.0.0.48"
 JOB, NAMESPACE = "spegel-py", "spegel"
 # A rate window that spans the whole pull (Grafana's $__rate_interval is >= 4 scrape intervals).
 RATE_INTERVAL = "2m"
 VARIABLES = {"job": JOB, "namespace": NAMESPACE, "pod": ".*", "__rate_interval": RATE_INTERVAL}
-
-# Metrics that only a kubelet (cAdvisor) exports: nothing here can produce them.
-KUBELET_ONLY = ("container_memory_working_set_bytes", "container_memory_cache", "container_memory_rss")
 
 # Spegel's metrics: the series name that must move for each metric users' dashboards query.
 SPEGEL_METRICS = {
@@ -74,34 +71,13 @@ ROUTING_METRICS = {
 REPROVIDE_INTERVAL = "2s"
 
 
-# -- the dashboard -----------------------------------------------------------------------------
-def dashboard() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return loaded
-
-
-def panel_exprs() -> list[tuple[str, str]]:
-    """(panel title / refId, expr) of every target, rows included."""
-    out = []
-    stack = list(dashboard()["panels"])
-    while stack:
-        panel = stack.pop(0)
-        stack.extend(panel.get("panels", []))
-        for target in panel.get("targets", []):
-            out.append((f"{panel['title']} / {target['refId']}", target["expr"]))
-    return out
-
-
+# -- the dashboard ---------------------------------------------------------------------------
 def substitute(expr: str) -> str:
     """Grafana's template variables, longest name first ($__rate_interval before $pod)."""
     for name in sorted(VARIABLES, key=len, reverse=True):
         expr = expr.replace(f"${{{name}}}", VARIABLES[name]).replace(f"${name}", VARIABLES[name])
     assert "$" not in expr, f"unsubstituted variable in {expr}"
     return expr
-
-
-def kubelet_only(expr: str) -> bool:
-    return any(re.search(rf"\b{name}\b", expr) for name in KUBELET_ONLY)
 
 
 # -- Prometheus --------------------------------------------------------------------------------
@@ -277,10 +253,7 @@ def test_dashboard_shape() -> None:
     assert variables["datasource"]["query"] == "prometheus"
     assert {"job", "namespace", "pod"} <= set(variables)
     ids = []
-    stack = list(board["panels"])
-    while stack:
-        panel = stack.pop(0)
-        stack.extend(panel.get("panels", []))
+    for panel in panels():
         ids.append(panel["id"])
         if panel["type"] != "row":
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]

@@ -245,10 +245,11 @@ async def test_a_real_registry_process_debug_page_in_headless_chromium(tmp_path:
         *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     base = f"http://{HOST}:{port}"
+    debug = f"http://{HOST}:{mport}/debug/web/"  # the metrics listener, as in Spegel
 
     def fetch(path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(base + path, timeout=2) as resp:
+            with urllib.request.urlopen(path if path.startswith("http") else base + path, timeout=2) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -268,7 +269,7 @@ async def test_a_real_registry_process_debug_page_in_headless_chromium(tmp_path:
         return (await asyncio.to_thread(fetch, "/readyz"))[0] == 200
 
     async def lists_its_image() -> bool:
-        return "127.0.0.1:5000/test/app:v1" in (await asyncio.to_thread(fetch, "/debug/web"))[1]
+        return "127.0.0.1:5000/test/app:v1" in (await asyncio.to_thread(fetch, debug))[1]
 
     try:
         await until("readiness", ready)
@@ -276,7 +277,7 @@ async def test_a_real_registry_process_debug_page_in_headless_chromium(tmp_path:
         assert (await asyncio.to_thread(fetch, f"/v2/x/blobs/{missing}?ns=example.com"))[0] == 404
         await until("the advertiser's first walk", lists_its_image)
 
-        dom = (await run_chromium(base + "/debug/web", tmp_path / "profile-dom", "--dump-dom")).decode()
+        dom = (await run_chromium(debug, tmp_path / "profile-dom", "--dump-dom")).decode()
         cells = Cells()
         cells.feed(dom)
         assert cells.title == "spegel-py debug" and cells.scripts == 0
@@ -288,7 +289,7 @@ async def test_a_real_registry_process_debug_page_in_headless_chromium(tmp_path:
         assert cells.tables["outcomes"][1:4] == [missing, "-", "miss"]
 
         shot = tmp_path / "real-node.png"
-        await run_chromium(base + "/debug/web", tmp_path / "profile-shot", f"--screenshot={shot}")
+        await run_chromium(debug, tmp_path / "profile-shot", f"--screenshot={shot}")
         image = read_png(shot)
         assert image.non_white() > 10_000, "the page rendered"
         assert image.count(MAGENTA, tolerance=6) > 1_000, "the no-peers badge"

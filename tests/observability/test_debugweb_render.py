@@ -41,7 +41,9 @@ async def test_served_with_sync_and_async_sources() -> None:
     async def peers() -> Sequence[str]:
         return ["peer-a"]
 
-    info = DebugInfo(peer_id=lambda: "me", peers=peers, advertised=Advertised, outcomes=lambda: [])
+    info = DebugInfo(
+        peer_id=lambda: "me", peers=peers, advertised=Advertised, outcomes=lambda: [], clock=lambda: 1.7e9
+    )
     app = web.Application()
     app.router.add_routes(debug_routes(info))
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
@@ -52,3 +54,7 @@ async def test_served_with_sync_and_async_sources() -> None:
         body = await response.text()
         assert "peer-a" in body and 'class="status ok"' in body and "no mirror requests yet" in body
         assert (await client.post("/debug/web")).status == 405
+        assert await (await client.get("/debug/web/")).text() == body  # Spegel's path, with the slash
+        metadata = await client.get("/debug/web/metadata")  # Spegel's shape, for scripts
+        assert metadata.content_type == "application/json"
+        assert await metadata.json() == {"libp2p": {"id": "me"}}

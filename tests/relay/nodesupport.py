@@ -42,11 +42,18 @@ class Node:
 
 
 async def start_node(
-    host: str, store: MemoryStore, mirror: Mirror | None, *, metrics: Metrics | None = None
+    host: str,
+    store: MemoryStore,
+    mirror: Mirror | None,
+    *,
+    metrics: Metrics | None = None,
+    authorization: str | None = None,
 ) -> Node:
     metrics = metrics if metrics is not None else Metrics()
     coordinator = PageCacheCoordinator(settle=0)
-    server = RegistryServer(store, metrics=metrics, coordinator=coordinator, on_miss=mirror)
+    server = RegistryServer(
+        store, metrics=metrics, coordinator=coordinator, on_miss=mirror, authorization=authorization
+    )
     runner = web.AppRunner(server.application(), access_log=None, handle_signals=False, shutdown_timeout=1)
     await runner.setup()
     sock = socket.socket()

@@ -44,7 +44,10 @@ class Knobs:
     first_byte_delay: float = 0.0  # seconds before the response head
     die_after: int | None = None  # abort the connection after this many body bytes
     stall_after: int | None = None  # go silent (connection open) after this many body bytes
+    drip_after: int | None = None  # after this many body bytes, send one byte every drip_every s
+    drip_every: float = 2.5
     corrupt: bool = False  # flip one byte in the middle of every body
+    corrupt_ranges: bool = False  # flip one byte in the middle of every range sent (206 bodies)
     silent: bool = False  # accept the request and never answer
     ignore_range: bool = False
     tag_digest: str | None = None  # Docker-Content-Digest reported for tags (default: the truth)
@@ -119,10 +122,16 @@ class FakePeer:
                 status, start, end = 206, selected.start, selected.end
                 headers["Content-Range"] = selected.content_range()
         body = data[start:end]
+        if knobs.corrupt_ranges and status == 206:
+            middle = len(body) // 2
+            body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = len(body)
         await response.prepare(request)
         if request.method == "HEAD":
+            return response
+        if knobs.drip_after is not None:
+            await self._drip(response, body, knobs.drip_after, knobs.drip_every)
             return response
         if knobs.stall_after is not None:
             await self._write(response, body[: knobs.stall_after])
@@ -138,6 +147,23 @@ class FakePeer:
             await self._write(response, view[pos : pos + (1 << 20)])
         await response.write_eof()
         return response
+
+    async def _drip(self, response: web.StreamResponse, body: bytes, after: int, every: float) -> None:
+        """The first ``after`` bytes at once, then one byte per ``every`` seconds until the
+        client hangs up or the peer stops (the slow peer of issue 11)."""
+        await self._write(response, body[:after])
+        for pos in range(after, len(body)):
+            try:
+                # The wait is the misbehaviour under test; it ends early when the peer stops.
+                await asyncio.wait_for(self._never.wait(), every)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self._write(response, body[pos : pos + 1])
+            except ConnectionError:
+                return
+        await response.write_eof()
 
     async def _write(self, response: web.StreamResponse, data: bytes | memoryview) -> None:
         await response.write(data)
@@ -237,6 +263,7 @@ class Cluster:
         self.fronts: list[Front] = []
         self.mirrors: list[Mirror] = []
         self.sessions: list[aiohttp.ClientSession] = []
+        self.pools: list[BufferPool] = []
         self._sockets: list[socket.socket] = []
         self._next_host = 2
 
@@ -282,10 +309,12 @@ class Cluster:
         **settings: Any,
     ) -> tuple[Front, Mirror]:
         router = providers if isinstance(providers, FakeRouter) else FakeRouter(providers)
+        pool = pool or BufferPool(count=8, size=64 * 1024)
+        self.pools.append(pool)
         mirror = Mirror(
             router,
             client=client or PeerClient(),
-            pool=pool or BufferPool(count=8, size=64 * 1024),
+            pool=pool,
             health=health,
             settings=MirrorSettings(**settings),
         )
@@ -305,9 +334,12 @@ class Cluster:
             await session.close()
         for front in self.fronts:
             await front.stop()
+        # Every relay buffer came back, whatever the test did (responses are over by now).
+        leaked = [(pool.capacity - pool.free) for pool in self.pools if pool.free != pool.capacity]
         for mirror in self.mirrors:
             await mirror.close()
         for peer in self.peers:
             await peer.stop()
         for sock in self._sockets:
             sock.close()
+        assert not leaked, f"relay buffers not returned to their pools: {leaked}"

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
 from nodesupport import Node, RawPeer, start_node
-from relaysupport import Cluster, FakeRouter, digest_of
+from relaysupport import Cluster, FakePeer, FakeRouter, digest_of
 
 from spegel_py.relay.bufferpool import BufferPool
 from spegel_py.relay.mirror import Mirror
@@ -62,25 +64,46 @@ HOSTILE: dict[str, Callable[[str, bytes], bytes]] = {
 }
 
 
+@dataclass
+class Mirrored:
+    """Node B with its router, the raw (hostile) peer, and the cluster for honest peers."""
+
+    node: Node
+    router: FakeRouter
+    raw: RawPeer
+    cluster: Cluster
+    blob: Callable[[int], bytes]
+
+    def new_blob(self, size: int) -> tuple[bytes, str]:
+        """Random bytes of ``size`` and their digest."""
+        data = self.blob(size)
+        return data, digest_of(data)
+
+    def url(self, path: str) -> str:
+        """Node B's URL of ``path`` (``blobs/<digest>``, ``manifests/<tag>``) in a mirrored repo."""
+        return f"{self.node.url}/v2/library/app/{path}?ns=docker.io"
+
+    async def honest(self, digest: str, data: bytes, **knobs: Any) -> FakePeer:
+        """An honest provider of ``data``, named last by the router."""
+        peer = await self.cluster.peer({digest: data}, **knobs)
+        self.router.peers.append(peer.peer)
+        return peer
+
+
 @pytest.fixture
-async def node(cluster: Cluster) -> AsyncIterator[tuple[Node, FakeRouter]]:
+async def lab(cluster: Cluster, blob: Callable[[int], bytes]) -> AsyncIterator[Mirrored]:
     router = FakeRouter()
-    mirror = Mirror(router, client=PeerClient(), pool=BufferPool(count=4, size=64 * 1024))
+    pool = BufferPool(count=4, size=64 * 1024)
+    mirror = Mirror(router, client=PeerClient(), pool=pool)
     node = await start_node("127.0.0.60", MemoryStore(), mirror)
+    raw = RawPeer("127.0.0.61", lambda head: b"")
+    await raw.start()
     try:
-        yield node, router
+        yield Mirrored(node, router, raw, cluster, blob)
     finally:
+        await raw.stop()
         await node.close()
-
-
-@pytest.fixture
-async def raw_peer(cluster: Cluster) -> AsyncIterator[RawPeer]:
-    peer = RawPeer("127.0.0.61", lambda head: b"")
-    await peer.start()
-    try:
-        yield peer
-    finally:
-        await peer.stop()
+    assert pool.free == pool.capacity  # every relay buffer came back
 
 
 # (method, what, size): a blob verified whole, a streamed blob, its HEAD, a manifest by tag
@@ -90,51 +113,35 @@ ASKED = [("GET", "blob", 1000), ("GET", "blob", 300_000), ("HEAD", "blob", 300_0
 @pytest.mark.parametrize(("method", "what", "size"), ASKED, ids=[f"{m}-{w}-{n}" for m, w, n in ASKED])
 @pytest.mark.parametrize("answer", list(HOSTILE.values()), ids=list(HOSTILE))
 async def test_a_hostile_answer_is_a_404_never_a_500(
-    node: tuple[Node, FakeRouter],
-    raw_peer: RawPeer,
-    cluster: Cluster,
-    blob: Callable[[int], bytes],
-    answer: Callable[[str, bytes], bytes],
-    method: str,
-    what: str,
-    size: int,
+    lab: Mirrored, answer: Callable[[str, bytes], bytes], method: str, what: str, size: int
 ) -> None:
-    b, router = node
-    data = blob(size)
-    digest = digest_of(data)
-    raw_peer.answer = lambda head: answer(digest, data)
-    router.peers = [raw_peer.peer]
+    data, digest = lab.new_blob(size)
+    lab.raw.answer = lambda head: answer(digest, data)
+    lab.router.peers = [lab.raw.peer]
     path = f"blobs/{digest}" if what == "blob" else "manifests/v1"
-    async with cluster.session().request(method, f"{b.url}/v2/library/app/{path}?ns=docker.io") as resp:
+    async with lab.cluster.session().request(method, lab.url(path)) as resp:
         body = await resp.read()
         status, content_type = resp.status, resp.content_type
     assert (status, content_type) == (404, "application/json"), body[:200]
     if method == "GET":
         code = "BLOB_UNKNOWN" if what == "blob" else "MANIFEST_UNKNOWN"
         assert json.loads(body)["errors"][0]["code"] == code
-    assert len(raw_peer.heads) == 1
+    assert len(lab.raw.heads) == 1
 
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("answer", list(HOSTILE.values()), ids=list(HOSTILE))
 async def test_an_honest_second_provider_serves_the_blob(
-    node: tuple[Node, FakeRouter],
-    raw_peer: RawPeer,
-    cluster: Cluster,
-    blob: Callable[[int], bytes],
-    answer: Callable[[str, bytes], bytes],
-    size: int,
+    lab: Mirrored, answer: Callable[[str, bytes], bytes], size: int
 ) -> None:
-    b, router = node
-    data = blob(size)
-    digest = digest_of(data)
-    raw_peer.answer = lambda head: answer(digest, data)
-    honest = await cluster.peer({digest: data})
-    router.peers = [raw_peer.peer, honest.peer]
-    async with cluster.session().get(f"{b.url}/v2/library/app/blobs/{digest}?ns=docker.io") as resp:
+    data, digest = lab.new_blob(size)
+    lab.raw.answer = lambda head: answer(digest, data)
+    lab.router.peers = [lab.raw.peer]
+    honest = await lab.honest(digest, data)
+    async with lab.cluster.session().get(lab.url(f"blobs/{digest}")) as resp:
         status, body = resp.status, await resp.read()
     assert status == 200 and body == data
-    assert len(raw_peer.heads) == 1 and len(honest.requests) >= 1
+    assert len(lab.raw.heads) == 1 and len(honest.requests) >= 1
 
 
 def partial(content_range: str, length: int, body: bytes) -> bytes:
@@ -162,24 +169,18 @@ LYING_RANGES: dict[str, bytes] = {
 @pytest.mark.parametrize("answer", list(LYING_RANGES.values()), ids=list(LYING_RANGES))
 @pytest.mark.parametrize("honest_too", [False, True])
 async def test_a_range_answer_must_be_the_range_asked_for(
-    node: tuple[Node, FakeRouter],
-    raw_peer: RawPeer,
-    cluster: Cluster,
-    blob: Callable[[int], bytes],
-    answer: bytes,
-    honest_too: bool,
+    lab: Mirrored, answer: bytes, honest_too: bool
 ) -> None:
-    b, router = node
-    data = blob(BLOB)
-    digest = digest_of(data)
-    raw_peer.answer = lambda head: answer
-    router.peers = [raw_peer.peer]
+    data, digest = lab.new_blob(BLOB)
+    lab.raw.answer = lambda head: answer
+    lab.router.peers = [lab.raw.peer]
     if honest_too:
-        router.peers.append((await cluster.peer({digest: data})).peer)
-    url = f"{b.url}/v2/library/app/blobs/{digest}?ns=docker.io"
-    async with cluster.session().get(url, headers={"Range": "bytes=-1000"}) as resp:
+        await lab.honest(digest, data)
+    async with lab.cluster.session().get(
+        lab.url(f"blobs/{digest}"), headers={"Range": "bytes=-1000"}
+    ) as resp:
         status, body, headers = resp.status, await resp.read(), resp.headers
-    assert b"Range: bytes=-1000\r\n" in raw_peer.heads[0]
+    assert b"Range: bytes=-1000\r\n" in lab.raw.heads[0]
     if honest_too:
         assert (status, body) == (206, data[-1000:])
         assert headers["Content-Range"] == f"bytes {BLOB - 1000}-{BLOB - 1}/{BLOB}"
@@ -196,21 +197,10 @@ async def test_a_range_answer_must_be_the_range_asked_for(
         ("bytes=2500000-", 2_500_000, 3_000_000 - 1),
     ],
 )
-async def test_a_range_is_fetched_as_a_range(
-    node: tuple[Node, FakeRouter],
-    cluster: Cluster,
-    blob: Callable[[int], bytes],
-    header: str,
-    first: int,
-    last: int,
-) -> None:
-    b, router = node
-    data = blob(3_000_000)
-    digest = digest_of(data)
-    peer = await cluster.peer({digest: data})
-    router.peers = [peer.peer]
-    url = f"{b.url}/v2/library/app/blobs/{digest}?ns=docker.io"
-    async with cluster.session().get(url, headers={"Range": header}) as resp:
+async def test_a_range_is_fetched_as_a_range(lab: Mirrored, header: str, first: int, last: int) -> None:
+    data, digest = lab.new_blob(3_000_000)
+    peer = await lab.honest(digest, data)
+    async with lab.cluster.session().get(lab.url(f"blobs/{digest}"), headers={"Range": header}) as resp:
         status, body, headers = resp.status, await resp.read(), resp.headers
     assert status == 206 and body == data[first : last + 1]
     assert headers["Content-Range"] == f"bytes {first}-{last}/{len(data)}"
@@ -222,15 +212,13 @@ async def test_a_range_is_fetched_as_a_range(
 
 @pytest.mark.parametrize("corrupt", [False, True])
 async def test_a_peer_that_ignores_range_sends_the_whole_blob_which_is_verified(
-    node: tuple[Node, FakeRouter], cluster: Cluster, blob: Callable[[int], bytes], corrupt: bool
+    lab: Mirrored, corrupt: bool
 ) -> None:
-    b, router = node
-    data = blob(300_000)
-    digest = digest_of(data)
-    peer = await cluster.peer({digest: data}, ignore_range=True, corrupt=corrupt)
-    router.peers = [peer.peer]
-    url = f"{b.url}/v2/library/app/blobs/{digest}?ns=docker.io"
-    async with cluster.session().get(url, headers={"Range": "bytes=10-19"}) as resp:
+    data, digest = lab.new_blob(300_000)
+    peer = await lab.honest(digest, data, ignore_range=True, corrupt=corrupt)
+    async with lab.cluster.session().get(
+        lab.url(f"blobs/{digest}"), headers={"Range": "bytes=10-19"}
+    ) as resp:
         assert resp.status == 206
         if corrupt:  # caught at the end of the blob, before the held-back range went out
             with pytest.raises(aiohttp.ClientPayloadError):
@@ -241,16 +229,11 @@ async def test_a_peer_that_ignores_range_sends_the_whole_blob_which_is_verified(
 
 
 @pytest.mark.parametrize("accept", ["application/json\u20ac".encode(), b"a\xff", b"text/plain\x01"])
-async def test_a_client_accept_that_is_not_ascii_is_not_sent_on(
-    node: tuple[Node, FakeRouter], cluster: Cluster, blob: Callable[[int], bytes], accept: bytes
-) -> None:
+async def test_a_client_accept_that_is_not_ascii_is_not_sent_on(lab: Mirrored, accept: bytes) -> None:
     """A value that cannot be written into a request to a peer is dropped (it was a 500)."""
-    b, router = node
-    data = blob(1000)
-    digest = digest_of(data)
-    peer = await cluster.peer({digest: data})
-    router.peers = [peer.peer]
-    reader, writer = await asyncio.open_connection("127.0.0.60", b.port)
+    data, digest = lab.new_blob(1000)
+    await lab.honest(digest, data)
+    reader, writer = await asyncio.open_connection("127.0.0.60", lab.node.port)
     try:
         writer.write(
             f"GET /v2/library/app/blobs/{digest}?ns=docker.io HTTP/1.1\r\nHost: x\r\n".encode()

@@ -57,6 +57,25 @@ async def test_pool_exhaustion_times_out_and_loses_nothing() -> None:
     assert pool.in_use == 0 and pool.allocated == 1
 
 
+async def test_spare_buffers_leave_some_free_and_never_pass_a_waiter() -> None:
+    pool = BufferPool(count=8, size=4096)
+    first = await pool.acquire()
+    spare = pool.take_spare(10, keep_free=2)
+    assert len(spare) == 5 and pool.free == 2 and pool.allocated == 6
+    assert pool.take_spare(1, keep_free=2) == []
+    rest = [await pool.acquire(), await pool.acquire()]
+    waiter = asyncio.create_task(pool.acquire(max_wait=5))
+    await until(lambda: pool.waits_total == 1)
+    assert pool.take_spare(1, keep_free=0) == []  # none free while a stream waits
+    for buf in spare:
+        pool.release(buf)  # the first goes to the waiter
+    again = pool.take_spare(8, keep_free=0)
+    assert len(again) == 4 and pool.free == 0
+    for buf in [first, *rest, await waiter, *again]:
+        pool.release(buf)
+    assert pool.in_use == 0
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0

@@ -3,6 +3,7 @@ spegel-py server) has it; a client of B gets A's bytes, and A never mirrors a pe
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -118,3 +119,70 @@ async def test_mirror_finds_peers_through_a_memory_router(no_leaks: None) -> Non
         await mirror.close()
         await router_a.close()
         await b_router.close()
+
+
+async def test_relayed_answers_echo_ns_in_oci_namespace(nodes: tuple[Node, Node, FakeRouter]) -> None:
+    """A relayed manifest, blob and range carry ``OCI-Namespace: <ns>``, as local content does;
+    without ``ns`` there is none, and an error answer never carries it."""
+    a, b, _ = nodes
+    layer = bytes(range(256)) * 8192  # 2 MiB: streamed through a relay buffer
+    manifest = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
+    layer_digest = a.store.add_blob(layer).digest
+    a.store.tag("docker.io/library/app:v1", a.store.add_blob(manifest).digest)
+    blob = f"{b.url}/v2/library/app/blobs/{layer_digest}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{b.url}/v2/library/app/manifests/v1?ns=docker.io") as resp:
+            assert (resp.status, resp.headers.get("OCI-Namespace")) == (200, "docker.io")
+        async with session.get(f"{blob}?ns=docker.io") as resp:
+            assert (resp.status, resp.headers.get("OCI-Namespace")) == (200, "docker.io")
+            assert await resp.read() == layer
+        async with session.get(f"{blob}?ns=docker.io", headers={"Range": "bytes=-10"}) as resp:
+            assert (resp.status, resp.headers.get("OCI-Namespace")) == (206, "docker.io")
+            assert await resp.read() == layer[-10:]
+        async with session.get(f"{blob}?ns=docker.io", headers={"Range": f"bytes={len(layer)}-"}) as resp:
+            assert resp.status == 416 and "OCI-Namespace" not in resp.headers
+        async with session.head(blob) as resp:
+            assert resp.status == 200 and "OCI-Namespace" not in resp.headers
+
+
+@pytest.mark.parametrize("size", [1000, 2 << 20], ids=["small", "streamed"])
+async def test_a_relayed_range_starting_at_the_size_is_416(
+    nodes: tuple[Node, Node, FakeRouter], size: int
+) -> None:
+    """The range is asked of the peer (a real server), whose 416 becomes the client's, exactly at
+    the boundary Spegel v0.7 fixed (#1422); one byte earlier is a 206 of the last byte."""
+    a, b, _ = nodes
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    blob = f"{b.url}/v2/library/app/blobs/{a.store.add_blob(data).digest}?ns=docker.io"
+    async with aiohttp.ClientSession() as session:
+        for header in (f"bytes={size}-", f"bytes={size}-{size + 5}"):
+            async with session.get(blob, headers={"Range": header}) as resp:
+                assert resp.status == 416, header
+                assert resp.headers["Content-Range"] == f"bytes */{size}"
+        async with session.get(blob, headers={"Range": f"bytes={size - 1}-"}) as resp:
+            assert resp.status == 206 and await resp.read() == data[-1:]
+
+
+async def test_peer_requests_carry_spegels_basic_auth(no_leaks: None) -> None:
+    """With Spegel's basic auth, a node's registry refuses requests without the credentials, so
+    the relay sends them to peers (every node shares one secret, Go Spegel's nodes too)."""
+    auth = "Basic " + base64.b64encode(b"spegel:s3cret").decode()
+    a = await start_node("127.0.0.2", MemoryStore(), None, authorization=auth)
+    layer = bytes(range(256)) * 8192
+    digest = a.store.add_blob(layer).digest
+    nodes: list[Node] = [a]
+    try:
+        for client_auth, status in ((auth, 200), (None, 404)):  # without: A answers 401, a peer miss
+            router = FakeRouter()
+            router.peers = [Peer("a", "127.0.0.2", a.port)]
+            mirror = Mirror(router, client=PeerClient(authorization=client_auth), pool=BufferPool(count=2))
+            b = await start_node("127.0.0.3", MemoryStore(), mirror, authorization=auth)
+            nodes.append(b)
+            async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+                async with session.get(f"{b.url}/v2/library/app/blobs/{digest}?ns=docker.io") as resp:
+                    assert resp.status == status
+                    if status == 200:
+                        assert await resp.read() == layer
+    finally:
+        for node in reversed(nodes):
+            await node.close()

@@ -5,7 +5,8 @@
 Prints ``{"peer_id": ..., "addrs": [...]}`` once listening, then answers one JSON line per
 command: ``{"op": "advertise"|"withdraw", "keys": [...]}``, ``{"op": "lookup", "key": K,
 "limit": N}`` -> ``{"peers": [[peer_id, host, port], ...], "ms": elapsed}``, ``{"op": "status"}``
--> ``{"ready": bool, "peers": n}``, ``{"op": "exit"}``. Ends on EOF or SIGTERM.
+-> ``{"ready": bool, "peers": n}``, ``{"op": "held"}`` -> records stored per known provider,
+``{"op": "exit"}``. Ends on EOF or SIGTERM. ``NODE_DEBUG=1`` logs the DHT's debug lines on stderr.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import signal
 import sys
 import time
 from typing import Any
+
+from libp2p.peer.id import ID
 
 from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL
 from spegel_py.routing.libp2p.router import Libp2pRouter
@@ -46,6 +51,11 @@ async def handle(router: Libp2pRouter, cmd: dict[str, Any]) -> dict[str, Any]:
         return {"peers": peers, "ms": (time.perf_counter() - start) * 1000}
     if op == "status":
         return {"ready": router.ready(), "peers": router.peer_count()}
+    if op == "held":  # records this node stores per provider it knows (a diagnostic snapshot)
+        node = router._node  # test driver: reads the node's record store directly
+        assert node is not None
+        store = node._store
+        return {"held": {b58: store.held_by(ID.from_base58(b58).to_bytes()) for b58 in router.peers()}}
     return {"error": f"unknown op {op}"}
 
 
@@ -60,7 +70,14 @@ async def main() -> None:
     ap.add_argument("--reprovide", type=float, default=REPROVIDE_INTERVAL)
     ap.add_argument("--lookup-timeout", type=float, default=2.0)
     ap.add_argument("--cache-ttl", type=float, default=5.0)
+    ap.add_argument("--bootstrap-interval", type=float, default=0.5)
+    ap.add_argument("--refresh-interval", type=float, default=1.0)
     args = ap.parse_args()
+    if os.environ.get("NODE_DEBUG"):  # diagnostics: the DHT's debug log on stderr, by node IP
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(f"{args.ip} %(name)s %(message)s"))
+        logging.getLogger("spegel_py.routing.libp2p").addHandler(handler)
+        logging.getLogger("spegel_py.routing.libp2p").setLevel(logging.DEBUG)
     router = Libp2pRouter(
         listen_addrs=[f"/ip4/{args.ip}/tcp/{args.port}"],
         data_dir=args.data_dir,
@@ -70,8 +87,8 @@ async def main() -> None:
         reprovide_interval=args.reprovide,
         lookup_timeout=args.lookup_timeout,
         cache_ttl=args.cache_ttl,
-        bootstrap_interval=0.5,
-        refresh_interval=1.0,
+        bootstrap_interval=args.bootstrap_interval,
+        refresh_interval=args.refresh_interval,
     )
     await router.start()
     loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ from support import poll
 from spegel_py.errors import RoutingError
 from spegel_py.oci.filters import RegistryFilter
 from spegel_py.routing.advertiser import AdvertisedCounts, Advertiser
-from spegel_py.routing.base import Peer, Router
+from spegel_py.routing.base import Router, RouterView
 from spegel_py.routing.memory import MemoryNetwork, MemoryRouter
 from spegel_py.store.base import ContentStore
 from spegel_py.store.memory import MemoryStore
@@ -301,11 +301,11 @@ async def test_a_burst_of_events_is_one_batch() -> None:
         assert node.advertiser.batches == 2
 
 
-class FailsFirstAdvertise:
+class FailsFirstAdvertise(RouterView):
     """A router whose first ``advertise`` fails (an outage), then delegates."""
 
     def __init__(self, router: Router) -> None:
-        self._router = router
+        super().__init__(router)
         self.failed = False
 
     def ready(self) -> bool:
@@ -315,16 +315,7 @@ class FailsFirstAdvertise:
         if not self.failed:
             self.failed = True
             raise RoutingError("router unavailable")
-        await self._router.advertise(keys)
-
-    async def withdraw(self, keys: Iterable[str]) -> None:
-        await self._router.withdraw(keys)
-
-    def lookup(self, key: str, *, limit: int = 3) -> AsyncIterator[Peer]:
-        return self._router.lookup(key, limit=limit)
-
-    async def close(self) -> None:
-        await self._router.close()
+        await super().advertise(keys)
 
 
 async def test_applied_batches_report_their_duration_and_images() -> None:

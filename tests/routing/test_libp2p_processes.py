@@ -20,12 +20,16 @@ from typing import Any
 
 import pytest
 from support import poll
+from support.daemon import free_port
+
+from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL
 
 pytestmark = pytest.mark.process  # every test drives nodes in child processes
 
 DRIVER = Path(__file__).with_name("libp2p_node.py")
 ROOT = Path(__file__).resolve().parents[2]
 REPLY_TIMEOUT = 30.0  # seconds a node may take to answer one command
+START_TIMEOUT = 120.0  # seconds a node may take to start (ten start at once on two cores)
 DEADLINE = 30.0  # seconds an eventual condition may take
 RECORD_TTL = 3.0
 LOOKUP_TIMEOUT = 1.5
@@ -57,7 +61,10 @@ class Node:
         """Terminate by pid (SIGTERM: orderly close), then SIGKILL if it does not exit in time."""
         if self.proc.returncode is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:  # exited, not yet reaped
+            pass
         try:
             await asyncio.wait_for(self.proc.wait(), 15)
         except TimeoutError:
@@ -76,7 +83,7 @@ Spawn = Callable[..., Awaitable[Node]]
 async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
     nodes: list[Node] = []
 
-    async def start(ip: str, *bootstrap: Node, **opts: Any) -> Node:
+    async def start(ip: str, *bootstrap: Node | str, **opts: Any) -> Node:
         args = [sys.executable, str(DRIVER), "--ip", ip, "--data-dir", str(tmp_path / ip)]
         args += [
             "--record-ttl",
@@ -85,15 +92,19 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
             str(opts.get("reprovide", 1.0)),
         ]
         args += ["--lookup-timeout", str(LOOKUP_TIMEOUT), "--cache-ttl", "0.2"]
+        args += ["--bootstrap-interval", str(opts.get("bootstrap_interval", 0.5))]
+        args += ["--refresh-interval", str(opts.get("refresh_interval", 1.0))]
         if bootstrap:
-            args += ["--bootstrap", *[b.addrs[0] for b in bootstrap]]
+            args += ["--bootstrap", *[b if isinstance(b, str) else b.addrs[0] for b in bootstrap]]
+        if "port" in opts:
+            args += ["--port", str(opts["port"])]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
         )
         assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), REPLY_TIMEOUT)
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -133,6 +144,52 @@ async def test_late_joiner_finds_records_advertised_before_it_started(spawn: Spa
         peers, _ = await late.lookup(key)
         assert peers == [(a if i < 150 else b).peer_id], key
     assert (await late.ask(op="status"))["peers"] == 3
+
+
+async def test_nodes_started_together_hold_every_record_without_waiting_for_a_reprovide(
+    spawn: Spawn,
+) -> None:
+    """The product's timings (reprovide 15 min, bootstrap rounds 10 s / 60 s, bucket refresh
+    10 min), ten nodes started at once, each advertising as it starts: in a cluster of at most
+    k + 1 nodes every node must come to hold every other node's record, by placement alone."""
+    product = {"record_ttl": RECORD_LIFETIME, "reprovide": REPROVIDE_INTERVAL, "bootstrap_interval": 10.0,
+               "refresh_interval": 30.0}  # fmt: skip
+    port = free_port("127.0.0.71")
+    seed_addr = f"/ip4/127.0.0.71/tcp/{port}"  # as a static bootstrap list names it: no peer id
+    nodes = list(
+        await asyncio.gather(
+            spawn("127.0.0.71", port=port, **product),
+            *(spawn(f"127.0.0.{72 + i}", seed_addr, **product) for i in range(9)),
+        )
+    )
+    keys = [[f"sha256:{i:032x}{j:032x}" for j in range(32)] for i in range(len(nodes))]
+    await asyncio.gather(*(n.ask(op="advertise", keys=keys[i]) for i, n in enumerate(nodes)))
+    # lookups while records are being placed, as the mirror makes them when pulls start at once
+    await asyncio.gather(*(n.lookup(k[0]) for i, n in enumerate(nodes) for j, k in enumerate(keys) if i != j))
+
+    async def missing() -> list[tuple[int, int, str]]:
+        """(holder, owner, whether each has the other in its table) without the owner's records."""
+        helds = [(await n.ask(op="held"))["held"] for n in nodes]
+        return [
+            (i, j, f"{'+' if o.peer_id in h else '-'}{'+' if nodes[i].peer_id in helds[j] else '-'}")
+            for i, h in enumerate(helds)
+            for j, o in enumerate(nodes)
+            if j != i and not h.get(o.peer_id)
+        ]
+
+    async def placed() -> bool:
+        return not await missing()
+
+    try:
+        await eventually(placed, within=20)
+    except AssertionError:
+        ids = [n.peer_id for n in nodes]
+        pytest.fail(f"(holder, owner) pairs without the owner's record: {await missing()}; ids {ids}")
+    for i, asker in enumerate(nodes):  # every lookup finds every owner, at the owner's own IP
+        for j, owner in enumerate(nodes):
+            if i != j:
+                reply = await asker.ask(op="lookup", key=keys[j][-1], limit=3)
+                assert [p[:2] for p in reply["peers"]] == [[owner.peer_id, f"127.0.0.{71 + j}"]], (i, j)
 
 
 async def test_killed_node_is_only_a_hint_and_lookups_stay_prompt(spawn: Spawn) -> None:

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from spegel_py.errors import ConfigurationError
-from spegel_py.routing.base import Peer
 from spegel_py.routing.libp2p import wire
-from spegel_py.routing.libp2p.addrs import AddressBook, addr_ip, addr_port, tcp_addr
+from spegel_py.routing.libp2p.addrs import addr_ip, addr_port, tcp_addr
 from spegel_py.routing.libp2p.host import peer_id_of
 from spegel_py.routing.libp2p.identity import load_or_create_seed
 from spegel_py.routing.libp2p.keys import cid, kad_id, multihash
@@ -159,38 +158,6 @@ def test_binary_multiaddrs(ip: str, port: int) -> None:
 
 def test_unspecified_addresses_have_no_ip() -> None:
     assert addr_ip(tcp_addr("0.0.0.0", 1)) is None
-
-
-PID = bytes.fromhex("0024080112208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c")
-
-
-@pytest.mark.parametrize(
-    ("announced", "conn_ip", "stored"),
-    [
-        ([tcp_addr("10.0.0.7", 5001)], None, (tcp_addr("10.0.0.7", 5001),)),
-        ([tcp_addr("0.0.0.0", 5001)], "10.0.0.8", (tcp_addr("10.0.0.8", 5001),)),  # as the connection saw it
-        ([tcp_addr("0.0.0.0", 5001)], None, ()),  # nothing dialable: nothing stored
-        ([b"\x2f\x00"], "10.0.0.8", ()),  # not an ip4/ip6 address
-    ],
-    ids=["ip", "unspecified-with-connection", "unspecified-alone", "garbage"],
-)
-def test_address_book_keeps_dialable_addresses(
-    announced: list[bytes], conn_ip: str | None, stored: tuple[bytes, ...]
-) -> None:
-    book = AddressBook(registry_port=5000)
-    book.note(PID, announced, conn_ip)
-    assert book.get(PID) == stored and (PID in book) == bool(stored)
-
-
-def test_address_book_maps_a_provider_to_its_registry() -> None:
-    book = AddressBook(registry_port=5000)
-    assert book.to_peer(PID) is None  # no IP known
-    book.note_conn_ip(PID, "10.0.0.9")
-    want = Peer(peer_id=peer_id_of(b"\x01" * 32), host="10.0.0.9", port=5000)
-    assert book.to_peer(PID) == want  # the connection's IP is the last resort
-    book.note(PID, [tcp_addr("10.0.0.7", 5001)])
-    assert book.to_peer(PID) == Peer(want.peer_id, "10.0.0.7", 5000)  # announced beats connection
-    assert book.to_peer(PID, [tcp_addr("10.0.0.6", 1)]) == Peer(want.peer_id, "10.0.0.6", 5000)  # given first
 
 
 def test_routing_table_orders_by_xor_distance() -> None:

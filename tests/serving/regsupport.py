@@ -22,12 +22,14 @@ from spegel_py.errors import ImageNotFoundError
 from spegel_py.metrics import Metrics
 from spegel_py.oci import mediatypes
 from spegel_py.oci.digest import Digest
+from spegel_py.oci.filters import RegistryFilter
 from spegel_py.oci.reference import Reference
 from spegel_py.routing.base import Router
+from spegel_py.serving.growing import FollowBounds
 from spegel_py.serving.pagecache import PageCacheCoordinator
 from spegel_py.serving.seam import MissHandler
 from spegel_py.serving.server import RegistryServer
-from spegel_py.store.base import ContentStore, Descriptor, Event, EventKind, Image
+from spegel_py.store.base import ContentStore, Descriptor, Event, EventKind, Image, IngestSource
 from spegel_py.store.files import FileBlob, blob_path
 
 REGISTRY = "127.0.0.1:5000"
@@ -182,6 +184,11 @@ async def start_server(
     router: Router | None = None,
     store_timeout: float = 1.0,
     metrics: Metrics | None = None,
+    authorization: str | None = None,
+    filters: RegistryFilter | None = None,
+    store_concurrency: int = 32,
+    ingests: IngestSource | None = None,
+    follow: FollowBounds | None = None,
 ) -> tuple[web.AppRunner, RawClient]:
     server = RegistryServer(
         store,
@@ -190,6 +197,11 @@ async def start_server(
         on_miss=on_miss,
         router=router,
         store_timeout=store_timeout,
+        authorization=authorization,
+        filters=filters,
+        store_concurrency=store_concurrency,
+        ingests=ingests,
+        follow=follow,
     )
     runner = web.AppRunner(server.application(), access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()

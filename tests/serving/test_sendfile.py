@@ -11,7 +11,7 @@ import pytest
 
 from spegel_py.errors import ContentNotFoundError
 from spegel_py.serving.pagecache import PageCacheCoordinator
-from spegel_py.serving.sendfile import send_range
+from spegel_py.serving.sendfile import flush, send_range
 
 MiB = 1 << 20
 
@@ -131,3 +131,63 @@ async def test_each_writable_event_sends_one_bounded_chunk(
     assert len(calls) == 64 * MiB // module.CHUNK
     # other callbacks ran between the chunks, not only before and after the whole body
     assert len(set(interleaved)) >= len(calls) // 2
+
+
+async def test_a_reader_that_trickles_is_dropped_at_the_deadline(
+    pair: tuple[socket.socket, socket.socket], blob: tuple[int, bytes]
+) -> None:
+    """Each read is progress, so the stall bound never fires; the size-derived deadline does."""
+    server, client = pair
+    fd, _ = blob
+    loop = asyncio.get_running_loop()
+    client.setblocking(False)
+
+    async def trickle() -> None:
+        while True:
+            try:
+                if not await loop.sock_recv(client, 4096):
+                    return
+            except OSError:
+                return
+            await asyncio.sleep(0.01)  # pacing a slow reader, not synchronisation
+
+    reader = asyncio.create_task(trickle(), name="trickle")
+    try:
+        with pytest.raises(ConnectionResetError, match="deadline"):
+            await asyncio.wait_for(
+                send_range(server.fileno(), fd, 0, 8 * MiB, stall_timeout=5.0, deadline=0.5), 30
+            )
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_flush_puts_the_transports_buffer_limits_back_as_they_were() -> None:
+    """asyncio reports the limits as (low, high); flushing the buffered headers must restore
+    exactly those, not raise ValueError for a low above the high (it did, for every body whose
+    headers were still buffered)."""
+    server_sock, client_sock = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
+    try:
+        transport.set_write_buffer_limits(high=256 * 1024, low=64 * 1024)
+        before = transport.get_write_buffer_limits()
+        client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        transport.write(b"x" * (1 << 20))  # more than the socket takes at once: some stays buffered
+        assert transport.get_write_buffer_size() > 0
+
+        async def drain() -> None:
+            while transport.get_write_buffer_size():
+                try:
+                    client_sock.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+                await asyncio.sleep(0)
+
+        client_sock.setblocking(False)
+        await flush(transport, drain)
+        assert transport.get_write_buffer_size() == 0
+        assert transport.get_write_buffer_limits() == before
+    finally:
+        transport.close()
+        client_sock.close()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 
 import pytest
-from regsupport import REGISTRY, Content, RawClient
+from regsupport import REGISTRY, Content, RawClient, start_server
 
 from spegel_py.oci import mediatypes
 from spegel_py.oci.digest import Digest
+from spegel_py.oci.filters import RegistryFilter
+from spegel_py.store.base import ContentStore
 
 NS = "?ns=127.0.0.1%3A5000"
 
@@ -29,6 +32,29 @@ async def test_api_root(served: tuple[RawClient, Content, object]) -> None:
         assert got.headers["docker-distribution-api-version"] == "registry/2.0"
     head = await client.request("HEAD", "/v2/")
     assert head.status == 200 and head.body == b""
+
+
+@pytest.mark.parametrize(
+    ("target", "namespace"),
+    [
+        (f"/v2/test/small/manifests/v1{NS}", "127.0.0.1:5000"),
+        ("/v2/test/small/blobs/{layer}?ns=docker.io", "docker.io"),
+        ("/v2/test/small/blobs/{layer}", None),  # no ns: nothing to echo
+        ("/v2/test/small/manifests/{manifest}", None),
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_oci_namespace_echoes_ns(
+    served: tuple[RawClient, Content, object], target: str, namespace: str | None, method: str
+) -> None:
+    """The OCI distribution spec: a registry scoping by ``ns`` returns it in ``OCI-Namespace``."""
+    client, content, _ = served
+    got = await client.request(method, target.format(layer=content.layer, manifest=content.manifest))
+    assert got.status == 200
+    assert got.headers.get("oci-namespace") == namespace
+    ranged = await client.request("GET", target.format(layer=content.layer, manifest=content.manifest),
+                                  headers={"Range": "bytes=0-0"})  # fmt: skip
+    assert ranged.headers.get("oci-namespace") == namespace
 
 
 async def test_liveness_and_readiness(served: tuple[RawClient, Content, object]) -> None:
@@ -123,6 +149,23 @@ async def test_ranges(
         assert "content-range" not in got.headers
 
 
+@pytest.mark.parametrize(
+    ("first", "last", "status"), [(0, "", 416), (0, 5, 416), (-1, "", 206), (-1, -1, 206)]
+)
+async def test_a_range_starting_at_the_size_is_416(
+    served: tuple[RawClient, Content, object], first: int, last: int | str, status: int
+) -> None:
+    """Spegel v0.7 (#1422) and RFC 9110: a first byte at or past the end selects nothing."""
+    client, content, _ = served
+    size = len(content.data[content.layer])
+    end = "" if last == "" else size + int(last)
+    header = {"Range": f"bytes={size + first}-{end}"}
+    got = await client.request("GET", f"/v2/test/small/blobs/{content.layer}", header)
+    assert got.status == status
+    whole = f"bytes */{size}" if status == 416 else f"bytes {size - 1}-{size - 1}/{size}"
+    assert got.headers["content-range"] == whole
+
+
 async def test_head_with_range_sends_no_body(served: tuple[RawClient, Content, object]) -> None:
     client, content, _ = served
     got = await client.request("HEAD", f"/v2/test/small/blobs/{content.layer}", {"Range": "bytes=0-9"})
@@ -209,3 +252,69 @@ async def test_keep_alive_connection_serves_many_responses(served: tuple[RawClie
             async with session.get(f"{base}/v2/x/blobs/sha256:{'0' * 64}") as resp:
                 assert resp.status == 404
     assert len(created) == 1  # everything above went over one connection
+
+
+CREDENTIALS = "Basic " + base64.b64encode(b"spegel:s3cret").decode()
+
+
+@pytest.mark.parametrize(
+    ("path", "authorization", "status"),
+    [
+        ("/v2/test/small/blobs/{layer}", CREDENTIALS, 200),
+        ("/v2/test/small/blobs/{layer}", "basic " + CREDENTIALS.split()[1], 200),  # scheme: any case
+        ("/v2/", CREDENTIALS, 200),
+        ("/v2/test/small/blobs/{layer}", None, 401),
+        ("/v2/", None, 401),
+        ("/v2/test/small/manifests/v1" + NS, "Basic " + base64.b64encode(b"spegel:wrong").decode(), 401),
+        ("/v2/test/small/blobs/{layer}", "Basic !!!", 401),  # not base64
+        ("/v2/test/small/blobs/{layer}", "Bearer " + CREDENTIALS.split()[1], 401),
+        ("/livez", None, 200),  # probes never need credentials (kubelet has none)
+        ("/readyz", None, 200),
+        ("/nothing/here", None, 404),  # outside /v2: an unknown path, as in Spegel
+    ],
+)
+async def test_spegels_basic_auth(
+    backend: tuple[ContentStore, Content], path: str, authorization: str | None, status: int
+) -> None:
+    """With Spegel's basic-auth secret mounted, every /v2 request needs its credentials (401
+    UNAUTHORIZED otherwise, as in Spegel v0.7)."""
+    store, content = backend
+    runner, client = await start_server(store, authorization=CREDENTIALS)
+    try:
+        headers = {} if authorization is None else {"Authorization": authorization}
+        got = await client.request("GET", path.format(layer=content.layer), headers)
+        assert got.status == status
+        if status == 401:
+            assert _oci_code(got.body) == "UNAUTHORIZED"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("flags", "path", "status"),
+    [
+        # --registry-filters: the excluded repository is not served by tag nor by digest
+        ({"registry_filters": [r"/test/small"]}, f"/v2/test/small/manifests/v1{NS}", 404),
+        ({"registry_filters": [r"/test/small"]}, "/v2/test/small/blobs/{layer}" + NS, 404),
+        ({"registry_filters": [r"/test/small"]}, f"/v2/test/multi/manifests/v1{NS}", 200),
+        ({"registry_filters": [r":v1$"]}, f"/v2/test/small/manifests/v1{NS}", 404),
+        ({"registry_filters": [r":v1$"]}, "/v2/test/small/blobs/{layer}" + NS, 200),  # no tag to match
+        # --mirrored-registries: another registry's content is not served
+        ({"mirrored_registries": ["https://docker.io"]}, f"/v2/test/small/manifests/v1{NS}", 404),
+        ({"mirrored_registries": ["http://127.0.0.1:5000"]}, f"/v2/test/small/manifests/v1{NS}", 200),
+        # without ns the registry is unknown: digests are served (skopeo, podman)
+        ({"registry_filters": [r"/test/small"]}, "/v2/test/small/blobs/{layer}", 200),
+    ],
+)
+async def test_filtered_images_are_not_served_even_from_local_content(
+    backend: tuple[ContentStore, Content], flags: dict[str, list[str]], path: str, status: int
+) -> None:
+    """As in Spegel v0.7: the filters decide what a node shares at all, not only what it advertises
+    (a filtered private image cannot be fetched from the node by anyone who knows its tag)."""
+    store, content = backend
+    runner, client = await start_server(store, filters=RegistryFilter.from_flags(**flags))
+    try:
+        got = await client.request("GET", path.format(layer=content.layer))
+        assert got.status == status
+    finally:
+        await runner.cleanup()

@@ -95,16 +95,32 @@ instead of every pod: the same rules as the CLI's parsers (spegel_py/settings.py
 already checked the syntax. Numbers are parsed as floats: a leading 0 is not octal, as in Python.
 */}}
 
+{{/* Bytes in a size the schema has checked (as parse_size reads it), as a float. */}}
+{{- define "spegel-py.bytes" -}}
+{{- $units := dict "" 1 "b" 1 "k" 1024 "kb" 1000 "kib" 1024 "m" 1048576 "mb" 1000000 "mib" 1048576 "g" 1073741824 "gb" 1000000000 "gib" 1073741824 }}
+{{- $number := regexFind "^[0-9]+" . }}
+{{- $unit := regexReplaceAll "^[0-9]+\\s*" . "" | lower }}
+{{- mulf $number (get $units $unit) }}
+{{- end }}
+
 {{/* spegel.relayBufferSize, at least 64KiB (parse_buffer_size). */}}
 {{- define "spegel-py.relayBufferSize" -}}
 {{- $value := .Values.spegel.relayBufferSize }}
-{{- $units := dict "" 1 "b" 1 "k" 1024 "kb" 1000 "kib" 1024 "m" 1048576 "mb" 1000000 "mib" 1048576 "g" 1073741824 "gb" 1000000000 "gib" 1073741824 }}
-{{- $number := regexFind "^[0-9]+" $value }}
-{{- $unit := regexReplaceAll "^[0-9]+\\s*" $value "" | lower }}
-{{- if lt (mulf $number (get $units $unit)) 65536.0 }}
+{{- if lt (include "spegel-py.bytes" $value | float64) 65536.0 }}
 {{- fail (printf "spegel.relayBufferSize must be at least 64KiB: %q" $value) }}
 {{- end }}
 {{- $value }}
+{{- end }}
+
+{{/* Seconds in a Go duration the schema has checked (as parse_duration reads it), as a float. */}}
+{{- define "spegel-py.seconds" -}}
+{{- $units := dict "ns" 1e-9 "us" 1e-6 "µs" 1e-6 "ms" 1e-3 "s" 1.0 "m" 60.0 "h" 3600.0 }}
+{{- $seconds := 0.0 }}
+{{- range regexFindAll "([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|ms|s|m|h)" . -1 }}
+{{- $unit := regexFind "[a-zµ]+$" . }}
+{{- $seconds = addf $seconds (mulf (trimSuffix $unit .) (get $units $unit)) }}
+{{- end }}
+{{- $seconds }}
 {{- end }}
 
 {{/*
@@ -113,14 +129,35 @@ spegel.reprovideInterval, above 0 and below the 19m a provider record is valid
 */}}
 {{- define "spegel-py.reprovideInterval" -}}
 {{- $value := .Values.spegel.reprovideInterval }}
-{{- $units := dict "ns" 1e-9 "us" 1e-6 "µs" 1e-6 "ms" 1e-3 "s" 1.0 "m" 60.0 "h" 3600.0 }}
-{{- $seconds := 0.0 }}
-{{- range regexFindAll "([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|ms|s|m|h)" $value -1 }}
-{{- $unit := regexFind "[a-zµ]+$" . }}
-{{- $seconds = addf $seconds (mulf (trimSuffix $unit .) (get $units $unit)) }}
-{{- end }}
+{{- $seconds := include "spegel-py.seconds" $value | float64 }}
 {{- if not (and (gt $seconds 0.0) (lt $seconds 1140.0)) }}
 {{- fail (printf "spegel.reprovideInterval must be above 0 and below 19m (the record lifetime): %q" $value) }}
+{{- end }}
+{{- $value }}
+{{- end }}
+
+{{/*
+A server timeout of spegel.<name>, above 0 like the CLI requires (--header-timeout and its
+siblings). Called with (list $ "<name>").
+*/}}
+{{- define "spegel-py.positiveDuration" -}}
+{{- $name := index . 1 }}
+{{- $value := get (index . 0).Values.spegel $name }}
+{{- if not (gt (include "spegel-py.seconds" $value | float64) 0.0) }}
+{{- fail (printf "spegel.%s must be above 0: %q" $name $value) }}
+{{- end }}
+{{- $value }}
+{{- end }}
+
+{{/*
+spegel.mirrorThroughputWindow, above 0 while spegel.mirrorMinThroughput is (the CLI's rule for
+--mirror-throughput-window).
+*/}}
+{{- define "spegel-py.mirrorThroughputWindow" -}}
+{{- $value := .Values.spegel.mirrorThroughputWindow }}
+{{- $floor := include "spegel-py.bytes" .Values.spegel.mirrorMinThroughput | float64 }}
+{{- if and (gt $floor 0.0) (not (gt (include "spegel-py.seconds" $value | float64) 0.0)) }}
+{{- fail (printf "spegel.mirrorThroughputWindow must be above 0 while spegel.mirrorMinThroughput is: %q" $value) }}
 {{- end }}
 {{- $value }}
 {{- end }}

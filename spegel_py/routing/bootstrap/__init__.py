@@ -8,8 +8,9 @@ during the Noise handshake when it dials. Kinds, chosen by ``--bootstrap-kind``:
 - ``static`` (:class:`StaticBootstrapper`): ``--static-bootstrap-peers``;
 - ``dns`` (:class:`DNSBootstrapper`): the A/AAAA records of a headless service
   (``--dns-bootstrap-domain``);
-- ``http`` (:class:`HTTPBootstrapper`): GET ``--http-bootstrap-url``, served by another node's
-  ``/id`` on ``--http-bootstrap-addr`` (:func:`id_document` builds its body);
+- ``http`` (:class:`HTTPBootstrapper`): GET ``--http-bootstrap-url`` (or released Spegel's
+  ``--http-bootstrap-peer`` + ``/id``, :func:`bootstrap_url`), served by another node's ``/id`` on
+  ``--http-bootstrap-addr`` (:func:`id_document` builds its body);
 - ``kubernetes`` (:class:`KubernetesBootstrapper`, spegel-py only): the Running pods of this
   DaemonSet, found through the API server by label selector.
 
@@ -25,7 +26,13 @@ from typing import Any
 from spegel_py.errors import ConfigurationError
 from spegel_py.routing.base import Bootstrapper
 from spegel_py.routing.bootstrap.dns import DNSBootstrapper
-from spegel_py.routing.bootstrap.http import HTTPBootstrapper, id_document, parse_id_document
+from spegel_py.routing.bootstrap.http import (
+    HTTPBootstrapper,
+    bootstrap_url,
+    client_tls,
+    id_document,
+    parse_id_document,
+)
 from spegel_py.routing.bootstrap.kubernetes import KubernetesBootstrapper
 from spegel_py.routing.bootstrap.static import StaticBootstrapper
 
@@ -39,6 +46,7 @@ def build_bootstrapper(
     static_peers: Sequence[str] = (),
     dns_domain: str = "",
     http_url: str = "",
+    http_cert_dir: str = "",
     kubernetes_namespace: str = "",
     kubernetes_selector: str = "",
     kubernetes_configuration: Any | None = None,
@@ -60,8 +68,10 @@ def build_bootstrapper(
         return DNSBootstrapper(dns_domain, port=router_port)
     if kind == "http":
         if not http_url:
-            raise ConfigurationError("--bootstrap-kind=http needs --http-bootstrap-url")
-        return HTTPBootstrapper(http_url)
+            raise ConfigurationError(
+                "--bootstrap-kind=http needs --http-bootstrap-url or --http-bootstrap-peer"
+            )
+        return HTTPBootstrapper(http_url, tls=client_tls(http_cert_dir))
     if kind == "kubernetes":
         if not kubernetes_namespace or not kubernetes_selector:
             raise ConfigurationError("--bootstrap-kind=kubernetes needs a namespace and a label selector")
@@ -82,7 +92,9 @@ __all__ = [
     "HTTPBootstrapper",
     "KubernetesBootstrapper",
     "StaticBootstrapper",
+    "bootstrap_url",
     "build_bootstrapper",
+    "client_tls",
     "id_document",
     "parse_id_document",
 ]

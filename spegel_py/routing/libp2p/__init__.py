@@ -14,6 +14,7 @@ Modules, from the asyncio face inwards:
   lookups) and :mod:`.publish` (sending our records); none of these three imports :mod:`.dht`;
 - the state: :mod:`.table` (routing table), :mod:`.addrs` (address book), :mod:`.providers`
   (records stored for others), :mod:`.own` (our own records);
-- the transport: :mod:`.host` (py-libp2p host and dialling), :mod:`.streams` (long-lived
-  streams), :mod:`.wire` (the message codec).
+- the transport: :mod:`.host` (py-libp2p host and dialling), :mod:`.pnet` (the private
+  network's cipher on every connection) with :mod:`.psk` (its key file), :mod:`.streams`
+  (long-lived streams), :mod:`.wire` (the message codec).
 """

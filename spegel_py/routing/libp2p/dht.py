@@ -9,23 +9,25 @@ silently.
 
 Placement is Kademlia's: a key's records go to the ``k`` peers closest to it, and a lookup asks
 the closest peers first (``alpha`` at a time), so a Go Spegel node finds our records where it
-looks, and we find its. The routing table holds every verified peer (see :mod:`.table`), so
-in clusters of up to a few hundred nodes a lookup needs one round of queries.
+looks, and we find its. The routing table is k-buckets (:mod:`.table`), filled by bootstrap,
+by the peers that answer or send requests, and by bucket refresh lookups every
+``bucket_refresh`` seconds. Peers leave it when a request to them fails. Connections are
+dialled when a lookup or a sender needs a peer and closed when idle (:mod:`.conns`), so their
+number, and the idle cost, do not grow with the cluster.
 
 :class:`DhtNode` builds the state (routing table, address book, record store, own records) and
 hands it to the parts that use it: the server (:mod:`.server`), the lookup (:mod:`.query`) and
 the publisher (:mod:`.publish`). It keeps what needs the host: dialling, walking the table,
-admitting and dropping peers, request streams, and the periodic maintenance.
+admitting and evicting peers, request streams, connection trimming and the periodic maintenance.
+Peers named by others are dialled through :mod:`.reach`, which proves their id (:mod:`.addrs`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import multiaddr  # type: ignore[import-untyped]  # py-multiaddr ships no type information
@@ -34,38 +36,26 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 
 from spegel_py.errors import RoutingError
-from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL, Peer
+from spegel_py.routing.base import Peer
 from spegel_py.routing.libp2p import wire
 from spegel_py.routing.libp2p.addrs import AddressBook, addr_ip
+from spegel_py.routing.libp2p.conns import ConnectionKeeper
 from spegel_py.routing.libp2p.host import TrackedTCP, dial, split_p2p
-from spegel_py.routing.libp2p.limits import Limits, StreamGate
+from spegel_py.routing.libp2p.limits import StreamGate
+from spegel_py.routing.libp2p.options import DhtOptions
 from spegel_py.routing.libp2p.own import OwnRecords
 from spegel_py.routing.libp2p.providers import ProviderStore
 from spegel_py.routing.libp2p.publish import Publisher
 from spegel_py.routing.libp2p.query import LookupStats, ProviderQuery
+from spegel_py.routing.libp2p.reach import Reach
 from spegel_py.routing.libp2p.server import DhtServer, Notifee
-from spegel_py.routing.libp2p.streams import PROTOCOL, RequestPool
+from spegel_py.routing.libp2p.side import NodeSide
+from spegel_py.routing.libp2p.streams import PROTOCOL, ProvideSender, RequestPool, StreamClosed
 from spegel_py.routing.libp2p.table import RoutingTable
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 5.0  # seconds the host may take to close its connections and listeners
-
-
-@dataclass(frozen=True, slots=True)
-class DhtOptions:
-    """Tuning of the exchange; the defaults are Spegel's (go-libp2p-kad-dht) where it has one."""
-
-    k: int = 20  # peers that store each record (Kademlia's bucket size)
-    alpha: int = 3  # requests in flight per lookup
-    record_ttl: float = RECORD_LIFETIME  # seconds a received record stays valid
-    reprovide_interval: float = REPROVIDE_INTERVAL  # seconds between re-sends of our records
-    refresh_interval: float = 30.0  # seconds between FIND_NODE walks that learn new peers
-    request_timeout: float = 2.0  # seconds one GET_PROVIDERS / FIND_NODE may take
-    streams_per_peer: int = 4  # long-lived request streams per peer
-    dial_concurrency: int = 16  # peers dialled at once when many are learned
-    dial_timeout: float = 10.0  # seconds a dial may take (also the longest a close waits for one)
-    limits: Limits = field(default_factory=Limits)  # what peers may take of this node (limits.py)
 
 
 class DhtNode:
@@ -88,24 +78,34 @@ class DhtNode:
         self._tcp = tcp
         self._options = options
         self._self_id = host.get_id().to_bytes()
-        self._table = RoutingTable(self._self_id)
+        self._table = RoutingTable(self._self_id, options.k)
         self._store = ProviderStore(ttl=options.record_ttl, limits=options.limits.records)
         self.gate = StreamGate(options.limits.streams)  # inbound streams (read: refusal count)
         self._book = AddressBook(registry_port=registry_port)
         self._own = OwnRecords(self._self_id)
-        self._publisher = Publisher(host, table=self._table, own=self._own, spawn=self._spawn, k=options.k)
+        self._keeper = ConnectionKeeper(options.conns)
+        self._reach = Reach(host.get_network(), self._book, self._dial)
         self._query = ProviderQuery(
             self_id=self._self_id,
             table=self._table,
             store=self._store,
             book=self._book,
-            ask=self._ask_providers,
+            ask=self._ask,
+            reach=self._reach.provider,
             k=options.k,
             alpha=options.alpha,
         )
+        self._publisher = Publisher(
+            table=self._table,
+            own=self._own,
+            spawn=self._spawn,
+            open_sender=self._open_sender,
+            closest=self._query.closest,
+            k=options.k,
+            idle=options.conns.idle,
+        )
         self._source_ip: str | None = None  # our listen IP: outgoing connections come from it
         self._pools: dict[bytes, RequestPool] = {}
-        self._dialing: set[bytes] = set()
         self._dials: dict[object, trio.Event] = {}  # dials in progress, by peer id or address
         self._nursery: trio.Nursery | None = None
         self._stop = trio.Event()
@@ -145,9 +145,10 @@ class DhtNode:
                         admit=self._admit,
                         k=self._options.k,
                         gate=self.gate,
+                        stall_timeout=self._options.limits.sends.stall_timeout,
                     )
                     self._host.set_stream_handler(PROTOCOL, server.handle)
-                    self._host.get_network().register_notifee(Notifee(self._drop))
+                    self._host.get_network().register_notifee(Notifee(self._drop, self._connected))
                     nursery.start_soon(self._maintain, name="dht-maintain")
                     task_status.started()
                     try:
@@ -183,8 +184,10 @@ class DhtNode:
             if addr_ip(raw) is not None:
                 addrs.append(raw)
         self._own.set_addrs(tuple(addrs))
-        ips = {addr_ip(a) for a in addrs}
+        ips = {ip for a in addrs if (ip := addr_ip(a)) is not None}
+        self._book.set_self(ips)  # loopback peers only in a lab on loopback
         self._source_ip = ips.pop() if len(ips) == 1 else None
+        self._tcp.source_ip = self._source_ip  # py-libp2p's own dials (new_stream) bind to it too
 
     def listen_multiaddrs(self) -> list[str]:
         pid = self._host.get_id().to_base58()
@@ -198,21 +201,22 @@ class DhtNode:
     # -- peers -----------------------------------------------------------------------------
 
     async def connect(self, addr: str) -> bytes | None:
-        """Dial ``addr`` (``/p2p/<id>`` optional), verify it speaks the DHT, learn its peers."""
+        """Dial ``addr`` (``/p2p/<id>`` optional), verify it speaks the DHT, and look up our own
+        id through it (Kademlia's join: fills the buckets near us and tells those peers of us)."""
         maddr, pid = split_p2p(addr)
         if pid is not None and pid.to_bytes() == self._self_id:
             return None
-        # a known peer is walked again: a bootstrap round is also how a young node, whose first
-        # walk came back before the seed had identified its other peers, learns the cluster
+        # a known peer is asked again: a bootstrap round is also how a young node, whose first
+        # lookup came back before the seed knew the cluster, learns it
         if pid is not None and pid.to_bytes() in self._table and len(self._table) >= self._options.k:
-            return pid.to_bytes()  # a big table is kept current by the refresh walks
+            return pid.to_bytes()  # a big table is kept current by lookups and bucket refresh
         remote = await self._dial(maddr, pid)
         rb = remote.to_bytes()
         if rb == self._self_id:
             return None
-        self._book.note(rb, (bytes(maddr.to_bytes()),))
-        await self._walk(remote, self._self_id)
-        await self._walk(remote, random.randbytes(32))
+        self._reach.vouch(remote, (bytes(maddr.to_bytes()),))  # Noise proved the id on the connection
+        await self._ask(rb, wire.Message(wire.FIND_NODE, key=self._self_id))
+        await self._query.closest(self._self_id)
         return rb
 
     async def _dial(self, maddr: multiaddr.Multiaddr, pid: ID | None) -> ID:
@@ -237,66 +241,46 @@ class DhtNode:
             del self._dials[key]
             done.set()
 
-    async def _walk(self, peer: ID, target: bytes) -> None:
-        """FIND_NODE ``target`` at ``peer``; the reply verifies it, and names peers to dial."""
-        reply = await self._request(peer, wire.Message(wire.FIND_NODE, key=target))
-        self._admit(peer)
-        for info in reply.closer:
-            if info.id != self._self_id and info.id not in self._table and info.id not in self._dialing:
-                self._book.note(info.id, info.addrs)
-                self._spawn(self._dial_learned, info)
-
-    async def _dial_learned(self, info: wire.PeerInfo) -> None:
-        self._dialing.add(info.id)
-        try:
-            for raw in info.addrs:
-                if addr_ip(raw) is None:
-                    continue
-                try:
-                    with trio.fail_after(self._options.request_timeout * 2):
-                        await self._dial(multiaddr.Multiaddr(raw), ID(info.id))
-                        await self._walk(ID(info.id), self._self_id)
-                    return
-                except (RoutingError, trio.TooSlowError) as exc:
-                    log.debug("dial of learned peer %s failed: %s", ID(info.id), exc)
-        finally:
-            self._dialing.discard(info.id)
-
     def _admit(self, peer: ID) -> None:
-        """Add a peer that has spoken the protocol; a new peer gets the records it should store."""
+        """A peer spoke the protocol (see :meth:`.publish.Publisher.admit`)."""
         rb = peer.to_bytes()
-        if rb == self._self_id or self._stop.is_set():
-            return
-        _, new = self._table.add(rb, peer.to_base58())
-        if new:
-            self._publisher.add_peer(peer)
+        self._keeper.touch(rb)
+        if rb != self._self_id and not self._stop.is_set():
+            self._publisher.admit(rb, peer.to_base58())
 
     def _drop(self, peer: ID) -> None:
-        """The last connection to ``peer`` closed: out of the table, its streams closed."""
+        """The last connection to ``peer`` closed: its streams go; it stays in the table (the
+        next request dials it again)."""
         rb = peer.to_bytes()
-        if self._table.remove(rb) is None:
-            return
-        if not self._stop.is_set() and self._book.get(rb):
-            # Two peers that dial each other at once can each close a different one of the two
-            # connections (py-libp2p keeps one per peer), leaving none; a dead peer simply
-            # fails this one attempt. Jitter keeps the two sides from colliding again.
-            with contextlib.suppress(RoutingError):  # shutting down
-                self._spawn(self._redial, peer)
-        self._publisher.remove_peer(rb)
+        self._keeper.forget(rb)
+        self._publisher.lost(rb)
+        if rb not in self._table:
+            self._book.forget(rb)  # kept a while for a redial and the mirror (addrs.py)
         pool = self._pools.pop(rb, None)
         if pool is not None:
             pool.close()
 
-    async def _redial(self, peer: ID) -> None:
-        await trio.sleep(random.uniform(0.05, 1.0))
-        addrs = self._book.dialable(peer.to_bytes())
-        if not addrs or peer.to_bytes() in self._table:
-            return
-        try:
-            await self._dial(multiaddr.Multiaddr(addrs[0]), peer)
-            await self._walk(peer, self._self_id)
-        except (RoutingError, trio.TooSlowError) as exc:
-            log.debug("redial of %s failed: %s", peer, exc)
+    def _connected(self, peer: ID, ip: str | None) -> None:
+        """An authenticated connection with ``peer`` opened on ``ip``: its address (addrs.py)."""
+        self._book.connected(peer.to_bytes(), ip)
+        self._keeper.touch(peer.to_bytes())
+        if self._keeper.over(len(self._host.get_network().connections)):
+            with contextlib.suppress(RoutingError):  # shutting down
+                self._spawn(self._trim)
+
+    async def _trim(self) -> None:
+        """Close the connections the keeper says are idle or too many (see :mod:`.conns`)."""
+        keep = self._publisher.active
+
+        def closing(rb: bytes) -> None:
+            self._publisher.remove_peer(rb)  # closed on purpose: nothing to resend
+            self._drop(ID(rb))
+
+        await self._keeper.trim(self._host.get_network(), lambda p: p in self._table or keep(p), closing)
+
+    def _open_sender(self, peer: bytes, on_loss: Callable[[], None]) -> ProvideSender:
+        limits = self._options.limits.sends  # a peer that stops reading is disconnected
+        return ProvideSender(self._host, ID(peer), PROTOCOL, on_loss=on_loss, limits=limits)
 
     def _pool(self, peer: ID) -> RequestPool:
         rb = peer.to_bytes()
@@ -309,6 +293,7 @@ class DhtNode:
         return pool
 
     async def _request(self, peer: ID, msg: wire.Message) -> wire.Message:
+        self._keeper.touch(peer.to_bytes())
         with trio.fail_after(self._options.request_timeout):
             return await self._pool(peer).request(wire.encode(msg))
 
@@ -323,24 +308,26 @@ class DhtNode:
         self._publisher.withdraw(keys)
 
     async def _maintain(self) -> None:
-        """Reprovide, expire records, and walk the table to learn peers that joined elsewhere."""
+        """Reprovide, expire records, close idle connections, and refresh the buckets."""
         opts = self._options
         next_reprovide = trio.current_time() + opts.reprovide_interval
+        next_refresh = trio.current_time() + min(opts.bucket_refresh, opts.refresh_interval * 2)
         while True:
             await trio.sleep(min(opts.refresh_interval, opts.reprovide_interval, opts.record_ttl / 4))
             self._store.expire()
+            self._publisher.sweep()
+            await self._trim()
             if trio.current_time() >= next_reprovide:
                 next_reprovide = trio.current_time() + opts.reprovide_interval
                 await self._reprovide()
-            peers = self._table.peers()
-            for e in random.sample(peers, min(3, len(peers))):
-                # our own id finds our neighbours; a random target finds peers elsewhere in the
-                # keyspace, so the table converges to the whole cluster
-                for target in (self._self_id, random.randbytes(32)):
-                    try:
-                        await self._walk(ID(e.id), target)
-                    except (RoutingError, trio.TooSlowError) as exc:
-                        log.debug("refresh walk at %s failed: %s", e.b58, exc)
+            if trio.current_time() >= next_refresh and len(self._table):
+                next_refresh = trio.current_time() + opts.bucket_refresh
+                await self.refresh()
+
+    async def refresh(self) -> None:
+        """One lookup per bucket (and one past the deepest): learns the peers that joined."""
+        for key in [self._self_id, *self._table.refresh_targets()]:
+            await self._query.closest(key)
 
     async def _reprovide(self) -> None:
         """Re-send every advertised key to its closest peers (records elsewhere expire otherwise)."""
@@ -352,23 +339,9 @@ class DhtNode:
     # -- lookups (see query.py) ------------------------------------------------------------
 
     def local_providers(self, key: bytes, limit: int) -> list[Peer]:
-        """Providers from this node's own records, safe to call from the asyncio thread.
-
-        Only reads: single dict lookups are atomic under the GIL, and if the trio thread changes
-        the key's record set mid-read (RuntimeError), the caller just asks the trio thread. This
-        skips two thread hand-offs when the answer is local (always, in clusters of <= k nodes).
-        """
-        try:
-            pids = self._store.get(key)
-        except RuntimeError:
-            return []
-        out = []
-        for pid in pids:
-            if pid != self._self_id and (peer := self._book.to_peer(pid)) is not None:
-                out.append(peer)
-                if len(out) >= limit:
-                    break
-        return out
+        """Providers from this node's own records, safe to call from the asyncio thread (see
+        :meth:`.query.ProviderQuery.local`)."""
+        return self._query.local(key, limit)
 
     async def find_providers(
         self, key: bytes, limit: int, emit: Callable[[Peer], None], stats: LookupStats | None = None
@@ -376,14 +349,43 @@ class DhtNode:
         """Call ``emit`` for up to ``limit`` providers of ``key`` as found (see :mod:`.query`)."""
         return await self._query.run(key, limit, emit, stats if stats is not None else LookupStats())
 
-    async def _ask_providers(self, pid: bytes, key: bytes) -> wire.Message:
-        """GET_PROVIDERS ``key`` at ``pid``, dialled first if not connected; a reply admits it."""
+    async def _ask(self, pid: bytes, msg: wire.Message) -> wire.Message:
+        """``msg`` at ``pid``, dialled first if not connected; a reply admits the peer, a failed
+        dial or no answer in time evicts it. A stream that closes under the request (the peer
+        closed an idle connection) is retried once on a new connection."""
         peer = ID(pid)
-        if pid not in self._table and not self._host.get_network().connections.get(peer):
+        for attempt in (1, 2):
+            try:
+                await self._connect(pid)
+                reply = await self._request(peer, msg)
+            except StreamClosed:
+                if attempt == 2:
+                    self._evict(pid)
+                    raise
+                continue
+            except (RoutingError, trio.TooSlowError):
+                self._evict(pid)
+                raise
+            self._admit(peer)
+            return reply
+        raise AssertionError("unreachable")
+
+    async def _connect(self, pid: bytes) -> None:
+        """Dial ``pid`` unless connected, at its first known address (the dial proves the id)."""
+        if not self._host.get_network().connections.get(ID(pid)):
             addrs = self._book.dialable(pid)
             if not addrs:
-                raise RoutingError(f"no address for {peer}")
-            await self._dial(multiaddr.Multiaddr(addrs[0]), peer)
-        reply = await self._request(peer, wire.Message(wire.GET_PROVIDERS, key=key))
-        self._admit(peer)
-        return reply
+                raise RoutingError(f"no address for {ID(pid)}")
+            await self._reach.dial(addrs[0], pid)  # maybe a hint
+
+    def side(self) -> NodeSide:
+        """What spegel-py's own protocols on this host use (:mod:`.claim`)."""
+        return NodeSide(self._host, self._table, self._book, self._query.closest, self._connect,
+                        lambda: self._source_ip)
+
+    def _evict(self, pid: bytes) -> None:
+        """A request to ``pid`` failed (see :meth:`.publish.Publisher.evict`); once out of the
+        table and unconnected, the address book forgets it (kept a while, addrs.py)."""
+        self._publisher.evict(pid)
+        if pid not in self._table and not self._host.get_network().connections.get(ID(pid)):
+            self._book.forget(pid)

@@ -3,7 +3,9 @@
 TCP only, Noise only (py-libp2p offers plaintext, secio and TLS by default; Go Spegel speaks
 Noise), Yamux only (py-libp2p's mplex broke under load), an Ed25519 identity, and at most one
 connection per peer: with more, py-libp2p's ``Swarm.dial_peer`` waits its 250 ms happy-eyeballs
-delay after every successful dial. Everything here runs in the trio thread.
+delay after every successful dial. Each connection keeps at most 32 inbound streams open and a
+peer has 5 s to name a new stream's protocol (:mod:`.muxer`; mplex, never offered, is not
+bounded). Everything here runs in the trio thread.
 
 Dialing a bare address (DNS bootstrap gives IPs, not peer ids) needs the remote's id before
 py-libp2p's swarm can dial it; Noise learns it during the handshake, so :func:`dial` performs the
@@ -34,13 +36,13 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 
 from spegel_py.errors import RoutingError
+from spegel_py.routing.libp2p.muxer import INBOUND_NEGOTIATION_TIMEOUT, StreamGuard
 
 log = logging.getLogger(__name__)
 
 ADDR_TTL = 3600  # seconds py-libp2p's peerstore keeps a dialled address
 # Connections at most, inbound and outbound (py-libp2p's default, now stated: the swarm refuses
-# more, and admits at most MAX_CONNECTIONS - 50 inbound). Today every node connects to every
-# other (issue 10: 114 per node at 100 nodes), so this is room for ~250-node clusters.
+# more). The DHT keeps ~64 open itself (conns.py); this is the hard ceiling above that.
 MAX_CONNECTIONS = 300
 # Streams at most, all protocols, both directions: ~13 per connection at MAX_CONNECTIONS (a
 # spegel-py peer uses up to 5 DHT streams each way plus identify and ping). The swarm queues
@@ -61,6 +63,11 @@ class TrackedTCP(TCP):
     def __init__(self) -> None:
         super().__init__()
         self._sockets: list[trio.SocketStream] = []
+        # Every outgoing socket is bound to this IP when set (the node's one listen IP), also
+        # those py-libp2p opens itself to give a stream a connection: the remote takes the
+        # connection's source IP as our address (addrs.py), and on a host with several IPs the
+        # kernel would otherwise pick another (127.0.0.1 for every node of a loopback lab).
+        self.source_ip: str | None = None
 
     def _track(self, stream: trio.SocketStream) -> None:
         if len(self._sockets) > 64:
@@ -68,6 +75,8 @@ class TrackedTCP(TCP):
         self._sockets.append(stream)
 
     async def _dial_resolved(self, maddr: multiaddr.Multiaddr, source: tuple[str, int] | None = None) -> Any:
+        if source is None and self.source_ip is not None:
+            source = (self.source_ip, 0)
         raw = await super()._dial_resolved(maddr, source=source)
         inner = getattr(getattr(raw, "stream", None), "stream", None)
         if isinstance(inner, trio.SocketStream):
@@ -93,18 +102,39 @@ class TrackedTCP(TCP):
         return closed
 
 
-def build_host(seed: bytes, tcp: TCP) -> IHost:
-    """A py-libp2p host with this node's identity and Spegel's transport stack."""
+def build_host(seed: bytes, tcp: TCP, guard: StreamGuard | None = None) -> IHost:
+    """A py-libp2p host with this node's identity and Spegel's transport stack; ``guard`` bounds
+    the inbound streams of each connection (see :mod:`.muxer`; a new one if not given)."""
     key_pair = create_new_key_pair(seed)
     noise = NoiseTransport(key_pair, noise_privkey=x25519_pair().private_key)
-    return new_host(
+    # min/low watermark 0: py-libp2p's AutoConnector would otherwise dial every peer in the
+    # peerstore until 200 connections are open (the all-to-all mesh and most of the idle CPU,
+    # docs/benchmarks.md "Idle cost"); the DHT dials lazily and trims its own (conns.py)
+    config = ConnectionConfig(
+        max_connections_per_peer=1,
+        max_connections=MAX_CONNECTIONS,
+        min_connections=0,
+        low_watermark=0,
+        high_watermark=MAX_CONNECTIONS,
+        inbound_stream_protocol_negotiation_timeout=INBOUND_NEGOTIATION_TIMEOUT,
+    )
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_ID: noise},
         muxer_opt={TProtocol(YAMUX_ID): Yamux},
-        connection_config=ConnectionConfig(max_connections_per_peer=1, max_connections=MAX_CONNECTIONS),
+        connection_config=config,
         transports=[tcp],
         resource_manager=_resource_manager(),
     )
+    swarm = host.get_network()
+    if isinstance(swarm, Swarm):  # its target is the midpoint of the watermarks: never dial
+
+        async def no_auto_connect() -> None:
+            return None
+
+        swarm.auto_connector.maybe_connect = no_auto_connect  # type: ignore[method-assign]
+    swarm.register_notifee(guard if guard is not None else StreamGuard())
+    return host
 
 
 def _resource_manager() -> ResourceManager:

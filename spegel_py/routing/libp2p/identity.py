@@ -17,6 +17,9 @@ The policy (docs/operations.md, "The node's key"):
   following a link means reading (and, when corrupt, replacing) a file chosen by whoever could
   write the directory.
 
+An empty ``--data-dir`` means what it means in Spegel: no key on disk, a new peer id at every
+start (:func:`load_or_create_seed` with ``None``), never a ``private.key`` in the working directory.
+
 ``steps`` is a crash-test hook: called with a step name after each step of the write.
 """
 
@@ -54,9 +57,12 @@ class _Corrupt(Exception):
     """The key file exists but holds no usable key; it is replaced."""
 
 
-def load_or_create_seed(data_dir: Path, *, steps: Steps = _no_steps) -> bytes:
+def load_or_create_seed(data_dir: Path | None, *, steps: Steps = _no_steps) -> bytes:
     """The 32-byte Ed25519 seed from ``data_dir/private.key``: created (mode 0600) when missing,
-    replaced with a warning when corrupt; see the module docstring for what is refused."""
+    replaced with a warning when corrupt; see the module docstring for what is refused.
+    ``None`` (an empty ``--data-dir``): a new seed, kept in memory only."""
+    if data_dir is None:
+        return secrets.token_bytes(32)
     path = data_dir / KEY_FILE
     try:
         data_dir.mkdir(parents=True, exist_ok=True)

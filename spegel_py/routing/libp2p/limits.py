@@ -1,9 +1,10 @@
-"""The bounds that keep one hostile peer from exhausting a node: records and inbound streams.
+"""The bounds that keep one hostile peer from exhausting a node: records, streams, send buffers.
 
-Any host that reaches the router port can open streams and send records. These dataclasses say
-how much of this node one peer, and all peers together, may take; :class:`StreamGate` admits
-inbound DHT streams within them. The record bounds are enforced by :mod:`.providers`, the wire
-bounds (entries per message, message sizes) by :mod:`.wire`.
+Any host that reaches the router port can open streams, send records, or stop reading what we
+send. These dataclasses say how much of this node one peer, and all peers together, may take;
+:class:`StreamGate` admits inbound DHT streams within them. The record bounds are enforced by
+:mod:`.providers`, the wire bounds (entries per message, message sizes) by :mod:`.wire`, the
+send bounds by :class:`~.streams.ProvideSender`, streams not yet negotiated by :mod:`.host`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class RecordLimits:
 
     total: int = 200_000
     per_peer: int = 60_000
+    # providers kept per key (more are refused: key_limit). A key's records live on its k closest
+    # nodes, and every node holding the blob provides it, so a popular layer in a big cluster has
+    # hundreds of honest providers; a lookup needs a few (wire.MAX_PROVIDERS are read per reply),
+    # and every reply we give stays small.
+    per_key: int = 256
 
     @property
     def evict(self) -> int:
@@ -43,9 +49,8 @@ class StreamLimits:
 
     ``per_peer`` (default 8): a spegel-py peer keeps 5 open to each node (one provide stream,
     up to 4 request streams), Go Spegel one or two, js-libp2p one per request in flight.
-    ``total`` (default 1024): 8 for each of 128 peers. Today every node connects to every other
-    (issue 10: 114 router connections per node at 100 nodes, each holding up to 5 streams), so a
-    lower total would refuse honest peers in clusters of more than ~50 nodes. Each admitted
+    ``total`` (default 1024): 8 for each of 128 peers, twice the ~64 router connections a node
+    keeps (conns.py; connections above it are closed within a maintenance tick). Each admitted
     stream buffers at most :data:`~.wire.MAX_REQUEST` bytes (16 KiB), 16 MiB for all.
     """
 
@@ -54,11 +59,27 @@ class StreamLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class SendLimits:
+    """What a peer that stops reading may cost: our ADD_PROVIDER batches queued for it.
+
+    ``max_pending`` (bytes, default 16 MiB: ~200,000 records, 40x the 5,000 keys of a node with
+    many images): queued batches past it are dropped, and everything the peer should hold is
+    queued again once it reads again. ``stall_timeout`` (seconds, default 30): a write that
+    makes no progress for that long (the peer's receive window stays full) disconnects the peer
+    and drops its queue; it gets our records again when it reconnects (or at the reprovide).
+    """
+
+    max_pending: int = 16 << 20
+    stall_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
-    """Every bound the DHT node applies to what peers send it."""
+    """Every bound the DHT node applies to what peers send it, or fail to read."""
 
     records: RecordLimits = field(default_factory=RecordLimits)
     streams: StreamLimits = field(default_factory=StreamLimits)
+    sends: SendLimits = field(default_factory=SendLimits)
 
 
 class StreamGate:
@@ -69,12 +90,14 @@ class StreamGate:
         self._open: dict[bytes, int] = {}
         self._total = 0
         self.refused = 0  # inbound streams reset because a bound was reached
+        self.refused_total = 0  # ... of them, because the node's total was reached
 
     def enter(self, peer: bytes) -> bool:
         """Admit one more stream of ``peer`` (then :meth:`leave` when it ends), or count a refusal."""
         held = self._open.get(peer, 0)
         if held >= self._limits.per_peer or self._total >= self._limits.total:
             self.refused += 1
+            self.refused_total += held < self._limits.per_peer
             return False
         self._open[peer] = held + 1
         self._total += 1
@@ -87,6 +110,10 @@ class StreamGate:
         else:
             del self._open[peer]
         self._total -= 1
+
+    def refusals(self) -> dict[str, int]:
+        """Streams refused: ``peer_limit`` (the peer held its limit), ``node_limit`` (the node)."""
+        return {"peer_limit": self.refused - self.refused_total, "node_limit": self.refused_total}
 
     def open(self, peer: bytes | None = None) -> int:
         """Streams being served: of ``peer``, or in total."""

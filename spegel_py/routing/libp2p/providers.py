@@ -8,7 +8,8 @@ bare tuple; only keys with several providers get a dict.
 
 Any host that reaches the router port can send records, so the store is bounded (what by, and why,
 :class:`~.limits.RecordLimits` says): keys must be sha2-256 multihashes (34 bytes), a providing peer holds at
-most ``per_peer`` records (more are refused), and past ``total`` records the most prolific
+most ``per_peer`` records (more are refused), a key has at most ``per_key`` providers (more are
+refused), and past ``total`` records the most prolific
 peer's oldest records make room. Refusals and evictions are counted for the metrics.
 """
 
@@ -23,7 +24,8 @@ from spegel_py.routing.libp2p.limits import RecordLimits
 _Entry = tuple[bytes, float] | dict[bytes, float]
 
 KEY_LENGTH = 34  # a sha2-256 multihash: 0x12 (sha2-256), 0x20 (32 bytes), the digest
-REFUSALS = ("invalid_key", "peer_limit", "evicted")  # the reasons ProviderStore.refusals() counts
+# the reasons ProviderStore.refusals() counts
+REFUSALS = ("invalid_key", "peer_limit", "key_limit", "evicted")
 
 
 class ProviderStore:
@@ -47,6 +49,7 @@ class ProviderStore:
         self.records = 0
         self.invalid_keys = 0  # records refused: the key is not a 34-byte sha2-256 multihash
         self.over_peer_limit = 0  # records refused: their provider holds limits.per_peer already
+        self.over_key_limit = 0  # records refused: their key has limits.per_key providers already
         self.evicted = 0  # records dropped before their expiry to stay within limits.total
 
     def __len__(self) -> int:
@@ -60,12 +63,13 @@ class ProviderStore:
     def add_many(self, keys: Iterable[bytes], provider: bytes) -> int:
         """Record (or refresh) ``provider`` for every key: valid for ``ttl`` seconds from now.
 
-        Returns how many keys were refused (not a multihash, or the provider is at its limit).
+        Returns how many keys were refused (not a multihash, the provider or the key at its limit).
         """
         expiry = self._clock() + self._ttl
         records = self._records
         room = self._limits.per_peer - self._held.get(provider, 0)
-        new = bad = over = 0
+        per_key = self._limits.per_key
+        new = bad = over = crowded = 0
         for key in keys:
             if len(key) != KEY_LENGTH or key[0] != 0x12 or key[1] != 0x20:
                 bad += 1
@@ -75,6 +79,9 @@ class ProviderStore:
                 if provider not in entry:
                     if new >= room:
                         over += 1
+                        continue
+                    if len(entry) >= per_key:
+                        crowded += 1
                         continue
                     new += 1
                 entry[provider] = expiry
@@ -92,7 +99,8 @@ class ProviderStore:
                 self._make_room()
         self.invalid_keys += bad
         self.over_peer_limit += over
-        return bad + over
+        self.over_key_limit += crowded
+        return bad + over + crowded
 
     def get(self, key: bytes) -> list[bytes]:
         """Providers of ``key`` whose records have not expired."""
@@ -106,9 +114,14 @@ class ProviderStore:
 
     def refusals(self) -> dict[str, int]:
         """Records refused, by reason: ``invalid_key`` (not a 34-byte sha2-256 multihash),
-        ``peer_limit`` (the provider holds ``per_peer`` already), ``evicted`` (dropped before
-        expiry to stay within ``total``)."""
-        return {"invalid_key": self.invalid_keys, "peer_limit": self.over_peer_limit, "evicted": self.evicted}
+        ``peer_limit`` (the provider holds ``per_peer`` already), ``key_limit`` (the key has
+        ``per_key`` providers already), ``evicted`` (dropped before expiry to stay within ``total``)."""
+        return {
+            "invalid_key": self.invalid_keys,
+            "peer_limit": self.over_peer_limit,
+            "key_limit": self.over_key_limit,
+            "evicted": self.evicted,
+        }
 
     def held_by(self, provider: bytes) -> int:
         """Records ``provider`` holds here (expired ones included until :meth:`expire`)."""

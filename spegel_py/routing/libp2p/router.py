@@ -17,22 +17,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
 import trio
+from libp2p.peer.id import ID
 
 from spegel_py.errors import RoutingError, SpegelError
 from spegel_py.routing.base import RECORD_LIFETIME, REPROVIDE_INTERVAL, Bootstrapper, Peer
 from spegel_py.routing.libp2p.bridge import TrioThread
-from spegel_py.routing.libp2p.dht import DhtNode, DhtOptions
-from spegel_py.routing.libp2p.host import TrackedTCP, build_host, listen_addrs, peer_id_of
+from spegel_py.routing.libp2p.dht import DhtNode
+from spegel_py.routing.libp2p.host import build_host, listen_addrs, peer_id_of
 from spegel_py.routing.libp2p.identity import load_or_create_seed
 from spegel_py.routing.libp2p.keys import multihash
 from spegel_py.routing.libp2p.limits import Limits
 from spegel_py.routing.libp2p.lookups import Flight, LookupCache
+from spegel_py.routing.libp2p.muxer import StreamGuard
+from spegel_py.routing.libp2p.options import DhtOptions
+from spegel_py.routing.libp2p.pnet import transport
 from spegel_py.routing.libp2p.providers import REFUSALS
+from spegel_py.routing.libp2p.psk import PreSharedKey
 from spegel_py.routing.libp2p.query import LookupStats
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,7 @@ class Libp2pRouter:
         alpha: int = 3,
         on_reprovide: Callable[[int, float], None] | None = None,
         limits: Limits | None = None,
+        psk: PreSharedKey | None = None,
     ) -> None:
         """
         ``listen_addrs``: multiaddrs like ``/ip4/10.0.0.5/tcp/5001``. ``data_dir``: holds
@@ -70,28 +76,27 @@ class Libp2pRouter:
         re-sends of ours (Spegel: 19 / 15 min). ``lookup_timeout``: seconds a lookup may run.
         ``cache_ttl``: seconds a lookup result is reused. ``bootstrap_interval``: seconds between
         bootstrap rounds while alone (6x that once the node has peers). ``refresh_interval``:
-        seconds between table walks. ``k`` / ``alpha``: Kademlia replication / parallelism.
-        ``limits``: what peers may take of this node (default: ``limits.Limits()``).
+        seconds between maintenance ticks (bucket refresh every 20 ticks). ``k`` / ``alpha``:
+        Kademlia bucket size and replication / parallelism. ``limits``: what peers may take of this
+        node (default: ``limits.Limits()``). ``psk``: a private network's key (:mod:`.pnet`).
         ``on_reprovide(keys, seconds)``: called on the event loop that started the router after
         each periodic reprovide (keys re-sent, seconds it took), for the metrics layer.
         """
         if reprovide_interval >= record_ttl:
             raise RoutingError("reprovide_interval must be shorter than record_ttl")
         self._listen = list(listen_addrs)
-        self._seed = load_or_create_seed(Path(data_dir))
+        self._seed = load_or_create_seed(Path(data_dir) if str(data_dir) else None)  # "": not kept
         self.peer_id: str = peer_id_of(self._seed)
-        self._port = registry_port
-        self._bootstrap = bootstrap
-        self._alone = alone
-        self._lookup_timeout = lookup_timeout
-        self._bootstrap_interval = bootstrap_interval
+        self._port, self._psk = registry_port, psk
+        self._bootstrap, self._alone = bootstrap, alone
+        self._lookup_timeout, self._bootstrap_interval = lookup_timeout, bootstrap_interval
         self._on_reprovide = on_reprovide
         self._options = DhtOptions(
-            k=k,
-            alpha=alpha,
+            k=k, alpha=alpha,
             record_ttl=record_ttl,
             reprovide_interval=reprovide_interval,
             refresh_interval=refresh_interval,
+            bucket_refresh=20 * refresh_interval,
             limits=limits if limits is not None else Limits(),
         )
         self._thread = TrioThread(name=f"libp2p-{self.peer_id[-6:]}")
@@ -104,6 +109,7 @@ class Libp2pRouter:
         self._failure: BaseException | None = None  # why the router stopped running, if it did
         self._failed = asyncio.Event()  # set with _failure
         self._main_lost = False  # the main task was cancelled: the trio loop is going down
+        self._guard = StreamGuard()  # resets (and counts) inbound streams past the per-connection bound
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -131,14 +137,9 @@ class Libp2pRouter:
                     loop.call_soon_threadsafe(on_reprovide, keys, seconds)
 
         async def run() -> None:
-            tcp = TrackedTCP()
-            node = DhtNode(
-                build_host(self._seed, tcp),
-                tcp,
-                registry_port=self._port,
-                options=self._options,
-                on_reprovide=reprovided,
-            )
+            tcp = transport(self._psk)
+            node = DhtNode(build_host(self._seed, tcp, self._guard), tcp, registry_port=self._port,
+                           options=self._options, on_reprovide=reprovided)
             self._node = node
             try:
                 async with trio.open_nursery() as nursery:
@@ -264,23 +265,31 @@ class Libp2pRouter:
         node = self._node
         return node.store.refusals() if node is not None and self._usable() else dict.fromkeys(REFUSALS, 0)
 
+    def stream_refusals(self) -> dict[str, int]:
+        """Inbound streams reset since start, by reason (limits.StreamGate.refusals, muxer.py)."""
+        gate = self._node.gate.refusals() if self._node is not None else {"peer_limit": 0, "node_limit": 0}
+        return {**gate, "connection_limit": self._guard.refused}
+
     async def connect(self, addr: str) -> str | None:
         """Dial one peer now (what a bootstrap round does for each address); returns its peer id."""
         node = self._running()
         pid = await self._thread.call(node.connect, addr)
-        return None if pid is None else _b58(pid)
+        return None if pid is None else ID(pid).to_base58()
+
+    async def in_node(self, fn: Callable[[DhtNode], Awaitable[None]]) -> None:
+        """``await fn(node)`` in the trio thread: protocols of our own on this host (claim.py)."""
+        await self._thread.call(fn, self._running())
 
     async def lookup_stats(self, key: str, *, limit: int = 3) -> tuple[list[Peer], LookupStats]:
         """An uncached lookup with its query statistics (benchmarks: hops, queries)."""
-        node = self._running()
         found: list[Peer] = []
         stats = LookupStats()
 
-        async def run() -> None:
+        async def run(node: DhtNode) -> None:
             with trio.move_on_after(self._lookup_timeout):
                 await node.find_providers(multihash(key), limit, found.append, stats)
 
-        await self._thread.call(run)
+        await self.in_node(run)
         return found, stats
 
     # -- internals -------------------------------------------------------------------------
@@ -362,12 +371,6 @@ class Libp2pRouter:
                     if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
                         log.debug("bootstrap peer %s: %s", addr, res)
             await asyncio.sleep(self._bootstrap_interval * (6 if len(node.table) else 1))
-
-
-def _b58(pid: bytes) -> str:
-    from libp2p.peer.id import ID
-
-    return ID(pid).to_base58()
 
 
 def _set_result(fut: asyncio.Future[None]) -> None:

@@ -3,16 +3,19 @@
 One handler per inbound stream reads messages as they come (a peer pipelines many on one
 stream), answers GET_PROVIDERS / FIND_NODE / PING in order, in one write per batch, and stores
 ADD_PROVIDER records without replying, as go-libp2p-kad-dht does. It also watches connections
-(a notifee), so a peer whose connection closes leaves the routing table.
+(a notifee), so the node can release a peer's streams when its connection closes and trim
+connections when there are too many.
 
 Bounded against hostile peers: inbound streams per peer and in total are capped
 (:class:`~.limits.StreamGate`; more are reset at once), a request over
-:data:`~.wire.MAX_REQUEST` ends its stream, so a stream buffers at most that, and the record
+:data:`~.wire.MAX_REQUEST` ends its stream, so a stream buffers at most that, replies are
+written as they reach 64 KiB and a peer that stops reading them loses the stream, and the record
 store refuses what its limits do not admit (:mod:`.providers`).
 
 The server is given the routing table, the record store, the address book and this node's own
-records by the node (:mod:`.dht`), and tells the node about peers through two functions: ``admit``
-(a peer spoke the protocol) and ``on_disconnect`` (its last connection closed).
+records by the node (:mod:`.dht`), and tells the node about peers through ``admit`` (a peer spoke
+the protocol; the node puts it in its bucket if there is room) and the notifee's
+``on_disconnect`` / ``on_connect``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from spegel_py.routing.libp2p.keys import kad_id
 from spegel_py.routing.libp2p.limits import StreamGate
 from spegel_py.routing.libp2p.own import OwnRecords
 from spegel_py.routing.libp2p.providers import ProviderStore
-from spegel_py.routing.libp2p.streams import READ_SIZE, reset_quietly
+from spegel_py.routing.libp2p.streams import READ_SIZE, WRITE_CHUNK, reset_quietly
 from spegel_py.routing.libp2p.table import RoutingTable
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,8 @@ class DhtServer:
 
     ``peerstore``: py-libp2p's (identify fills it with a peer's listen addresses). ``admit(peer)``:
     called for every inbound stream, before its messages are read. ``k``: closer peers per answer.
-    ``gate``: admits inbound streams (per peer and in total).
+    ``gate``: admits inbound streams (per peer and in total). ``stall_timeout``: seconds a reply
+    write may wait for a peer that does not read (then the stream is reset).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class DhtServer:
         admit: Callable[[ID], None],
         k: int,
         gate: StreamGate,
+        stall_timeout: float = 30.0,
     ) -> None:
         self._table = table
         self._store = store
@@ -67,6 +72,7 @@ class DhtServer:
         self._admit = admit
         self._k = k
         self._gate = gate
+        self._stall_timeout = stall_timeout
 
     async def handle(self, stream: INetStream) -> None:
         rb = stream.muxed_conn.peer_id.to_bytes()
@@ -84,7 +90,7 @@ class DhtServer:
         remote_addr = stream.get_remote_address()
         conn_ip = remote_addr[0] if remote_addr else None
         if conn_ip is not None:
-            self._book.note_conn_ip(rb, conn_ip)
+            self._book.connected(rb, conn_ip)  # Noise authenticated it on this IP
         if rb not in self._book:
             self._book.note(rb, self._peerstore_addrs(remote), conn_ip)
         self._admit(remote)
@@ -94,13 +100,28 @@ class DhtServer:
                 data = await stream.read(READ_SIZE)
                 if not data:
                     break
-                replies = [r for body in deframer.feed(data) if (r := self._dispatch(rb, conn_ip, body))]
+                replies: list[bytes] = []
+                size = 0
+                for body in deframer.feed(data):
+                    if (reply := self.dispatch(rb, conn_ip, body)) is not None:
+                        replies.append(reply)
+                        size += len(reply)
+                        if size >= WRITE_CHUNK:  # 64 KiB of requests may ask for 25 MiB of replies
+                            await self._write(stream, replies)
+                            replies, size = [], 0
                 if replies:
-                    await stream.write(b"".join(replies))
+                    await self._write(stream, replies)
         except Exception as exc:  # EOF, reset, bad bytes: this stream is over, the peer may open another
             log.debug("DHT stream from %s ended: %s", remote, exc)
         finally:
             await reset_quietly(stream)
+
+    async def _write(self, stream: INetStream, replies: list[bytes]) -> None:
+        """Write replies; a peer that does not read them within ``stall_timeout`` loses the stream."""
+        with trio.move_on_after(self._stall_timeout) as scope:
+            await stream.write(b"".join(replies))
+        if scope.cancelled_caught:
+            raise wire.WireError(f"the peer read no reply for {self._stall_timeout}s")
 
     def _peerstore_addrs(self, peer: ID) -> list[bytes]:
         try:
@@ -108,8 +129,15 @@ class DhtServer:
         except Exception:  # unknown peer: py-libp2p raises PeerStoreError
             return []
 
-    def _dispatch(self, remote: bytes, conn_ip: str | None, body: bytes) -> bytes | None:
-        msg = wire.decode(body)
+    def dispatch(self, remote: bytes, conn_ip: str | None, body: bytes) -> bytes | None:
+        """One request or record from ``remote`` (its connection IP ``conn_ip``): the framed
+        reply, or None (ADD_PROVIDER has none)."""
+        reply = self.answer(remote, conn_ip, wire.decode(body))
+        return None if reply is None else wire.frame(wire.encode(reply))
+
+    def answer(self, remote: bytes, conn_ip: str | None, msg: wire.Message) -> wire.Message | None:
+        """The reply to a decoded message (also what the in-memory network of
+        :mod:`.simnet` calls, skipping the encoding)."""
         if msg.type == wire.ADD_PROVIDER:
             for info in msg.providers:
                 # a peer may only announce itself (as go-libp2p-kad-dht); the store may refuse
@@ -123,12 +151,11 @@ class DhtServer:
                 providers.append(self._own.info)
             reply = wire.Message(wire.GET_PROVIDERS, key=msg.key, providers=providers)
             reply.closer = self._closer(msg.key, remote)
-            return wire.frame(wire.encode(reply))
+            return reply
         if msg.type == wire.FIND_NODE:
-            reply = wire.Message(wire.FIND_NODE, key=msg.key, closer=self._closer(msg.key, remote))
-            return wire.frame(wire.encode(reply))
+            return wire.Message(wire.FIND_NODE, key=msg.key, closer=self._closer(msg.key, remote))
         if msg.type == wire.PING:
-            return wire.frame(wire.encode(wire.Message(wire.PING)))
+            return wire.Message(wire.PING)
         return None  # PUT_VALUE / GET_VALUE: Spegel stores no values; go answers nothing useful either
 
     def _info(self, pid: bytes) -> wire.PeerInfo:
@@ -148,13 +175,21 @@ class DhtServer:
 
 
 class Notifee(INotifee):
-    """Reports a peer whose last connection closed (py-libp2p calls these in trio).
+    """Reports connections opening and a peer's last connection closing (py-libp2p calls these
+    in trio).
 
-    ``on_disconnect(peer)``: the node drops the peer from its table.
+    ``on_disconnect(peer)``: the node drops the peer's streams. ``on_connect(peer, ip)``: a
+    connection with it was authenticated on ``ip`` (the address book notes it; the node may
+    close idle connections when there are too many).
     """
 
-    def __init__(self, on_disconnect: Callable[[ID], None]) -> None:
+    def __init__(
+        self,
+        on_disconnect: Callable[[ID], None],
+        on_connect: Callable[[ID, str | None], None] = lambda _peer, _ip: None,
+    ) -> None:
         self._on_disconnect = on_disconnect
+        self._on_connect = on_connect
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         pass
@@ -163,7 +198,7 @@ class Notifee(INotifee):
         pass
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
-        pass
+        self._on_connect(conn.muxed_conn.peer_id, remote_ip(conn))
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         # py-libp2p 0.8.1 skips closing a muxed connection the remote already closed, which
@@ -189,3 +224,9 @@ class Notifee(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         pass
+
+
+def remote_ip(conn: INetConn) -> str | None:
+    """The remote IP of a connection (its muxer knows the socket's peer address)."""
+    remote = getattr(conn.muxed_conn, "get_remote_address", lambda: None)()
+    return str(remote[0]) if remote else None

@@ -5,6 +5,10 @@ the blob files under ``--containerd-content-path`` (a path on the same host), so
 ``sendfile``. No lease is ever taken: an open file descriptor keeps a blob readable to the end of
 one request even if containerd's GC deletes it meanwhile, and pins nothing afterwards.
 
+Writes in progress (ingests, :class:`~spegel_py.store.base.IngestSource`) come from the
+content service's status API and are read from the content root's ``ingest/`` directory
+(:mod:`.ingests`).
+
 Events: containerd 1.6 publishes image create/update/delete and content delete, but no content
 create, and its garbage collector removes blobs after an image delete *without* content-delete
 events; consumers re-check content after image deletes (the advertiser does).
@@ -31,13 +35,15 @@ from spegel_py.errors import (
 )
 from spegel_py.oci.digest import Digest
 from spegel_py.oci.reference import Reference
-from spegel_py.store.base import Descriptor, Event, Image
+from spegel_py.store.base import Descriptor, Event, Image, Ingest
 from spegel_py.store.containerd._api.services.content.v1 import content_pb2, content_pb2_grpc
 from spegel_py.store.containerd._api.services.events.v1 import events_pb2_grpc
 from spegel_py.store.containerd._api.services.images.v1 import images_pb2, images_pb2_grpc
 from spegel_py.store.containerd.events import EventStream
+from spegel_py.store.containerd.ingests import data_path, expected_digest, writing
 from spegel_py.store.containerd.rpc import NAMESPACE_KEY, open_channel, translate, validate_namespace
 from spegel_py.store.files import FileBlob, blob_path
+from spegel_py.store.growing import FileGrowingBlob
 
 # grpcio-tools writes no type information for the *_pb2_grpc modules: their stubs are Any here,
 # and every response is annotated with its (typed) message class where it is received.
@@ -79,6 +85,7 @@ class ContainerdStore:
     ) -> None:
         self._socket = socket
         self._namespace = validate_namespace(namespace)
+        self._content_path = content_path
         self._blobs = os.path.join(content_path, "blobs")
         self._timeout = rpc_timeout
         self._metadata = ((NAMESPACE_KEY, namespace),)
@@ -156,6 +163,36 @@ class ContainerdStore:
             # every open lands here): say so, since clients only ever see a 404.
             log.warning("containerd lists %s but %s cannot be opened", digest, path)
             raise
+
+    async def ingests(self) -> list[Ingest]:
+        """Writes in progress in this namespace whose expected digest and total size are known."""
+        if not writing(self._content_path):  # the cheap look first: this call is polled
+            return []
+        request = content_pb2.ListStatusesRequest()
+        try:
+            response: content_pb2.ListStatusesResponse = await self._unary(
+                self._connect().content.ListStatuses, request, ContentNotFoundError, "ingests"
+            )
+        except NotFoundError:  # the namespace does not exist yet: nothing is being written
+            return []
+        found = []
+        for status in response.statuses:
+            digest = expected_digest(status.ref, status.expected)
+            if digest is not None and status.total > 0:
+                found.append(Ingest(status.ref, digest, status.offset, status.total))
+        return found
+
+    async def open_ingest(self, digest: Digest) -> FileGrowingBlob:
+        candidates = [ingest for ingest in await self.ingests() if ingest.digest == digest]
+        for ingest in sorted(candidates, key=lambda i: -i.offset):  # the furthest write first
+            path = await asyncio.to_thread(data_path, self._content_path, self._namespace, ingest.ref)
+            if path is None:
+                continue
+            try:
+                return FileGrowingBlob.open(path, digest, ingest.total, blob_path(self._blobs, digest))
+            except ContentNotFoundError:
+                continue  # ended between the listing and the open
+        raise ContentNotFoundError(f"no ingest of {digest}")
 
     async def subscribe(self) -> AsyncIterator[Event]:
         if self._closed.is_set():

@@ -1,0 +1,93 @@
+"""What the scrape-time collectors of :mod:`spegel_py.metrics` read, stated as Protocols.
+
+The relay, the advertiser and the router keep plain counters; the collectors read them when
+Prometheus scrapes. These Protocols name exactly what is read, so :mod:`spegel_py.metrics`
+imports no component and each component needs nothing from the metrics to be watched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Protocol
+
+
+class RelayCounters(Protocol):
+    """The relay's counters (the mirror's ``stats``), each only ever incremented."""
+
+    @property
+    def bytes_relayed(self) -> int: ...
+    @property
+    def resumed(self) -> int: ...
+    @property
+    def corrupt(self) -> int: ...
+    @property
+    def hedged(self) -> int: ...
+    @property
+    def aborted(self) -> int: ...
+    @property
+    def tag_disagreements(self) -> int: ...
+    @property
+    def multi_fetches(self) -> Mapping[str, int]: ...
+    @property
+    def multi_ranges(self) -> Mapping[str, int]: ...
+
+
+class RelayTuning(Protocol):
+    @property
+    def hash_threads(self) -> int: ...
+
+
+class Relay(Protocol):
+    """The peer relay (the mirror): its counters and its settings."""
+
+    @property
+    def stats(self) -> RelayCounters: ...
+    @property
+    def settings(self) -> RelayTuning: ...
+
+
+class RelayPool(Protocol):
+    """The relay's buffer pool."""
+
+    @property
+    def in_use(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def allocated(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def waits_total(self) -> int: ...
+    @property
+    def timeouts_total(self) -> int: ...
+
+
+class RegistryCounts(Protocol):
+    """What one registry contributes to the advertisement."""
+
+    @property
+    def images(self) -> int: ...
+    @property
+    def image_tags(self) -> int: ...
+    @property
+    def image_digests(self) -> int: ...
+    @property
+    def content_digests(self) -> int: ...
+
+
+class AdvertiserState(Protocol):
+    def counts(self) -> Mapping[str, RegistryCounts]: ...
+    def advertised(self) -> Collection[str]: ...
+    @property
+    def failures(self) -> int: ...
+
+
+class RouterState(Protocol):
+    def peer_count(self) -> int: ...
+    def provider_records(self) -> int: ...
+    def provider_refusals(self) -> Mapping[str, int]: ...
+    def stream_refusals(self) -> Mapping[str, int]: ...
+
+
+# -- instruments -------------------------------------------------------------------------------
